@@ -1,0 +1,73 @@
+# llmchain-operator: `make help` lists every target.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TOOLBIN := $(CURDIR)/.toolchain/bin
+export PATH := $(TOOLBIN):$(CURDIR)/$(BIN):$(PATH)
+
+##@ Newcomer
+demo: install toolchain cluster-up ## Set up everything and run the demo (today: a local cluster and what runs on it)
+	@hack/demo.sh
+
+test: install toolchain ## Set up everything and run every test tier (what CI runs)
+	$(BIN)/pytest tests
+
+##@ Setup
+install: $(VENV)/.installed ## Create .venv with pinned Python dependencies; install redis-server if missing
+
+$(VENV)/.installed: pyproject.toml requirements/constraints.txt hack/install.sh
+	@hack/install.sh
+	@touch $@
+
+toolchain: ## Build kube-apiserver & co., etcd, kwok, helm, promtool and upstream CRDs from Go modules (cached)
+	@toolchain/build.sh
+
+##@ Local cluster
+cluster-up: toolchain ## Start the local cluster (apiserver, etcd, controller-manager, scheduler, KWOK, fake GPU nodes)
+	@hack/cluster.sh up
+
+cluster-down: ## Stop the local cluster and every process it started
+	@hack/cluster.sh down
+
+kubeconfig: ## Print the path of the local cluster's kubeconfig (and nothing else)
+	@hack/cluster.sh kubeconfig
+
+##@ Development
+lint: install ## ruff format --check, ruff check, mypy --strict, import-linter
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+fmt: install ## Format the code with ruff
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test-unit: install ## Run tests/unit only (seconds)
+	$(BIN)/pytest tests/unit
+
+test-integration: install toolchain ## Run tests/integration only
+	$(BIN)/pytest tests/integration
+
+test-e2e: install toolchain ## Run tests/e2e only
+	$(BIN)/pytest tests/e2e
+
+crds: install ## Generate crds/ from the pydantic API models
+	@echo "make crds: the LLMChainApp API and its CRD generator arrive with issue #3." >&2; exit 2
+
+bench: install ## Run the benchmarks; JSON results go to bench/results/
+	@echo "make bench: the engine and server benchmarks arrive with issues #4 and #5." >&2; exit 2
+
+clean: ## Remove the virtualenv and local build links (keeps the toolchain cache)
+	rm -rf $(VENV) .toolchain .pytest_cache .mypy_cache .ruff_cache
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target>\n"} \
+	  /^[a-zA-Z_-]+:.*?##/ { printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2 } \
+	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+
+.PHONY: demo test install toolchain cluster-up cluster-down kubeconfig lint fmt test-unit \
+	test-integration test-e2e crds bench clean help

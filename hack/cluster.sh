@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# The local cluster for tests and the demo: kube-apiserver, etcd, kube-controller-manager,
+# kube-scheduler and the KWOK controller, all as local processes from the binaries that
+# `make toolchain` built (kwokctl's binary runtime), plus fake nodes (two with nvidia.com/gpu).
+#
+#   hack/cluster.sh up          start it (idempotent: a running cluster is left as it is)
+#   hack/cluster.sh down        stop every process it started (kwokctl stops them by PID file)
+#   hack/cluster.sh kubeconfig  print the kubeconfig path and nothing else
+#   hack/cluster.sh status      say whether it is running
+#
+# LLMCHAIN_CLUSTER_DIR (default: .cluster in the checkout) holds its state, so two checkouts
+# run two independent clusters on random ports.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+bin=$root/.toolchain/bin
+name=llmchain
+export KWOK_WORKDIR=${LLMCHAIN_CLUSTER_DIR:-$root/.cluster}
+kubeconfig=$KWOK_WORKDIR/kubeconfig.yaml
+
+say() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+die() { printf '[cluster] ERROR: %s\n' "$*" >&2; exit 1; }
+
+need_toolchain() {
+  local b
+  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok kwokctl; do
+    [ -x "$bin/$b" ] || die "$bin/$b is missing: run 'make toolchain' first"
+  done
+}
+
+kubectl() { "$bin/kubectl" --kubeconfig "$kubeconfig" "$@"; }
+
+is_up() {
+  [ -f "$kubeconfig" ] && kubectl get --raw /readyz >/dev/null 2>&1
+}
+
+# kwokctl reads its binaries from these variables; nothing is downloaded.
+kwokctl_env() {
+  local kube_version etcd_version
+  kube_version=$("$bin/kube-apiserver" --version | awk '{print $2}')
+  etcd_version=$("$bin/etcd" --version | awk '/etcd Version/ {print $3}')
+  export KWOK_RUNTIME=binary KWOK_KUBE_VERSION=$kube_version KWOK_ETCD_VERSION=$etcd_version
+  export KWOK_KUBE_BINARY_PREFIX=$bin KWOK_KUBECTL_BINARY=$bin/kubectl
+  export KWOK_CONTROLLER_BINARY=$bin/kwok KWOK_ETCD_BINARY=$bin/etcd
+}
+
+# Fake nodes: KWOK keeps them Ready and runs their pods' lifecycle. The GPU nodes carry the
+# taint and labels GPU node pools have on managed clouds, so only pods that ask for a GPU land there.
+apply_nodes() {
+  local node gpus
+  for spec in gpu-node-0:4 gpu-node-1:2 cpu-node-0:0; do
+    node=${spec%%:*} gpus=${spec##*:}
+    {
+      cat <<YAML
+apiVersion: v1
+kind: Node
+metadata:
+  name: $node
+  annotations: {kwok.x-k8s.io/node: fake, node.alpha.kubernetes.io/ttl: "0"}
+  labels:
+    kubernetes.io/hostname: $node
+    kubernetes.io/os: linux
+    kubernetes.io/arch: amd64
+    type: kwok
+YAML
+      [ "$gpus" -gt 0 ] && printf '    nvidia.com/gpu.present: "true"\n'
+      printf 'spec:\n'
+      [ "$gpus" -gt 0 ] && printf '  taints: [{key: nvidia.com/gpu, value: present, effect: NoSchedule}]\n'
+      cat <<YAML
+status:
+  allocatable: {cpu: "16", memory: 64Gi, pods: "110", nvidia.com/gpu: "$gpus"}
+  capacity: {cpu: "16", memory: 64Gi, pods: "110", nvidia.com/gpu: "$gpus"}
+  nodeInfo: {kubeletVersion: fake, operatingSystem: linux, architecture: amd64}
+YAML
+    } | kubectl apply --server-side --field-manager=llmchain-cluster -f - >/dev/null
+  done
+}
+
+up() {
+  need_toolchain
+  if is_up; then
+    say "already running (kubeconfig: $kubeconfig)"
+    return
+  fi
+  kwokctl_env
+  mkdir -p "$KWOK_WORKDIR"
+  # A stopped or half-created cluster from an earlier run is removed first.
+  "$bin/kwokctl" delete cluster --name "$name" >/dev/null 2>&1 || true
+  say "starting kube-apiserver $KWOK_KUBE_VERSION, etcd $KWOK_ETCD_VERSION, controller-manager, scheduler, kwok"
+  local start=$SECONDS
+  "$bin/kwokctl" create cluster --name "$name" --runtime binary \
+    --kube-authorization=true --kube-admission=true \
+    --kubeconfig "$kubeconfig" --wait 5m --timeout 10m \
+    >"$KWOK_WORKDIR/create.log" 2>&1 &
+  local pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    sleep 2
+    (( (SECONDS - start) % 20 == 0 )) && say "still starting ($((SECONDS - start))s)"
+  done
+  if ! wait "$pid"; then
+    tail -n 30 "$KWOK_WORKDIR/create.log" >&2
+    die "cluster did not start; log: $KWOK_WORKDIR/create.log (component logs: $("$bin/kwokctl" get components --name "$name" >/dev/null 2>&1; echo "$KWOK_WORKDIR/clusters/$name/logs"))"
+  fi
+  apply_nodes
+  kubectl wait --for=condition=Ready node --all --timeout=120s >/dev/null
+  say "up in $((SECONDS - start))s; kubeconfig: $kubeconfig"
+}
+
+down() {
+  if [ ! -d "$KWOK_WORKDIR/clusters/$name" ]; then
+    say "not running"
+    return
+  fi
+  [ -x "$bin/kwokctl" ] || die "$bin/kwokctl is missing: run 'make toolchain' first"
+  "$bin/kwokctl" delete cluster --name "$name" >"$KWOK_WORKDIR/delete.log" 2>&1 \
+    || { tail -n 20 "$KWOK_WORKDIR/delete.log" >&2; die "could not delete the cluster; log: $KWOK_WORKDIR/delete.log"; }
+  rm -f "$kubeconfig"
+  say "stopped"
+}
+
+case ${1:-} in
+  up) up ;;
+  down) down ;;
+  kubeconfig) printf '%s\n' "$kubeconfig" ;;
+  status) if is_up; then echo running; else echo stopped; exit 1; fi ;;
+  *) echo "usage: $0 up|down|kubeconfig|status" >&2; exit 2 ;;
+esac

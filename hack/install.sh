@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Sets up what the tests and the demo need on a fresh machine: the Python virtualenv (.venv) with
+# every package pinned by requirements/constraints.txt, and Debian's redis-server.
+#   hack/install.sh            install
+#   hack/install.sh --relock   reinstall from pyproject.toml alone and rewrite the constraints
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+python=${PYTHON:-python3}
+say() { printf '[install] %s\n' "$*"; }
+
+if ! command -v redis-server >/dev/null; then
+  say "installing Debian's redis-server"
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+  # Debian starts a system-wide instance; the tests start their own on free ports.
+  $sudo systemctl disable --now redis-server >/dev/null 2>&1 || true
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv with $($python --version)"
+  $python -m venv .venv
+fi
+if [ "${1:-}" = --relock ]; then
+  say "resolving pyproject.toml afresh and rewriting requirements/constraints.txt"
+  .venv/bin/pip install -q -e '.[dev]'
+  { sed -n '1,2p' requirements/constraints.txt; .venv/bin/pip freeze --exclude-editable; } > requirements/constraints.tmp
+  mv requirements/constraints.tmp requirements/constraints.txt
+else
+  say "installing pinned Python packages into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check -c requirements/constraints.txt -e '.[dev]'
+fi
+say "done"

@@ -1,0 +1,2 @@
+"""The llmchain operator: API models of LLMChainApp, pure builders of child objects, reconcile,
+the kopf registration module and operator metrics (see DESIGN.md). Arrives with issue #3."""

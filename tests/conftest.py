@@ -1,0 +1,57 @@
+"""Fixtures shared by every tier: the local cluster, a fresh namespace per test, redis-server.
+
+Markers follow the directory (tests/unit → unit, ...), so `pytest -m unit` selects a tier too.
+The cluster fixture reuses a running cluster (`make cluster-up`) and leaves it running;
+a cluster it started itself is stopped at the end unless LLMCHAIN_KEEP_CLUSTER=1.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.cluster import Cluster, start_cluster, stop_cluster
+from tests.support.redis import RedisServer
+
+TIERS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        for tier in TIERS:
+            if tier in parts:
+                item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    handle, started = start_cluster()
+    yield handle
+    if started and os.environ.get("LLMCHAIN_KEEP_CLUSTER") != "1":
+        stop_cluster()
+
+
+@pytest.fixture
+def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace named after the test, deleted (without waiting) afterwards."""
+    stem = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"t-{stem}-{secrets.token_hex(3)}"
+    cluster.kubectl("create", "namespace", name)
+    cluster.kubectl("label", "namespace", name, "llmchain.io/test=true")
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, stopped after the test."""
+    server = RedisServer(workdir=tmp_path)
+    server.start()
+    yield server
+    server.stop()

@@ -1,0 +1,89 @@
+"""The local cluster (hack/cluster.sh) as the tests see it: a kubeconfig and a kubectl runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+TOOLBIN = ROOT / ".toolchain" / "bin"
+CLUSTER_SCRIPT = ROOT / "hack" / "cluster.sh"
+
+
+class CommandError(AssertionError):
+    """A command the test expected to succeed failed; carries its output."""
+
+
+@dataclass(frozen=True)
+class Cluster:
+    kubeconfig: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        path = f"{TOOLBIN}{os.pathsep}{os.environ.get('PATH', '')}"
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PATH": path}
+
+    def run(
+        self, args: Sequence[str], *, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a toolchain command (kubectl, helm, ...) against this cluster."""
+        result = subprocess.run(
+            [str(TOOLBIN / args[0]), *args[1:]],
+            input=input,
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=300,
+        )
+        if check and result.returncode != 0:
+            raise CommandError(
+                f"{' '.join(args)} exited {result.returncode}\n"
+                f"stdout: {result.stdout}\nstderr: {result.stderr}"
+            )
+        return result
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        return self.run(["kubectl", *args], input=input, check=check)
+
+    def get(self, *args: str) -> Any:
+        """`kubectl get ... -o json`, parsed."""
+        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+
+def start_cluster() -> tuple[Cluster, bool]:
+    """Bring the cluster up, or reuse a running one; the flag says whether this call started it."""
+    was_running = (
+        subprocess.run([str(CLUSTER_SCRIPT), "status"], capture_output=True).returncode == 0
+    )
+    if not was_running:
+        subprocess.run([str(CLUSTER_SCRIPT), "up"], check=True, timeout=900)
+    path = subprocess.run(
+        [str(CLUSTER_SCRIPT), "kubeconfig"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    return Cluster(Path(path)), not was_running
+
+
+def stop_cluster() -> None:
+    subprocess.run([str(CLUSTER_SCRIPT), "down"], check=True, timeout=300)
+
+
+def wait_for(
+    condition: Callable[[], Any], *, timeout: float = 60, interval: float = 0.5, what: str = ""
+) -> Any:
+    """Poll until condition() returns something truthy; return it, or fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or condition!r}: {last!r}")
