@@ -8,7 +8,9 @@ import click
 
 
 def _not_yet(what: str, issue: int) -> NoReturn:
-    click.echo(f"llmchain: {what} is not implemented yet (it arrives with issue #{issue}).", err=True)
+    click.echo(
+        f"llmchain: {what} is not implemented yet (it arrives with issue #{issue}).", err=True
+    )
     sys.exit(2)
 
 

@@ -13,15 +13,29 @@ def test_helm_installs_upgrades_and_uninstalls_a_chart(
     chart = tmp_path / "hello"
     cluster.run(["helm", "create", str(chart)])
     cluster.run(["helm", "lint", str(chart)])
-    cluster.run(["helm", "install", "hello", str(chart), "-n", namespace, "--wait",
-                 "--timeout", "120s"])
+    cluster.run(
+        ["helm", "install", "hello", str(chart), "-n", namespace, "--wait", "--timeout", "120s"]
+    )
     listed = cluster.run(["helm", "list", "-n", namespace, "-o", "json"]).stdout
     assert '"name":"hello"' in listed and '"status":"deployed"' in listed
     deployment = cluster.get("-n", namespace, "deployment", "hello")
     assert deployment["status"]["readyReplicas"] == 1
 
-    cluster.run(["helm", "upgrade", "hello", str(chart), "-n", namespace, "--set",
-                 "replicaCount=2", "--wait", "--timeout", "120s"])
+    cluster.run(
+        [
+            "helm",
+            "upgrade",
+            "hello",
+            str(chart),
+            "-n",
+            namespace,
+            "--set",
+            "replicaCount=2",
+            "--wait",
+            "--timeout",
+            "120s",
+        ]
+    )
     assert cluster.get("-n", namespace, "deployment", "hello")["status"]["readyReplicas"] == 2
 
     cluster.run(["helm", "uninstall", "hello", "-n", namespace, "--wait"])

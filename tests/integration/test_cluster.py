@@ -42,7 +42,12 @@ def test_nodes_are_ready_and_two_advertise_gpus(cluster: Cluster) -> None:
 
 def test_deployment_rolls_out_to_ready_pods_on_kwok_nodes(cluster: Cluster, namespace: str) -> None:
     cluster.kubectl(
-        "-n", namespace, "create", "deployment", "web", "--image=registry.invalid/web:1",
+        "-n",
+        namespace,
+        "create",
+        "deployment",
+        "web",
+        "--image=registry.invalid/web:1",
         "--replicas=3",
     )
     cluster.kubectl("-n", namespace, "rollout", "status", "deployment/web", "--timeout=90s")
@@ -160,20 +165,35 @@ def test_server_side_apply_tracks_the_field_manager_and_reports_conflicts(
     )
     cm = cluster.get("-n", namespace, "configmap", "settings", "--show-managed-fields")
     assert cm["data"]["mode"] == "slow"
-    owners = [m["manager"] for m in cm["metadata"]["managedFields"]
-              if "f:mode" in json.dumps(m.get("fieldsV1", {}))]
+    owners = [
+        m["manager"]
+        for m in cm["metadata"]["managedFields"]
+        if "f:mode" in json.dumps(m.get("fieldsV1", {}))
+    ]
     assert owners == ["second"]
 
 
 def test_rbac_is_enforced_for_a_service_account(cluster: Cluster, namespace: str) -> None:
     cluster.kubectl("-n", namespace, "create", "serviceaccount", "reader")
     who = f"--as=system:serviceaccount:{namespace}:reader"
-    assert cluster.kubectl("-n", namespace, "auth", "can-i", "list", "pods", who,
-                           check=False).stdout.strip() == "no"
-    cluster.kubectl("-n", namespace, "create", "role", "pod-reader", "--verb=list",
-                    "--resource=pods")
-    cluster.kubectl("-n", namespace, "create", "rolebinding", "reader", "--role=pod-reader",
-                    f"--serviceaccount={namespace}:reader")
+    assert (
+        cluster.kubectl(
+            "-n", namespace, "auth", "can-i", "list", "pods", who, check=False
+        ).stdout.strip()
+        == "no"
+    )
+    cluster.kubectl(
+        "-n", namespace, "create", "role", "pod-reader", "--verb=list", "--resource=pods"
+    )
+    cluster.kubectl(
+        "-n",
+        namespace,
+        "create",
+        "rolebinding",
+        "reader",
+        "--role=pod-reader",
+        f"--serviceaccount={namespace}:reader",
+    )
     assert cluster.kubectl("-n", namespace, "get", "pods", who).returncode == 0
     denied = cluster.kubectl("-n", namespace, "get", "secrets", who, check=False)
     assert denied.returncode != 0 and "forbidden" in denied.stderr.lower()

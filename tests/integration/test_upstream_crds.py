@@ -1,4 +1,4 @@
-"""The upstream CRDs extracted by `make toolchain` install, and the API server validates with them."""
+"""Upstream CRDs from `make toolchain` install, and the API server validates with them."""
 
 from __future__ import annotations
 
@@ -54,12 +54,12 @@ def test_invalid_service_monitor_is_rejected_naming_the_field(
     upstream_crds: Cluster, namespace: str
 ) -> None:
     manifest = SERVICE_MONITOR.format(endpoints="[{port: http, interval: every-now-and-then}]")
-    result = upstream_crds.kubectl("-n", namespace, "apply", "-f", "-", input=manifest,
-                                   check=False)
+    result = upstream_crds.kubectl("-n", namespace, "apply", "-f", "-", input=manifest, check=False)
     assert result.returncode != 0
     assert "spec.endpoints[0].interval" in result.stderr
-    missing = upstream_crds.kubectl("-n", namespace, "get", "servicemonitor", "qa-chain",
-                                    check=False)
+    missing = upstream_crds.kubectl(
+        "-n", namespace, "get", "servicemonitor", "qa-chain", check=False
+    )
     assert "NotFound" in missing.stderr
 
 
@@ -85,14 +85,16 @@ def test_keda_scaled_object_is_validated(upstream_crds: Cluster, namespace: str)
 
 def test_promtool_checks_alerting_rules(tmp_path: Path) -> None:
     good = tmp_path / "good.yaml"
-    good.write_text(textwrap.dedent("""\
+    good.write_text(
+        textwrap.dedent("""\
         groups:
         - name: llmchain
           rules:
           - alert: LLMChainHighLatency
             expr: histogram_quantile(0.99, sum by (le) (rate(x_bucket[5m]))) > 5
             for: 10m
-        """))
+        """)
+    )
     bad = tmp_path / "bad.yaml"
     bad.write_text(good.read_text().replace("> 5", "> > 5"))
     promtool = str(TOOLBIN / "promtool")
