@@ -1,5 +1,6 @@
 # llmchain-operator: `make help` lists every target.
 SHELL := /bin/bash
+MAKEFLAGS += --no-print-directory
 .DEFAULT_GOAL := help
 
 PYTHON ?= python3
@@ -13,7 +14,7 @@ demo: install toolchain cluster-up ## Set up everything and run the demo (today:
 	@hack/demo.sh
 
 test: install toolchain ## Set up everything and run every test tier (what CI runs)
-	$(BIN)/pytest tests
+	$(BIN)/pytest tests/unit tests/integration tests/e2e
 
 ##@ Setup
 install: $(VENV)/.installed ## Create .venv with pinned Python dependencies; install redis-server if missing

@@ -7,6 +7,7 @@
 #   hack/cluster.sh down        stop every process it started (kwokctl stops them by PID file)
 #   hack/cluster.sh kubeconfig  print the kubeconfig path and nothing else
 #   hack/cluster.sh status      say whether it is running
+#   hack/cluster.sh processes   list the processes it started, by PID
 #
 # LLMCHAIN_CLUSTER_DIR (default: .cluster in the checkout) holds its state, so two checkouts
 # run two independent clusters on random ports.
@@ -117,10 +118,26 @@ down() {
   say "stopped"
 }
 
+# One line per process the cluster started, from kwokctl's PID files.
+processes() {
+  local pidfile pid
+  printf '%-24s %-8s %s\n' COMPONENT PID STATE
+  for pidfile in "$KWOK_WORKDIR/clusters/$name/pids"/*.pid; do
+    [ -f "$pidfile" ] || { say "not running"; return 1; }
+    pid=$(cat "$pidfile")
+    if kill -0 "$pid" 2>/dev/null && [ "$(ps -o stat= -p "$pid" | cut -c1)" != Z ]; then
+      printf '%-24s %-8s %s\n' "$(basename "$pidfile" .pid)" "$pid" "running for $(ps -o etime= -p "$pid" | tr -d ' ')"
+    else
+      printf '%-24s %-8s %s\n' "$(basename "$pidfile" .pid)" "$pid" "not running"
+    fi
+  done
+}
+
 case ${1:-} in
   up) up ;;
   down) down ;;
   kubeconfig) printf '%s\n' "$kubeconfig" ;;
+  processes) processes ;;
   status) if is_up; then echo running; else echo stopped; exit 1; fi ;;
-  *) echo "usage: $0 up|down|kubeconfig|status" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|kubeconfig|status|processes" >&2; exit 2 ;;
 esac

@@ -13,8 +13,7 @@ echo "== Nodes (KWOK fake nodes; GPU capacity per node)"
 kubectl get nodes -o custom-columns='NAME:.metadata.name,READY:.status.conditions[?(@.type=="Ready")].status,GPUS:.status.allocatable.nvidia\.com/gpu,TAINTS:.spec.taints[*].key'
 echo
 echo "== Processes of the local cluster"
-"$root/.toolchain/bin/kwokctl" --name llmchain get components 2>/dev/null \
-  || ps -o pid,etime,args -C kube-apiserver,etcd,kube-controller-manager,kube-scheduler,kwok | cut -c1-120
+"$root/hack/cluster.sh" processes
 echo
 echo "The cluster keeps running. Use it with:  export KUBECONFIG=$kubeconfig"
 echo "Stop it with:                          make cluster-down"

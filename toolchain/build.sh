@@ -31,10 +31,14 @@ tools_of() { # DIR
     'import json,sys; print(" ".join(t["Path"] for t in json.load(sys.stdin).get("Tool") or []))'
 }
 
-# The key covers what decides the output: the wrapper files, the Go version and the ldflags.
+# Bump when the way a component is built or laid out changes, so caches are rebuilt.
+recipe=2
+
+# The key covers what decides the output: the wrapper files, the Go version, the ldflags, the recipe.
 cache_key() { # COMPONENT VERSION
   local sum
-  sum=$({ cat "$here/$1"/go.mod "$here/$1"/go.sum 2>/dev/null; go version; ldflags_for "$1" "$2"; } \
+  sum=$({ cat "$here/$1"/go.mod "$here/$1"/go.sum 2>/dev/null; go version; ldflags_for "$1" "$2"
+          echo "recipe $recipe"; } \
     | sha256sum | cut -c1-12)
   printf '%s-%s-%s' "$1" "$2" "$sum"
 }
@@ -72,7 +76,8 @@ ldflags_for() { # COMPONENT VERSION
       printf '%s' "$f" ;;
     helm) printf '%s' "-s -w -X helm.sh/helm/v3/internal/version.version=$2" ;;
     kwok) printf '%s' "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${2#v}" ;;
-    promtool) printf '%s' "-s -w -X github.com/prometheus/common/version.Version=$2" ;;
+    # Prometheus 3.x publishes its Go module as v0.3MM.P for release 3.MM.P.
+    promtool) printf '%s' "-s -w -X github.com/prometheus/common/version.Version=3.${2#v0.3}" ;;
     *) printf '%s' "-s -w" ;;
   esac
 }
@@ -94,9 +99,11 @@ build_binaries() { # COMPONENT VERSION DEST LOG
   tools=$(tools_of "$here/$component")
   [ -n "$tools" ] || die "$component: no 'tool' lines in toolchain/$component/go.mod"
   mkdir -p "$dest/bin"
-  log "$component $version: building $(for t in $tools; do printf '%s ' "${t##*/}"; done)(log: $logfile)"
+  log "$component $version: building $(for t in $tools; do printf '%s ' "${t##*/}"; done | sed 's/^v3 $/etcd /')(log: $logfile)"
   (cd "$here/$component" && run_logged "$component" "$logfile" \
     go build -trimpath -ldflags "$(ldflags_for "$component" "$version")" -o "$dest/bin/" $tools)
+  # go names a binary after its package path (go.etcd.io/etcd/server/v3 -> server).
+  if [ "$component" = etcd ]; then mv "$dest/bin/server" "$dest/bin/etcd"; fi
 }
 
 # Upstream CRDs: files copied out of the pinned modules' source (prometheus-operator, KEDA).
@@ -140,6 +147,11 @@ build_component() { # COMPONENT
     rm -rf "$dest"; mv "$dest.tmp" "$dest"
     log "$component $version: built in $((SECONDS - start))s"
   fi
+  local link
+  for link in "$links"/*/*; do  # links to another build of this component
+    [ -L "$link" ] || continue
+    case $(readlink "$link") in "$cache/$component-"*) rm -f "$link" ;; esac
+  done
   for kind in bin crds; do
     [ -d "$dest/$kind" ] || continue
     mkdir -p "$links/$kind"
@@ -147,8 +159,15 @@ build_component() { # COMPONENT
   done
 }
 
-command -v go >/dev/null || die "the go command is missing (needed to build the toolchain)"
-components=("$@"); [ ${#components[@]} -gt 0 ] || components=("${all_components[@]}")
-total_start=$SECONDS
-for c in "${components[@]}"; do build_component "$c"; done
-log "done in $((SECONDS - total_start))s; binaries in $links/bin"
+main() {
+  command -v go >/dev/null || die "the go command is missing (needed to build the toolchain)"
+  local components=("$@") total_start=$SECONDS c
+  [ ${#components[@]} -gt 0 ] || components=("${all_components[@]}")
+  for c in "${components[@]}"; do build_component "$c"; done
+  # Links left from an earlier layout (a renamed binary) would point at nothing.
+  find "$links" -xtype l -delete 2>/dev/null || true
+  log "done in $((SECONDS - total_start))s; binaries in $links/bin"
+}
+
+main "$@"
+exit

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import textwrap
 
-from tests.support.cluster import Cluster, wait_for
+from tests.support.cluster import CLUSTER_SCRIPT, ROOT, Cluster, wait_for
 
 GPU_TOLERATION = "tolerations: [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]"
 
@@ -197,3 +199,32 @@ def test_rbac_is_enforced_for_a_service_account(cluster: Cluster, namespace: str
     assert cluster.kubectl("-n", namespace, "get", "pods", who).returncode == 0
     denied = cluster.kubectl("-n", namespace, "get", "secrets", who, check=False)
     assert denied.returncode != 0 and "forbidden" in denied.stderr.lower()
+
+
+def test_cluster_script_is_idempotent_and_lists_its_processes(cluster: Cluster) -> None:
+    again = subprocess.run(
+        [str(CLUSTER_SCRIPT), "up"], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "already running" in again.stdout
+    listed = subprocess.run(
+        [str(CLUSTER_SCRIPT), "processes"], capture_output=True, text=True, check=True
+    ).stdout
+    for component in (
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kwok-controller",
+    ):
+        assert re.search(rf"^{component}\s+\d+\s+running for", listed, re.M), listed
+
+
+def test_make_kubeconfig_prints_only_the_path(cluster: Cluster) -> None:
+    out = subprocess.run(
+        ["make", "kubeconfig"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out == f"{cluster.kubeconfig}\n"

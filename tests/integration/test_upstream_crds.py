@@ -77,10 +77,10 @@ def test_keda_scaled_object_is_validated(upstream_crds: Cluster, namespace: str)
             metadata: {serverAddress: "http://prometheus:9090", query: "sum(x)", threshold: "8"}
         """)
     upstream_crds.kubectl("-n", namespace, "apply", "-f", "-", input=manifest)
-    bad = manifest.replace("triggers:", "triggers: 7\n  ignored:")
+    bad = manifest.replace("minReplicaCount: 1", "minReplicaCount: lots")
     result = upstream_crds.kubectl("-n", namespace, "apply", "-f", "-", input=bad, check=False)
     assert result.returncode != 0
-    assert "spec.triggers" in result.stderr
+    assert "spec.minReplicaCount" in result.stderr and "integer" in result.stderr
 
 
 def test_promtool_checks_alerting_rules(tmp_path: Path) -> None:
