@@ -1,6 +1,5 @@
 # llmchain-operator: `make help` lists every target.
 SHELL := /bin/bash
-MAKEFLAGS += --no-print-directory
 .DEFAULT_GOAL := help
 
 PYTHON ?= python3

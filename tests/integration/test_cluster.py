@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import textwrap
@@ -220,11 +221,9 @@ def test_cluster_script_is_idempotent_and_lists_its_processes(cluster: Cluster) 
 
 
 def test_make_kubeconfig_prints_only_the_path(cluster: Cluster) -> None:
+    # As a user's shell runs it: not nested in another make (which adds "Entering directory").
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
     out = subprocess.run(
-        ["make", "kubeconfig"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
+        ["make", "kubeconfig"], cwd=ROOT, env=env, capture_output=True, text=True, check=True
     ).stdout
     assert out == f"{cluster.kubeconfig}\n"
