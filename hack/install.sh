@@ -22,10 +22,15 @@ if [ ! -x .venv/bin/python ]; then
   $python -m venv .venv
 fi
 if [ "${1:-}" = --relock ]; then
-  say "resolving pyproject.toml afresh and rewriting requirements/constraints.txt"
-  .venv/bin/pip install -q -e '.[dev]'
-  { sed -n '1,2p' requirements/constraints.txt; .venv/bin/pip freeze --exclude-editable; } > requirements/constraints.tmp
+  say "resolving pyproject.toml afresh in a scratch venv and rewriting requirements/constraints.txt"
+  scratch=$(mktemp -d)
+  $python -m venv "$scratch"
+  "$scratch/bin/pip" install -q --disable-pip-version-check -e '.[dev]'
+  { sed -n '1,2p' requirements/constraints.txt; "$scratch/bin/pip" freeze --exclude-editable; } \
+    > requirements/constraints.tmp
+  rm -rf "$scratch"
   mv requirements/constraints.tmp requirements/constraints.txt
+  .venv/bin/pip install -q --disable-pip-version-check -c requirements/constraints.txt -e '.[dev]'
 else
   say "installing pinned Python packages into .venv"
   .venv/bin/pip install -q --disable-pip-version-check -c requirements/constraints.txt -e '.[dev]'

@@ -38,10 +38,12 @@ def render() -> None:
     _not_yet("rendering manifests", 3)
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@cli.command()
 def crd() -> None:
     """Print the LLMChainApp CustomResourceDefinition generated from the API models."""
-    _not_yet("CRD generation", 3)
+    from llmchain_operator.crd import render_crd_yaml
+
+    click.echo(render_crd_yaml(), nl=False)
 
 
 @cli.group()

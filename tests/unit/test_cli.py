@@ -20,7 +20,6 @@ def test_help_lists_every_subcommand() -> None:
     [
         (["operator"], 3),
         (["render", "app.yaml"], 3),
-        (["crd"], 3),
         (["model", "build", "--quantization", "int8"], 4),
         (["serve", "--model", "m", "--port", "8000"], 5),
     ],

@@ -1,0 +1,395 @@
+"""The LLMChainApp resource (llmchain.io/v1alpha1) as pydantic models.
+
+These models are the single source of truth: `llmchain crd` (and `make crds`) generates the
+CustomResourceDefinition from them, and the operator validates what it reads with them. Every
+field has a description (shown by `kubectl explain`), a default where one makes sense, and bounds.
+Cross-field rules are CEL (`x-kubernetes-validations`) so the API server enforces them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field, JsonValue
+
+from llmchain_server.config import Chain, Schema, SecretKeyRef, nested
+
+GROUP = "llmchain.io"
+VERSION = "v1alpha1"
+KIND = "LLMChainApp"
+PLURAL = "llmchainapps"
+
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$"
+"""A Kubernetes resource quantity in the forms this API accepts (e.g. 500m, 2, 256Mi)."""
+
+Quantity = Annotated[str, Field(pattern=QUANTITY, max_length=32)]
+LabelValue = Annotated[str, Field(max_length=63)]
+
+
+def rules(*triples: tuple[str, str, str]) -> ConfigDict:
+    """Model config carrying CEL rules given as (rule, message, fieldPath) triples."""
+    validations: list[JsonValue] = []
+    for rule, message, field_path in triples:
+        entry: dict[str, JsonValue] = {"rule": rule, "message": message}
+        if field_path:
+            entry["fieldPath"] = field_path
+        validations.append(entry)
+    return ConfigDict(json_schema_extra={"x-kubernetes-validations": validations})
+
+
+# --- model ---------------------------------------------------------------------------------
+
+
+class UrlSource(Schema):
+    """A model file fetched over HTTP(S) and checked against its digest."""
+
+    url: str = Field(
+        pattern=r"^https?://", max_length=2048, description="HTTP(S) URL of a GGUF file."
+    )
+    sha256: str = Field(
+        pattern=r"^[a-f0-9]{64}$",
+        description="SHA-256 of the file, lowercase hex; a download that differs is rejected.",
+    )
+
+
+class PvcSource(Schema):
+    """A model source (GGUF file or Hugging Face folder) on a PersistentVolumeClaim."""
+
+    claim_name: str = Field(
+        min_length=1, max_length=253, description="PersistentVolumeClaim in the app's namespace."
+    )
+    path: str = Field(
+        "/",
+        max_length=1024,
+        pattern=r"^/",
+        description="Path of the GGUF file or Hugging Face folder inside the volume.",
+    )
+
+
+class OnnxSource(Schema):
+    """An already built model folder (ONNX graph, tokenizer, manifest): served as is."""
+
+    claim_name: str = Field(
+        min_length=1, max_length=253, description="PersistentVolumeClaim holding the folder."
+    )
+    path: str = Field(
+        "/", max_length=1024, pattern=r"^/", description="Path of the folder inside the volume."
+    )
+
+
+class ImageSource(Schema):
+    """A model shipped in an OCI image, copied out by an init container."""
+
+    reference: str = Field(
+        min_length=1, max_length=512, description="Image reference, ideally pinned by digest."
+    )
+    path: str = Field(
+        "/model",
+        max_length=1024,
+        pattern=r"^/",
+        description="Path of the GGUF file or model folder inside the image.",
+    )
+
+
+class ModelSource(Schema):
+    """Where the model comes from: exactly one of url, pvc, onnx, image."""
+
+    url: UrlSource | None = Field(None, description="Download a GGUF file.")
+    pvc: PvcSource | None = Field(None, description="Build from a file or folder on a PVC.")
+    onnx: OnnxSource | None = Field(None, description="Serve a built ONNX model folder.")
+    image: ImageSource | None = Field(None, description="Copy the model out of an OCI image.")
+
+    model_config = rules(
+        (
+            "[has(self.url), has(self.pvc), has(self.onnx), has(self.image)]"
+            ".filter(x, x).size() == 1",
+            "exactly one of url, pvc, onnx, image must be set",
+            "",
+        )
+    )
+
+
+class ModelVolume(Schema):
+    """The PersistentVolumeClaim the build Job writes the model into, once per digest."""
+
+    size: Quantity = Field("2Gi", description="Requested storage size.")
+    storage_class_name: str | None = Field(
+        None, max_length=253, description="StorageClass; unset uses the cluster default."
+    )
+    access_mode: Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany"] = Field(
+        "ReadWriteOnce",
+        description="ReadWriteMany lets pods on several nodes mount the model; ReadWriteOnce "
+        "needs them on one node.",
+    )
+
+
+class ModelSpec(Schema):
+    """The model served by every replica."""
+
+    source: ModelSource = Field(description="Where the model comes from.")
+    quantization: Literal["int4", "int8", "fp16", "none"] = Field(
+        "int8",
+        description="Weight precision of the served ONNX model. int4 keeps GGUF 4-bit blocks "
+        "exactly; int8 is Q(x) = round(S(x - Z)); none is fp32.",
+    )
+    execution_provider: Literal["auto", "cuda", "tensorrt", "cpu"] = Field(
+        "auto",
+        description="onnxruntime execution provider: auto picks CUDA (or TensorRT) when the "
+        "node has a GPU, else CPU.",
+    )
+    volume: ModelVolume | None = Field(
+        None,
+        description="Build the model once per digest into this PVC; omitted: each pod builds "
+        "it into an emptyDir (fine for small models).",
+    )
+
+
+# --- serving -------------------------------------------------------------------------------
+
+
+class ResourceList(Schema):
+    """CPU and memory amounts."""
+
+    cpu: Quantity | None = Field(None, description="CPU, e.g. 2 or 500m.")
+    memory: Quantity | None = Field(None, description="Memory, e.g. 4Gi.")
+
+
+class Resources(Schema):
+    """Requests and limits of the server container (GPUs come from serving.gpus)."""
+
+    requests: ResourceList = nested(ResourceList, "Resources the scheduler reserves.")
+    limits: ResourceList = nested(ResourceList, "Most the container may use.")
+
+
+class Toleration(Schema):
+    """A pod toleration (as in core/v1)."""
+
+    key: str | None = Field(None, max_length=316, description="Taint key; empty matches all.")
+    operator: Literal["Exists", "Equal"] = Field("Equal", description="Exists or Equal.")
+    value: str | None = Field(None, max_length=63, description="Taint value for Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect; empty matches all."
+    )
+    toleration_seconds: int | None = Field(
+        None, ge=0, description="For NoExecute: seconds the pod stays after the taint appears."
+    )
+
+
+class Rollout(Schema):
+    """How a new version of the pods replaces the old."""
+
+    max_surge: int | None = Field(
+        None,
+        ge=0,
+        le=16,
+        description="Extra pods during a rollout. Default: 0 when pods use GPUs (a surge pod "
+        "would wait for a GPU the old pod holds), else 1.",
+    )
+    max_unavailable: int | None = Field(
+        None,
+        ge=0,
+        le=16,
+        description="Pods that may be down during a rollout. Default: 1 when pods use GPUs, "
+        "else 0.",
+    )
+
+
+class Serving(Schema):
+    """How the model-server pods run."""
+
+    replicas: int = Field(
+        1, ge=0, le=256, description="Replicas when autoscaling is off (kubectl scale sets it)."
+    )
+    gpus: int = Field(0, ge=0, le=16, description="nvidia.com/gpu per pod; 0 runs on CPU.")
+    resources: Resources = nested(Resources, "CPU and memory of the server container.")
+    node_selector: dict[str, LabelValue] = Field(
+        default_factory=dict, max_length=32, description="Node labels the pods require."
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Tolerations, added to the nvidia.com/gpu one when gpus > 0.",
+    )
+    max_batch_size: int = Field(
+        8, ge=1, le=256, description="Most sequences decoded together (continuous batching)."
+    )
+    max_concurrency: int = Field(
+        64,
+        ge=1,
+        le=4096,
+        description="Most requests in flight per pod; beyond it the server answers 429.",
+    )
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        None, description="Secret key holding the API key clients must send; unset: no auth."
+    )
+    image: str | None = Field(
+        None,
+        max_length=512,
+        description="Server image; unset: the operator's default CPU or GPU image.",
+    )
+    rollout: Rollout = nested(Rollout, "Rolling-update settings.")
+    termination_grace_period_seconds: int = Field(
+        60, ge=1, le=3600, description="Time in-flight requests get to finish on shutdown."
+    )
+
+
+# --- cache, autoscaling, monitoring --------------------------------------------------------
+
+
+class Cache(Schema):
+    """Exact-match response cache in a Redis-protocol sidecar of each pod."""
+
+    enabled: bool = Field(True, description="Run the cache sidecar.")
+    ttl_seconds: int = Field(3600, ge=1, le=7 * 86400, description="Seconds an entry lives.")
+    max_memory: Quantity = Field("256Mi", description="Memory of the cache; LRU beyond it.")
+    image: str = Field(
+        "docker.io/valkey/valkey:8.1-alpine",
+        max_length=512,
+        description="Cache image; any Redis-protocol server (default Valkey, BSD licence).",
+    )
+    include_sampled: bool = Field(
+        False,
+        description="Also cache requests with temperature > 0 (by default only deterministic "
+        "ones are cached).",
+    )
+
+
+class Autoscaling(Schema):
+    """Scale the model-server Deployment on in-flight requests per pod."""
+
+    min_replicas: int = Field(1, ge=1, le=256, description="Fewest replicas.")
+    max_replicas: int = Field(4, ge=1, le=256, description="Most replicas.")
+    target_inflight_per_pod: int = Field(
+        8, ge=1, le=4096, description="In-flight requests per pod the autoscaler aims at."
+    )
+    engine: Literal["hpa", "keda"] = Field(
+        "hpa",
+        description="hpa: an autoscaling/v2 HorizontalPodAutoscaler on the pods metric "
+        "(needs a custom-metrics adapter). keda: a KEDA ScaledObject with a Prometheus trigger.",
+    )
+    prometheus_address: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        max_length=2048,
+        description="Prometheus the KEDA trigger queries (engine: keda).",
+    )
+    scale_down_stabilization_seconds: int = Field(
+        300, ge=0, le=3600, description="Seconds of lower load before scaling down."
+    )
+
+    model_config = rules(
+        (
+            "self.minReplicas <= self.maxReplicas",
+            "minReplicas must not exceed maxReplicas",
+            ".minReplicas",
+        ),
+        (
+            "self.engine != 'keda' || has(self.prometheusAddress)",
+            "engine keda needs prometheusAddress",
+            ".prometheusAddress",
+        ),
+    )
+
+
+class Alerts(Schema):
+    """Alerting rules (a PrometheusRule) on the app's service-level objectives."""
+
+    enabled: bool = Field(True, description="Create the PrometheusRule.")
+    p99_latency_seconds: float = Field(
+        5.0, gt=0, le=3600, description="Alert when p99 request latency exceeds this."
+    )
+    error_rate_percent: float = Field(
+        5.0, gt=0, le=100, description="Alert when this percentage of requests fail (5xx)."
+    )
+    cache_hit_rate_percent: float | None = Field(
+        None, ge=0, le=100, description="Alert when the cache hit rate falls below this."
+    )
+
+
+class Monitoring(Schema):
+    """Prometheus Operator objects and a Grafana dashboard."""
+
+    service_monitor: bool = Field(True, description="Create a ServiceMonitor for /metrics.")
+    scrape_interval: str = Field(
+        "30s", pattern=r"^[0-9]+(ms|s|m)$", max_length=16, description="Scrape interval."
+    )
+    alerts: Alerts = nested(Alerts, "Alerting rules.")
+    dashboard: bool = Field(
+        True, description="Create a ConfigMap with a Grafana dashboard (sidecar-discoverable)."
+    )
+
+
+# --- the resource --------------------------------------------------------------------------
+
+
+class LLMChainAppSpec(Schema):
+    """Desired state of an LLM chain app."""
+
+    model: ModelSpec = Field(description="The model every replica serves.")
+    chain: Chain = Field(description="The chain: inputs, steps, memory.")
+    serving: Serving = nested(Serving, "How the model-server pods run.")
+    cache: Cache = nested(Cache, "Per-pod response cache.")
+    autoscaling: Autoscaling | None = Field(
+        None,
+        description="Autoscale the Deployment; omitted: serving.replicas is used. The "
+        "autoscaler targets the Deployment, never this resource.",
+    )
+    monitoring: Monitoring = nested(Monitoring, "Prometheus and Grafana objects.")
+
+    model_config = rules(
+        (
+            "!(self.model.executionProvider in ['cuda', 'tensorrt']) || self.serving.gpus >= 1",
+            "executionProvider cuda and tensorrt need serving.gpus >= 1",
+            ".model.executionProvider",
+        ),
+        (
+            "self.model.executionProvider != 'tensorrt' || self.model.quantization != 'int4'",
+            "the TensorRT provider does not run int4 (MatMulNBits) models",
+            ".model.quantization",
+        ),
+    )
+
+
+class Condition(Schema):
+    """A status condition, as in metav1.Condition."""
+
+    type: str = Field(max_length=316, description="Ready, ModelReady, Progressing or Degraded.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(max_length=1024, description="CamelCase reason for the last change.")
+    message: str = Field(max_length=32768, description="Human-readable details.")
+    last_transition_time: str = Field(description="When status last changed (RFC 3339).")
+    observed_generation: int | None = Field(
+        None, ge=0, description="Generation of the spec this condition is about."
+    )
+
+
+class LLMChainAppStatus(Schema):
+    """Observed state, written by the operator."""
+
+    observed_generation: int | None = Field(
+        None, ge=0, description="Generation of the spec the operator last reconciled."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready, ModelReady, Progressing, Degraded.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    replicas: int | None = Field(None, ge=0, description="Pods of the Deployment.")
+    ready_replicas: int | None = Field(None, ge=0, description="Ready pods of the Deployment.")
+    selector: str | None = Field(
+        None, description="Label selector of the pods (for the scale subresource)."
+    )
+    endpoint: str | None = Field(None, description="In-cluster URL of the app's HTTP API.")
+    model_digest: str | None = Field(
+        None, description="Digest of the built model being served (sha256:...)."
+    )
+
+
+class LLMChainApp(Schema):
+    """An LLM chain app: a model, a chain, and how to serve, cache, scale and watch them."""
+
+    api_version: Literal["llmchain.io/v1alpha1"] = Field("llmchain.io/v1alpha1")
+    kind: Literal["LLMChainApp"] = Field("LLMChainApp")
+    metadata: dict[str, object] = Field(default_factory=dict)
+    spec: LLMChainAppSpec
+    status: LLMChainAppStatus | None = None

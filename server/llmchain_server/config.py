@@ -1,0 +1,252 @@
+"""The chain config schema: what a chain is made of (inputs, steps, memory).
+
+The operator renders it into the chain ConfigMap and embeds it in the LLMChainApp CRD as
+`spec.chain`; the chain server reads it back with `ChainConfig.model_validate`. It is the one
+module of the server the operator may import, so it depends on nothing else of the server.
+
+Field names are snake_case in Python and camelCase on the wire (`maxTokens`), as Kubernetes
+resources spell them. `x-kubernetes-validations` entries are CEL rules the API server checks.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from jinja2 import StrictUndefined, TemplateSyntaxError, meta
+from jinja2.sandbox import SandboxedEnvironment
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+IDENTIFIER = r"^[a-z][a-z0-9_]{0,62}$"
+"""Names of inputs and steps: usable as Jinja2 variables and in URLs."""
+
+MAX_TEMPLATE_CHARS = 32768
+
+
+class Schema(BaseModel):
+    """Base of every schema model: camelCase aliases, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", validate_default=True
+    )
+
+
+def nested(model: type[BaseModel], description: str) -> Any:
+    """A sub-object field that defaults to its model's defaults (`{}` in the CRD)."""
+    return Field(default_factory=model, description=description, json_schema_extra={"default": {}})
+
+
+class SecretKeyRef(Schema):
+    """A key of a Secret in the app's namespace."""
+
+    name: str = Field(
+        description="Name of the Secret.",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+    )
+    key: str = Field(
+        description="Key within the Secret.",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+    )
+
+
+class Generation(Schema):
+    """Decoding parameters of one LLM call."""
+
+    max_tokens: int = Field(256, ge=1, le=8192, description="Most tokens to generate.")
+    temperature: float = Field(
+        0.0, ge=0.0, le=2.0, description="Sampling temperature; 0 decodes greedily."
+    )
+    top_p: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="Nucleus sampling: keep the smallest set of tokens "
+        "whose probabilities add up to topP.",
+    )
+    top_k: int = Field(
+        0, ge=0, le=1000, description="Keep only the topK likeliest tokens; 0 = off."
+    )
+    seed: int | None = Field(
+        None, ge=0, le=2**31 - 1, description="Random seed for sampling; unset = random."
+    )
+    stop: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Stop sequences: generation ends before the first one produced.",
+    )
+
+
+class OutputParser(Schema):
+    """How a step's raw text becomes its output."""
+
+    type: Literal["text", "json"] = Field(
+        "text",
+        description="text: the generated text as is. json: parse it as JSON, validate it "
+        "against jsonSchema when given, and retry the step once on invalid output.",
+    )
+    json_schema: dict[str, Any] | None = Field(
+        None, description="JSON Schema the parsed output must satisfy (type json only)."
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.jsonSchema) || self.type == 'json'",
+                    "message": "jsonSchema needs type: json",
+                    "fieldPath": ".jsonSchema",
+                }
+            ]
+        }
+    )
+
+
+class LLMStep(Schema):
+    """A step that renders a prompt template and calls the model."""
+
+    name: str = Field(
+        pattern=IDENTIFIER,
+        max_length=63,
+        description="Step name; later steps use its output as the template variable of this name.",
+    )
+    type: Literal["llm"] = Field(
+        "llm",
+        description="Step kind. Only llm exists in v1alpha1; tool, retrieval and agent steps "
+        "will be added under new type values.",
+    )
+    prompt: str = Field(
+        min_length=1,
+        max_length=MAX_TEMPLATE_CHARS,
+        description="Jinja2 template of the user message, rendered in a sandbox with strict "
+        "undefined variables: the chain inputs, earlier steps' outputs and, with memory, "
+        "history.",
+    )
+    system: str | None = Field(
+        None,
+        max_length=MAX_TEMPLATE_CHARS,
+        description="Jinja2 template of the system message, if any.",
+    )
+    chat_template: bool = Field(
+        True,
+        description="Wrap the messages in the model's chat template; false sends the rendered "
+        "prompt as raw text.",
+    )
+    generation: Generation = nested(Generation, "Decoding parameters of this step.")
+    output: OutputParser = nested(OutputParser, "How the generated text is parsed.")
+
+
+Step = LLMStep
+"""A chain step. Becomes a union discriminated by `type` when more step kinds exist."""
+
+
+class Memory(Schema):
+    """Conversation memory, kept per session id in a Redis shared by all replicas."""
+
+    window: int = Field(5, ge=1, le=100, description="Turns of history kept per session.")
+    ttl_seconds: int = Field(
+        3600, ge=60, le=30 * 86400, description="Seconds an idle session's history is kept."
+    )
+    store: Literal["managed", "external"] = Field(
+        "managed",
+        description="managed: a small Redis Deployment the operator runs for this app. "
+        "external: the Redis whose URL is in redisUrlSecretRef.",
+    )
+    redis_url_secret_ref: SecretKeyRef | None = Field(
+        None, description="Secret key holding the external Redis URL (store: external)."
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "(self.store == 'external') == has(self.redisUrlSecretRef)",
+                    "message": "redisUrlSecretRef is required with store: external and "
+                    "not allowed with store: managed",
+                    "fieldPath": ".redisUrlSecretRef",
+                }
+            ]
+        }
+    )
+
+
+class Chain(Schema):
+    """A sequential chain: each step's output is a variable for the steps after it."""
+
+    inputs: list[Annotated[str, Field(pattern=IDENTIFIER, max_length=63)]] = Field(
+        min_length=1, max_length=32, description="Names of the inputs a request must give."
+    )
+    steps: list[Step] = Field(min_length=1, max_length=16, description="Steps, run in order.")
+    output: str | None = Field(
+        None,
+        pattern=IDENTIFIER,
+        max_length=63,
+        description="Name of the step whose output is the chain's output; default: the last.",
+    )
+    memory: Memory | None = Field(
+        None, description="Conversation memory; omitted: every request stands alone."
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.steps.all(s, self.steps.exists_one(t, t.name == s.name))",
+                    "message": "step names must be unique",
+                    "fieldPath": ".steps",
+                },
+                {
+                    "rule": "self.steps.all(s, !(s.name in self.inputs))",
+                    "message": "a step may not have the name of an input",
+                    "fieldPath": ".steps",
+                },
+                {
+                    "rule": "!has(self.output) || self.steps.exists(s, s.name == self.output)",
+                    "message": "output must name a step",
+                    "fieldPath": ".output",
+                },
+            ]
+        }
+    )
+
+
+class ChainConfig(Schema):
+    """The file the chain server reads (`llmchain serve --chain FILE`): a named chain."""
+
+    name: str = Field(
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        max_length=63,
+        description="Chain name, served at /v1/chains/<name>/.",
+    )
+    chain: Chain
+
+
+def template_problems(chain: Chain) -> list[str]:
+    """What the schema cannot check: each template parses, and uses only variables it will have.
+
+    A step's templates may use the chain inputs, the outputs of the steps before it, and
+    `history` when the chain has memory. Each problem names its field (`steps[1].prompt`).
+    """
+    env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+    known = set(chain.inputs) | ({"history"} if chain.memory else set())
+    problems: list[str] = []
+    for index, step in enumerate(chain.steps):
+        for field, source in (("prompt", step.prompt), ("system", step.system)):
+            if source is None:
+                continue
+            where = f"spec.chain.steps[{index}].{field}"
+            try:
+                parsed = env.parse(source)
+            except TemplateSyntaxError as error:
+                problems.append(f"{where}: template syntax error on line {error.lineno}: {error}")
+                continue
+            for name in sorted(meta.find_undeclared_variables(parsed) - known):
+                problems.append(
+                    f"{where}: uses undeclared variable '{name}' (known here: "
+                    f"{', '.join(sorted(known))})"
+                )
+        known.add(step.name)
+    return problems

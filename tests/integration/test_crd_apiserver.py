@@ -1,0 +1,195 @@
+"""The generated CRD on a real API server: it installs, defaults, validates and explains."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from llmchain_operator.crd import build_crd
+from tests.support.cluster import ROOT, Cluster
+
+EXAMPLES = sorted((ROOT / "examples").glob("*/app.yaml"))
+BASE: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "01-qa-chain" / "app.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def crd(cluster: Cluster) -> Cluster:
+    cluster.kubectl("apply", "-f", str(ROOT / "crds"))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "crd/llmchainapps.llmchain.io", "--timeout=60s"
+    )
+    return cluster
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.parent.name)
+def test_every_example_is_accepted(crd: Cluster, namespace: str, path: Path) -> None:
+    crd.kubectl("-n", namespace, "apply", "-f", str(path))
+    name = yaml.safe_load(path.read_text())["metadata"]["name"]
+    stored = crd.get("-n", namespace, "lca", name)
+    assert stored["spec"]["serving"]["maxBatchSize"] >= 1  # defaulted or given
+
+
+def test_the_api_server_applies_nested_defaults(crd: Cluster, namespace: str) -> None:
+    crd.kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps(BASE))
+    spec = crd.get("-n", namespace, "lca", "qa-chain")["spec"]
+    assert spec["serving"]["replicas"] == 1
+    assert spec["serving"]["terminationGracePeriodSeconds"] == 60
+    assert spec["model"]["quantization"] == "int8"
+    assert spec["cache"]["image"].startswith("docker.io/valkey/")
+    assert spec["monitoring"]["alerts"]["p99LatencySeconds"] == 5
+    assert spec["chain"]["steps"][0]["output"] == {"type": "text"}
+    assert "autoscaling" not in spec
+
+
+def test_printer_columns_and_short_name(crd: Cluster, namespace: str) -> None:
+    crd.kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps(BASE))
+    table = crd.kubectl("-n", namespace, "get", "lca").stdout.splitlines()
+    assert table[0].split() == ["NAME", "READY", "REPLICAS", "QUANTIZATION", "ENDPOINT", "AGE"]
+    assert table[1].split()[:2] == ["qa-chain", "int8"]
+
+
+def test_kubectl_scale_sets_serving_replicas(crd: Cluster, namespace: str) -> None:
+    crd.kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps(BASE))
+    crd.kubectl("-n", namespace, "scale", "lca/qa-chain", "--replicas=3")
+    assert crd.get("-n", namespace, "lca", "qa-chain")["spec"]["serving"]["replicas"] == 3
+
+
+def field_paths(schema: dict[str, Any], prefix: str) -> list[str]:
+    paths = []
+    for name, sub in schema.get("properties", {}).items():
+        paths.append(f"{prefix}.{name}")
+        inner = sub.get("items", sub)
+        paths.extend(field_paths(inner, f"{prefix}.{name}"))
+    return paths
+
+
+def test_kubectl_explain_describes_every_spec_field(crd: Cluster) -> None:
+    schema = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    spec = schema["properties"]["spec"]
+    paths = field_paths(spec, "llmchainapp.spec")
+    assert len(paths) > 80
+    for path in paths:
+        out = crd.kubectl("explain", path).stdout
+        assert "DESCRIPTION:" in out, path
+        assert "<empty>" not in out.split("DESCRIPTION:")[1].split("FIELDS:")[0], path
+
+
+Mutation = Callable[[dict[str, Any]], None]
+
+
+def set_path(path: str, value: Any) -> Mutation:
+    def mutate(app: dict[str, Any]) -> None:
+        node = app["spec"]
+        keys = path.split(".")
+        for key in keys[:-1]:
+            node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
+        node[keys[-1]] = value
+
+    return mutate
+
+
+# (case, mutation, text the API server's message must contain: the field and the reason)
+INVALID: list[tuple[str, Mutation, list[str]]] = [
+    (
+        "replicas-wrong-type",
+        set_path("serving.replicas", "three"),
+        ["spec.serving.replicas", "integer"],
+    ),
+    ("replicas-negative", set_path("serving.replicas", -1), ["spec.serving.replicas"]),
+    (
+        "unknown-quantization",
+        set_path("model.quantization", "int3"),
+        ["spec.model.quantization", "int3"],
+    ),
+    (
+        "unknown-provider",
+        set_path("model.executionProvider", "rocm"),
+        ["spec.model.executionProvider", "rocm"],
+    ),
+    (
+        "inverted-replica-bounds",
+        set_path("autoscaling", {"minReplicas": 5, "maxReplicas": 2}),
+        ["spec.autoscaling.minReplicas", "must not exceed maxReplicas"],
+    ),
+    (
+        "tensorrt-without-gpu",
+        set_path("model.executionProvider", "tensorrt"),
+        ["spec.model.executionProvider", "need serving.gpus >= 1"],
+    ),
+    (
+        "two-model-sources",
+        set_path("model.source.pvc", {"claimName": "models"}),
+        ["spec.model.source", "exactly one of url, pvc, onnx, image"],
+    ),
+    ("no-model-source", set_path("model.source", {}), ["spec.model.source", "exactly one"]),
+    ("bad-sha256", set_path("model.source.url.sha256", "abc"), ["spec.model.source.url.sha256"]),
+    (
+        "oversized-prompt",
+        set_path("chain.steps.0.prompt", "x" * 40000),
+        ["spec.chain.steps[0].prompt", "32768"],
+    ),
+    (
+        "duplicate-step-names",
+        lambda app: app["spec"]["chain"]["steps"].append(dict(app["spec"]["chain"]["steps"][0])),
+        ["spec.chain.steps", "step names must be unique"],
+    ),
+    (
+        "step-named-like-an-input",
+        set_path("chain.steps.0.name", "question"),
+        ["spec.chain.steps", "name of an input"],
+    ),
+    (
+        "output-names-no-step",
+        set_path("chain.output", "nothing"),
+        ["spec.chain.output", "output must name a step"],
+    ),
+    ("bad-input-name", set_path("chain.inputs", ["Question!"]), ["spec.chain.inputs[0]"]),
+    ("no-steps", set_path("chain.steps", []), ["spec.chain.steps"]),
+    (
+        "temperature-too-high",
+        set_path("chain.steps.0.generation.temperature", 3),
+        ["spec.chain.steps[0].generation.temperature"],
+    ),
+    (
+        "top-p-zero",
+        set_path("chain.steps.0.generation.topP", 0),
+        ["spec.chain.steps[0].generation.topP"],
+    ),
+    (
+        "external-memory-without-secret",
+        set_path("chain.memory", {"store": "external"}),
+        ["spec.chain.memory.redisUrlSecretRef", "required with store: external"],
+    ),
+    (
+        "keda-without-prometheus",
+        set_path("autoscaling", {"engine": "keda"}),
+        ["spec.autoscaling.prometheusAddress"],
+    ),
+    (
+        "json-schema-on-text-output",
+        set_path("chain.steps.0.output", {"type": "text", "jsonSchema": {"type": "object"}}),
+        ["spec.chain.steps[0].output.jsonSchema", "needs type: json"],
+    ),
+    ("bad-quantity", set_path("cache.maxMemory", "lots"), ["spec.cache.maxMemory"]),
+    ("too-many-gpus", set_path("serving.gpus", 64), ["spec.serving.gpus"]),
+    ("unknown-field", set_path("serving.replicaz", 2), ['unknown field "spec.serving.replicaz"']),
+]
+
+
+@pytest.mark.parametrize(("case", "mutate", "expected"), INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_app_is_rejected_naming_the_field(
+    crd: Cluster, namespace: str, case: str, mutate: Mutation, expected: list[str]
+) -> None:
+    app = copy.deepcopy(BASE)
+    mutate(app)
+    result = crd.kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps(app), check=False)
+    assert result.returncode != 0, f"{case} was accepted"
+    for text in expected:
+        assert text in result.stderr, f"{case}: {text!r} not in {result.stderr!r}"
+    assert "NotFound" in crd.kubectl("-n", namespace, "get", "lca", "qa-chain", check=False).stderr
