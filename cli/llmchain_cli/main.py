@@ -2,7 +2,7 @@
 not load the operator's dependencies and `llmchain operator` does not load onnxruntime."""
 
 import sys
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 import click
 
@@ -32,10 +32,33 @@ def serve() -> None:
     _not_yet("the chain server", 5)
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def render() -> None:
-    """Print the child manifests the operator would apply for the LLMChainApps in a file."""
-    _not_yet("rendering manifests", 3)
+@cli.command()
+@click.argument("file", type=click.File("r"))
+@click.option("-n", "--namespace", help="Namespace of apps that name none (default: default).")
+@click.option(
+    "--without-api",
+    "missing",
+    multiple=True,
+    type=click.Choice(["monitoring.coreos.com", "keda.sh"]),
+    help="Render as for a cluster without this optional API group (repeatable).",
+)
+def render(file: TextIO, namespace: str | None, missing: tuple[str, ...]) -> None:
+    """Print the child manifests the operator would apply for the LLMChainApps in FILE.
+
+    Offline, without a cluster, like `helm template`: review them in a GitOps pull request.
+    FILE may hold several YAML documents; `-` reads standard input.
+    """
+    from llmchain_operator.builders import OPTIONAL_API_GROUPS
+    from llmchain_operator.render import RenderError
+    from llmchain_operator.render import render as render_text
+    from llmchain_operator.settings import Settings
+
+    groups = [g for g in OPTIONAL_API_GROUPS if g not in missing]
+    try:
+        click.echo(render_text(file.read(), Settings.from_env(), namespace=namespace,
+                               available_groups=groups), nl=False)
+    except RenderError as error:
+        raise click.ClickException(str(error)) from None
 
 
 @cli.command()

@@ -19,7 +19,6 @@ def test_help_lists_every_subcommand() -> None:
     ("args", "issue"),
     [
         (["operator"], 3),
-        (["render", "app.yaml"], 3),
         (["model", "build", "--quantization", "int8"], 4),
         (["serve", "--model", "m", "--port", "8000"], 5),
     ],

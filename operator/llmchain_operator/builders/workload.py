@@ -1,0 +1,281 @@
+"""The chain ConfigMap and the model-server Deployment (server, cache sidecar, model init)."""
+
+from __future__ import annotations
+
+import yaml
+
+from llmchain_operator.api import LLMChainApp
+from llmchain_operator.builders.common import (
+    API_KEY_DIR,
+    CACHE_PORT,
+    CHAIN_DIR,
+    CHAIN_FILE,
+    HTTP_PORT,
+    Manifest,
+    app_name,
+    metadata,
+    model_digest,
+    restricted_container_security,
+    restricted_pod_security,
+    selector_labels,
+    stable_hash,
+    uses_gpu,
+)
+from llmchain_operator.builders.memory import memory_url_env
+from llmchain_operator.builders.model import model_dir, model_init_containers, model_volumes
+from llmchain_operator.settings import Settings
+from llmchain_server.config import ChainConfig
+
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+
+
+def chain_configmap_name(app: LLMChainApp) -> str:
+    return f"{app_name(app)}-chain"
+
+
+def render_chain_config(app: LLMChainApp) -> str:
+    config = ChainConfig(name=app_name(app), chain=app.spec.chain)
+    return yaml.safe_dump(config.model_dump(by_alias=True, exclude_none=True), sort_keys=False)
+
+
+def build_chain_configmap(app: LLMChainApp) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(app, chain_configmap_name(app), "server"),
+        "data": {CHAIN_FILE: render_chain_config(app)},
+    }
+
+
+def _cache_sidecar(app: LLMChainApp) -> Manifest:
+    """The response cache as a native sidecar (an init container that keeps running)."""
+    cache = app.spec.cache
+    return {
+        "name": "cache",
+        "image": cache.image,
+        "restartPolicy": "Always",
+        "args": [
+            "valkey-server",
+            "--port",
+            str(CACHE_PORT),
+            "--bind",
+            "127.0.0.1",
+            "--maxmemory",
+            _redis_bytes(cache.max_memory),
+            "--maxmemory-policy",
+            "allkeys-lru",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        "ports": [{"name": "cache", "containerPort": CACHE_PORT}],
+        "readinessProbe": {"tcpSocket": {"port": CACHE_PORT}, "periodSeconds": 5},
+        "resources": {
+            "requests": {"cpu": "50m", "memory": cache.max_memory},
+            "limits": {"memory": _with_headroom(cache.max_memory)},
+        },
+        "securityContext": restricted_container_security(),
+    }
+
+
+def _redis_bytes(quantity: str) -> str:
+    """Kubernetes quantity → the redis maxmemory form (256Mi → 256mb)."""
+    units = {"Ki": "kb", "Mi": "mb", "Gi": "gb", "k": "kb", "M": "mb", "G": "gb"}
+    for suffix, unit in units.items():
+        if quantity.endswith(suffix):
+            return quantity.removesuffix(suffix) + unit
+    return quantity
+
+
+def _with_headroom(quantity: str) -> str:
+    """The cache container's memory limit: maxmemory plus a quarter for Redis overhead."""
+    for suffix in ("Ki", "Mi", "Gi"):
+        if quantity.endswith(suffix):
+            number = float(quantity.removesuffix(suffix))
+            return f"{int(number * 1.25 + 0.999)}{suffix}"
+    return quantity
+
+
+def _server_args(app: LLMChainApp) -> list[str]:
+    args = [
+        "llmchain",
+        "serve",
+        "--model",
+        model_dir(app),
+        "--chain",
+        f"{CHAIN_DIR}/{CHAIN_FILE}",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(HTTP_PORT),
+    ]
+    if app.spec.cache.enabled:
+        args += ["--redis-url", f"redis://127.0.0.1:{CACHE_PORT}/0"]
+    if app.spec.chain.memory is not None:
+        args += ["--memory-url", "$(LLMCHAIN_MEMORY_URL)"]
+    return args
+
+
+def _server_env(app: LLMChainApp) -> list[Manifest]:
+    serving = app.spec.serving
+    env: list[Manifest] = [
+        {"name": "LLMCHAIN_EXECUTION_PROVIDER", "value": app.spec.model.execution_provider},
+        {"name": "LLMCHAIN_MODEL_DIGEST", "value": model_digest(app)},
+        {"name": "LLMCHAIN_MAX_BATCH_SIZE", "value": str(serving.max_batch_size)},
+        {"name": "LLMCHAIN_MAX_CONCURRENCY", "value": str(serving.max_concurrency)},
+        {"name": "LLMCHAIN_CACHE_TTL_SECONDS", "value": str(app.spec.cache.ttl_seconds)},
+        {"name": "LLMCHAIN_CACHE_SAMPLED", "value": str(app.spec.cache.include_sampled).lower()},
+        {
+            "name": "LLMCHAIN_CPU_LIMIT",
+            "valueFrom": {
+                "resourceFieldRef": {
+                    "containerName": "server",
+                    "resource": "limits.cpu",
+                    "divisor": "1",
+                }
+            },
+        },
+        {"name": "HOME", "value": "/tmp"},
+    ]
+    if serving.api_key_secret_ref is not None:
+        env.append(
+            {
+                "name": "LLMCHAIN_API_KEY_FILE",
+                "value": f"{API_KEY_DIR}/{serving.api_key_secret_ref.key}",
+            }
+        )
+    env.extend(memory_url_env(app))
+    return env
+
+
+def _server_resources(app: LLMChainApp) -> Manifest:
+    resources = app.spec.serving.resources.model_dump(by_alias=True, exclude_none=True)
+    requests = {"cpu": "1", "memory": "1Gi", **resources.get("requests", {})}
+    limits = dict(resources.get("limits", {}))
+    if uses_gpu(app):
+        limits[GPU_RESOURCE] = str(app.spec.serving.gpus)
+    return {"requests": requests, **({"limits": limits} if limits else {})}
+
+
+def _server_container(app: LLMChainApp, settings: Settings) -> Manifest:
+    http = {"port": "http"}
+    mounts = [
+        {"name": "models", "mountPath": "/models", "readOnly": True},
+        {"name": "chain", "mountPath": CHAIN_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if app.spec.serving.api_key_secret_ref is not None:
+        mounts.append({"name": "api-key", "mountPath": API_KEY_DIR, "readOnly": True})
+    image = app.spec.serving.image or (
+        settings.server_gpu_image if uses_gpu(app) else settings.server_image
+    )
+    return {
+        "name": "server",
+        "image": image,
+        "args": _server_args(app),
+        "env": _server_env(app),
+        "ports": [{"name": "http", "containerPort": HTTP_PORT}],
+        "startupProbe": {
+            "httpGet": {**http, "path": "/readyz"},
+            "periodSeconds": 5,
+            "failureThreshold": 120,
+        },
+        "readinessProbe": {"httpGet": {**http, "path": "/readyz"}, "periodSeconds": 5},
+        "livenessProbe": {
+            "httpGet": {**http, "path": "/healthz"},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        # Endpoints drop the pod before SIGTERM arrives, so no new request is routed to it.
+        "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
+        "resources": _server_resources(app),
+        "volumeMounts": mounts,
+        "securityContext": restricted_container_security(),
+    }
+
+
+def _rollout_strategy(app: LLMChainApp) -> Manifest:
+    rollout = app.spec.serving.rollout
+    gpu = uses_gpu(app)
+    surge = rollout.max_surge if rollout.max_surge is not None else (0 if gpu else 1)
+    unavailable = rollout.max_unavailable
+    if unavailable is None:
+        unavailable = 1 if gpu or surge == 0 else 0
+    return {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": surge, "maxUnavailable": unavailable},
+    }
+
+
+def _pod_volumes(app: LLMChainApp) -> list[Manifest]:
+    volumes = [
+        *model_volumes(app),
+        {"name": "chain", "configMap": {"name": chain_configmap_name(app)}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    ref = app.spec.serving.api_key_secret_ref
+    if ref is not None:
+        volumes.append(
+            {
+                "name": "api-key",
+                "secret": {
+                    "secretName": ref.name,
+                    "items": [{"key": ref.key, "path": ref.key}],
+                    "defaultMode": 0o440,
+                },
+            }
+        )
+    return volumes
+
+
+def build_deployment(app: LLMChainApp, settings: Settings) -> Manifest:
+    """The model-server Deployment. `replicas` is left out when an autoscaler owns it."""
+    serving = app.spec.serving
+    selector = selector_labels(app, "server")
+    annotations = {
+        "llmchain.io/chain-hash": stable_hash(render_chain_config(app), 16),
+        "llmchain.io/model-digest": model_digest(app),
+    }
+    init = [
+        *([_cache_sidecar(app)] if app.spec.cache.enabled else []),
+        *model_init_containers(app, settings),
+    ]
+    tolerations = [t.model_dump(by_alias=True, exclude_none=True) for t in serving.tolerations]
+    if uses_gpu(app) and GPU_TOLERATION not in tolerations:
+        tolerations.insert(0, GPU_TOLERATION)
+    pod_spec: Manifest = {
+        "serviceAccountName": app_name(app),
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": serving.termination_grace_period_seconds,
+        "securityContext": restricted_pod_security(),
+        "initContainers": init,
+        "containers": [_server_container(app, settings)],
+        "volumes": _pod_volumes(app),
+    }
+    if serving.node_selector:
+        pod_spec["nodeSelector"] = dict(serving.node_selector)
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    spec: Manifest = {
+        "selector": {"matchLabels": selector},
+        "strategy": _rollout_strategy(app),
+        "revisionHistoryLimit": 5,
+        "template": {
+            "metadata": {
+                "labels": metadata(app, "", "server")["labels"],
+                "annotations": annotations,
+            },
+            "spec": pod_spec,
+        },
+    }
+    if app.spec.autoscaling is None:
+        spec = {"replicas": serving.replicas, **spec}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(app, app_name(app), "server"),
+        "spec": spec,
+    }

@@ -1,0 +1,65 @@
+"""`llmchain render`: the child manifests the operator would apply, offline, as YAML."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from llmchain_operator.api import KIND, LLMChainApp
+from llmchain_operator.builders import OPTIONAL_API_GROUPS, build_children
+from llmchain_operator.settings import Settings
+from llmchain_server.config import template_problems
+
+
+class RenderError(ValueError):
+    """An input document is not a valid LLMChainApp; the message names the field."""
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path.lstrip(".")
+
+
+def parse_apps(documents: Iterable[Any], namespace: str | None = None) -> list[LLMChainApp]:
+    """LLMChainApps among YAML documents (others are ignored), validated."""
+    apps = []
+    for index, doc in enumerate(documents):
+        if not isinstance(doc, dict) or doc.get("kind") != KIND:
+            continue
+        name = (doc.get("metadata") or {}).get("name", f"document {index}")
+        try:
+            app = LLMChainApp.model_validate(doc)
+        except ValidationError as error:
+            details = "; ".join(f"{_field(e['loc'])}: {e['msg']}" for e in error.errors())
+            raise RenderError(f"{KIND} {name}: {details}") from None
+        problems = template_problems(app.spec.chain)
+        if problems:
+            raise RenderError(f"{KIND} {name}: " + "; ".join(problems))
+        if namespace or not app.metadata.get("namespace"):
+            app.metadata["namespace"] = namespace or "default"
+        apps.append(app)
+    return apps
+
+
+def render(
+    text: str,
+    settings: Settings,
+    *,
+    namespace: str | None = None,
+    available_groups: Collection[str] = OPTIONAL_API_GROUPS,
+) -> str:
+    out = []
+    for app in parse_apps(yaml.safe_load_all(text), namespace):
+        children = build_children(app, settings, available_groups)
+        for obj in children.objects:
+            source = f"# Source: {KIND} {app.metadata['namespace']}/{app.metadata['name']}"
+            out.append(source + "\n" + yaml.safe_dump(obj, sort_keys=False, width=100))
+        for obj in children.skipped:
+            out.append(f"# Skipped {obj['kind']} {obj['metadata']['name']}: "
+                       f"API {obj['apiVersion']} not available\n")
+    return "---\n".join(out)

@@ -1,0 +1,31 @@
+"""Operator settings, from environment variables with the LLMCHAIN_ prefix."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from llmchain_operator import __version__
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the builders need beyond the resource itself."""
+
+    server_image: str = f"docker.io/llmchain/llmchain-server:{__version__}"
+    server_gpu_image: str = f"docker.io/llmchain/llmchain-server-gpu:{__version__}"
+    memory_image: str = "docker.io/valkey/valkey:8.1-alpine"
+    cluster_domain: str = "cluster.local"
+    field_manager: str = "llmchain-operator"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+        defaults = cls()
+        return cls(
+            server_image=env.get("LLMCHAIN_SERVER_IMAGE", defaults.server_image),
+            server_gpu_image=env.get("LLMCHAIN_SERVER_GPU_IMAGE", defaults.server_gpu_image),
+            memory_image=env.get("LLMCHAIN_MEMORY_IMAGE", defaults.memory_image),
+            cluster_domain=env.get("LLMCHAIN_CLUSTER_DOMAIN", defaults.cluster_domain),
+            field_manager=env.get("LLMCHAIN_FIELD_MANAGER", defaults.field_manager),
+        )
