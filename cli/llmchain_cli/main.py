@@ -55,8 +55,12 @@ def render(file: TextIO, namespace: str | None, missing: tuple[str, ...]) -> Non
 
     groups = [g for g in OPTIONAL_API_GROUPS if g not in missing]
     try:
-        click.echo(render_text(file.read(), Settings.from_env(), namespace=namespace,
-                               available_groups=groups), nl=False)
+        click.echo(
+            render_text(
+                file.read(), Settings.from_env(), namespace=namespace, available_groups=groups
+            ),
+            nl=False,
+        )
     except RenderError as error:
         raise click.ClickException(str(error)) from None
 

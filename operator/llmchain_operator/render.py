@@ -60,6 +60,8 @@ def render(
             source = f"# Source: {KIND} {app.metadata['namespace']}/{app.metadata['name']}"
             out.append(source + "\n" + yaml.safe_dump(obj, sort_keys=False, width=100))
         for obj in children.skipped:
-            out.append(f"# Skipped {obj['kind']} {obj['metadata']['name']}: "
-                       f"API {obj['apiVersion']} not available\n")
+            out.append(
+                f"# Skipped {obj['kind']} {obj['metadata']['name']}: "
+                f"API {obj['apiVersion']} not available\n"
+            )
     return "---\n".join(out)
