@@ -1,6 +1,7 @@
 """Subcommands of `llmchain`. Each imports its implementation lazily, so `llmchain serve` does
 not load the operator's dependencies and `llmchain operator` does not load onnxruntime."""
 
+import logging
 import sys
 from typing import NoReturn, TextIO
 
@@ -20,10 +21,36 @@ def cli() -> None:
     """Run and manage LLM chain apps on Kubernetes."""
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def operator() -> None:
+@cli.command()
+@click.option(
+    "-n",
+    "--namespace",
+    "namespaces",
+    multiple=True,
+    help="Watch only this namespace (repeatable); default: the whole cluster.",
+)
+@click.option("--metrics-port", default=8080, show_default=True, help="Port of /metrics.")
+@click.option("--liveness-port", default=8081, show_default=True, help="Port of /healthz.")
+@click.option("--verbose", is_flag=True, help="Log debug details.")
+def operator(
+    namespaces: tuple[str, ...], metrics_port: int, liveness_port: int, verbose: bool
+) -> None:
     """Run the operator that reconciles LLMChainApp resources."""
-    _not_yet("the operator", 3)
+    import kopf
+
+    import llmchain_operator.main  # noqa: F401  (registers the handlers)
+    from llmchain_operator import metrics
+
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON)
+    if not verbose:  # one line per handled event is noise at this scale
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    metrics.serve(metrics_port)
+    kopf.run(
+        clusterwide=not namespaces,
+        namespaces=list(namespaces),
+        standalone=True,
+        liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz",
+    )
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

@@ -18,7 +18,6 @@ def test_help_lists_every_subcommand() -> None:
 @pytest.mark.parametrize(
     ("args", "issue"),
     [
-        (["operator"], 3),
         (["model", "build", "--quantization", "int8"], 4),
         (["serve", "--model", "m", "--port", "8000"], 5),
     ],

@@ -1,0 +1,218 @@
+"""The one module that talks to the API server.
+
+It wraps the official `kubernetes` client's blocking REST calls in `asyncio.to_thread`, so
+kopf's event loop never stalls, and speaks server-side apply (PATCH application/apply-patch+yaml)
+under one field manager. Paths are built from a table of the kinds the operator manages, so no
+discovery round-trip is needed per call; optional API groups are discovered once per TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import kubernetes
+
+Manifest = dict[str, Any]
+
+# kind -> (API group/version, plural, namespaced)
+KINDS: dict[str, tuple[str, str, bool]] = {
+    "ServiceAccount": ("v1", "serviceaccounts", True),
+    "ConfigMap": ("v1", "configmaps", True),
+    "Secret": ("v1", "secrets", True),
+    "Service": ("v1", "services", True),
+    "PersistentVolumeClaim": ("v1", "persistentvolumeclaims", True),
+    "Event": ("v1", "events", True),
+    "Deployment": ("apps/v1", "deployments", True),
+    "Job": ("batch/v1", "jobs", True),
+    "PodDisruptionBudget": ("policy/v1", "poddisruptionbudgets", True),
+    "NetworkPolicy": ("networking.k8s.io/v1", "networkpolicies", True),
+    "HorizontalPodAutoscaler": ("autoscaling/v2", "horizontalpodautoscalers", True),
+    "ScaledObject": ("keda.sh/v1alpha1", "scaledobjects", True),
+    "ServiceMonitor": ("monitoring.coreos.com/v1", "servicemonitors", True),
+    "PrometheusRule": ("monitoring.coreos.com/v1", "prometheusrules", True),
+    "LLMChainApp": ("llmchain.io/v1alpha1", "llmchainapps", True),
+    "Lease": ("coordination.k8s.io/v1", "leases", True),
+}
+
+
+class ApiError(Exception):
+    """An API server answer other than success; `status` is the HTTP code."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+def _path(kind: str, namespace: str | None, name: str | None = None, sub: str = "") -> str:
+    api_version, plural, namespaced = KINDS[kind]
+    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    path = prefix
+    if namespaced and namespace:
+        path += f"/namespaces/{namespace}"
+    path += f"/{plural}"
+    if name:
+        path += f"/{name}"
+    if sub:
+        path += f"/{sub}"
+    return path
+
+
+@dataclass
+class Kube:
+    """Async access to the API server for the operator."""
+
+    field_manager: str
+    api: kubernetes.client.ApiClient = field(default_factory=kubernetes.client.ApiClient)
+    discovery_ttl: float = 60.0
+    _groups: tuple[float, frozenset[str]] = (0.0, frozenset())
+
+    @classmethod
+    def from_environment(cls, field_manager: str) -> Kube:
+        """In-cluster config when running in a pod, else the kubeconfig ($KUBECONFIG)."""
+        try:
+            kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
+        except kubernetes.config.ConfigException:
+            kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+        return cls(field_manager=field_manager)
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        api = self.api
+        _, url, headers, serialized, _ = api.param_serialize(
+            method,
+            path,
+            query_params=query or [],
+            body=body,
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = api.call_api(
+                method, url, header_params=headers, body=serialized, _request_timeout=60
+            )
+        except kubernetes.client.ApiException as error:  # transport-level failure
+            raise ApiError(error.status or 0, error.reason or "", str(error)) from None
+        data = response.read()  # type: ignore[no-untyped-call]
+        if not 200 <= response.status < 300:
+            message = response.reason or ""
+            with contextlib.suppress(TypeError, ValueError):
+                message = json.loads(data).get("message", message)
+            raise ApiError(response.status, response.reason or "", message)
+        return json.loads(data) if data else None
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(self._call, method, path, **kwargs)
+
+    async def apply(
+        self, obj: Manifest, *, force: bool = True, field_manager: str | None = None
+    ) -> Manifest:
+        """Server-side apply `obj` under the operator's field manager (or another one)."""
+        meta = obj["metadata"]
+        path = _path(obj["kind"], meta.get("namespace"), meta["name"])
+        query = [("fieldManager", field_manager or self.field_manager)]
+        if force:
+            query.append(("force", "true"))
+        # JSON is YAML; the client only serialises bodies itself for JSON content types.
+        result: Manifest = await self.call(
+            "PATCH",
+            path,
+            body=json.dumps(obj),
+            query=query,
+            content_type="application/apply-patch+yaml",
+        )
+        return result
+
+    async def get(self, kind: str, namespace: str | None, name: str) -> Manifest | None:
+        try:
+            result: Manifest = await self.call("GET", _path(kind, namespace, name))
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+        return result
+
+    async def list(self, kind: str, namespace: str | None, selector: str = "") -> list[Manifest]:
+        query = [("labelSelector", selector)] if selector else []
+        result = await self.call("GET", _path(kind, namespace), query=query)
+        items: list[Manifest] = result.get("items", [])
+        api_version = KINDS[kind][0]
+        # List items come without kind and apiVersion; give them theirs.
+        return [{"apiVersion": api_version, "kind": kind, **item} for item in items]
+
+    async def delete(self, kind: str, namespace: str | None, name: str) -> None:
+        body = {"propagationPolicy": "Background"}
+        try:
+            await self.call("DELETE", _path(kind, namespace, name), body=body)
+        except ApiError as error:
+            if error.status != 404:
+                raise
+
+    async def patch_status(self, kind: str, namespace: str, name: str, status: Manifest) -> None:
+        await self.call(
+            "PATCH",
+            _path(kind, namespace, name, "status"),
+            body={"status": status},
+            content_type="application/merge-patch+json",
+        )
+
+    @staticmethod
+    def group_of(kind: str) -> str:
+        api_version = KINDS[kind][0]
+        return api_version.split("/")[0] if "/" in api_version else ""
+
+    async def event(self, regarding: Manifest, type_: str, reason: str, message: str) -> None:
+        """Post a core/v1 Event about an object (best effort: a failure is only logged)."""
+        meta = regarding["metadata"]
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": regarding["apiVersion"],
+                "kind": regarding["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": self.field_manager},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self.call("POST", _path("Event", meta["namespace"]), body=event)
+        except ApiError as error:
+            logging.getLogger("llmchain.operator").warning("Could not post an event: %s", error)
+
+    def forget_groups(self) -> None:
+        self._groups = (0.0, frozenset())
+
+    async def available_groups(self) -> frozenset[str]:
+        """API groups the cluster serves (cached for discovery_ttl seconds)."""
+        stamp, groups = self._groups
+        if time.monotonic() - stamp < self.discovery_ttl and groups:
+            return groups
+        result = await self.call("GET", "/apis")
+        groups = frozenset(g["name"] for g in result.get("groups", []))
+        self._groups = (time.monotonic(), groups)
+        return groups

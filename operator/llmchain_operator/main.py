@@ -1,0 +1,122 @@
+"""Every kopf registration of the operator, and nothing else: handlers are thin and delegate.
+
+Run with `llmchain operator` (or `kopf run -m llmchain_operator.main`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from llmchain_operator import metrics
+from llmchain_operator.api import GROUP, PLURAL, VERSION
+from llmchain_operator.builders.common import MANAGED_BY
+from llmchain_operator.kube import ApiError, Kube
+from llmchain_operator.reconcile import Reconciler, RetryLater
+from llmchain_operator.settings import Settings
+
+MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
+RESYNC_SECONDS = 60.0
+
+# Children whose changes (drift, deletion, status) trigger a reconcile of their owner.
+WATCHED_CHILDREN = (
+    ("apps", "v1", "deployments"),
+    ("batch", "v1", "jobs"),
+    ("", "v1", "configmaps"),
+    ("", "v1", "services"),
+    ("", "v1", "serviceaccounts"),
+    ("", "v1", "persistentvolumeclaims"),
+    ("policy", "v1", "poddisruptionbudgets"),
+    ("networking.k8s.io", "v1", "networkpolicies"),
+    ("autoscaling", "v2", "horizontalpodautoscalers"),
+)
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    config = Settings.from_env()
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.networking.error_backoffs = [1, 2, 5, 10, 30]
+    memo.reconciler = Reconciler(Kube.from_environment(config.field_manager), config)
+    memo.resync = asyncio.create_task(_resync_forever(memo.reconciler))
+
+
+async def _reconcile(body: kopf.Body, memo: kopf.Memo) -> None:
+    try:
+        await memo.reconciler.reconcile(dict(body))
+    except RetryLater as error:
+        raise kopf.TemporaryError(str(error), delay=5) from None
+    except ApiError as error:
+        if error.status in (403, 422):
+            raise kopf.TemporaryError(str(error), delay=30) from None
+        raise kopf.TemporaryError(str(error), delay=10) from None
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+async def reconcile_app(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await _reconcile(body, memo)
+
+
+async def _resync_forever(reconciler: Reconciler) -> None:
+    """Level-triggered safety net: every app is reconciled each RESYNC_SECONDS, so drift in kinds
+    the operator does not watch is corrected too. (Not a kopf timer: those add finalizers.)"""
+    log = logging.getLogger("llmchain.operator")
+    while True:
+        await asyncio.sleep(RESYNC_SECONDS)
+        try:
+            apps = await reconciler.kube.list("LLMChainApp", None)
+        except ApiError as error:
+            log.warning("Could not list apps to resync: %s", error)
+            continue
+        for app in apps:
+            if app["metadata"].get("deletionTimestamp"):
+                continue
+            try:
+                await reconciler.reconcile(app)
+            except (RetryLater, ApiError) as error:
+                log.warning("Resync of %s failed: %s", app["metadata"]["name"], error)
+
+
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    memo.resync.cancel()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def count_apps(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    apps: set[str] = memo.setdefault("apps", set())
+    meta = event["object"]["metadata"]
+    key = f"{meta['namespace']}/{meta['name']}"
+    if event["type"] == "DELETED":
+        apps.discard(key)
+    else:
+        apps.add(key)
+    metrics.MANAGED_APPS.set(len(apps))
+
+
+def _owner(body: kopf.Body) -> str | None:
+    for ref in body.get("metadata", {}).get("ownerReferences", []):
+        if ref.get("kind") == "LLMChainApp" and ref.get("controller"):
+            return str(ref["name"])
+    return None
+
+
+async def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    owner = _owner(body)
+    if owner is not None:
+        try:
+            await memo.reconciler.reconcile_named(body["metadata"]["namespace"], owner)
+        except (RetryLater, ApiError) as error:
+            logging.getLogger("llmchain.operator").warning(
+                "Could not reconcile %s after a change of its child: %s", owner, error
+            )
+
+
+for _group, _version, _plural in WATCHED_CHILDREN:
+    kopf.on.event(_group, _version, _plural, labels=MANAGED)(child_changed)

@@ -1,0 +1,340 @@
+"""One idempotent, level-triggered reconcile of an LLMChainApp.
+
+Validate what the schema cannot (templates, referenced Secrets) → build the desired children
+(pure) → adopt them (owner references) → server-side apply under one field manager → prune
+children no longer wanted → compute status from what the API server returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from llmchain_operator import metrics
+from llmchain_operator.api import KIND, LLMChainApp
+from llmchain_operator.builders import OPTIONAL_API_GROUPS, build_children
+from llmchain_operator.builders.common import (
+    MANAGED_BY,
+    app_name,
+    model_digest,
+    selector_labels,
+)
+from llmchain_operator.builders.model import build_job_name, builds_in_job
+from llmchain_operator.builders.network import endpoint
+from llmchain_operator.kube import ApiError, Kube
+from llmchain_operator.settings import Settings
+from llmchain_operator.status import (
+    Observed,
+    compute_conditions,
+    counts_for_status,
+    merge_conditions,
+)
+from llmchain_server.config import template_problems
+
+Manifest = dict[str, Any]
+HANDOVER_MANAGER_SUFFIX = "-handover"
+
+# Kinds a reconcile may create; prune looks for leftovers among them.
+PRUNABLE = (
+    "ConfigMap",
+    "Service",
+    "PersistentVolumeClaim",
+    "Deployment",
+    "Job",
+    "NetworkPolicy",
+    "HorizontalPodAutoscaler",
+    "PodDisruptionBudget",
+    "ServiceAccount",
+    "ScaledObject",
+    "ServiceMonitor",
+    "PrometheusRule",
+)
+
+
+class RetryLater(Exception):
+    """The API server refused for a reason that may pass (conflict, throttling, 5xx)."""
+
+
+def _key(obj: Manifest) -> tuple[str, str]:
+    return obj["kind"], obj["metadata"]["name"]
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def validation_problems(body: Manifest) -> tuple[LLMChainApp | None, list[str]]:
+    """Parse the resource; problems name their field (`spec.serving.replicas: ...`)."""
+    raw = {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": dict(body.get("metadata", {})),
+        "spec": body.get("spec", {}),
+    }
+    try:
+        app = LLMChainApp.model_validate(raw)
+    except ValidationError as error:
+        return None, [".".join(str(p) for p in e["loc"]) + f": {e['msg']}" for e in error.errors()]
+    return app, template_problems(app.spec.chain)
+
+
+def owner_reference(body: Manifest) -> Manifest:
+    return {
+        "apiVersion": body["apiVersion"],
+        "kind": KIND,
+        "name": body["metadata"]["name"],
+        "uid": body["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def adopt(objects: Iterable[Manifest], body: Manifest) -> list[Manifest]:
+    ref = owner_reference(body)
+    return [{**o, "metadata": {**o["metadata"], "ownerReferences": [ref]}} for o in objects]
+
+
+def owns_replicas(deployment: Manifest, manager: str) -> bool:
+    for entry in deployment["metadata"].get("managedFields", []):
+        fields = entry.get("fieldsV1", {}).get("f:spec", {})
+        if (
+            entry.get("manager") == manager
+            and entry.get("operation") == "Apply"
+            and "f:replicas" in fields
+        ):
+            return True
+    return False
+
+
+@dataclass
+class Reconciler:
+    kube: Kube
+    settings: Settings
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("llmchain.operator"))
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    _applied: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
+
+    async def reconcile(self, body: Manifest) -> None:
+        """Serialised per app; safe to call from any handler, any number of times."""
+        meta = body["metadata"]
+        key = f"{meta['namespace']}/{meta['name']}"
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            started = time.perf_counter()
+            result = "error"
+            try:
+                result = await self._reconcile(body)
+            finally:
+                metrics.record_reconcile(result, time.perf_counter() - started)
+
+    async def reconcile_named(self, namespace: str, name: str) -> None:
+        """Reconcile the current state of an app, by name (from a child's event)."""
+        body = await self.kube.get(KIND, namespace, name)
+        if body is not None and not body["metadata"].get("deletionTimestamp"):
+            await self.reconcile(body)
+
+    async def _reconcile(self, body: Manifest) -> str:
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        app, problems = validation_problems(body)
+        if app is not None:
+            problems += await self._missing_secrets(app)
+        if app is None or problems:
+            await self._report_invalid(body, problems)
+            return "invalid"
+        groups = await self.kube.available_groups()
+        children = build_children(
+            app, self.settings, [g for g in OPTIONAL_API_GROUPS if g in groups]
+        )
+        objects = adopt(children.objects, body)
+        returned: dict[tuple[str, str], Manifest] = {}
+        for obj in objects:
+            if (
+                obj["kind"] == "Deployment"
+                and app.spec.autoscaling is not None
+                and app_name(app) == obj["metadata"]["name"]
+            ):
+                await self._hand_replicas_over(obj)
+            returned[_key(obj)] = await self._apply(obj)
+        await self._prune(body, {_key(o) for o in objects})
+        skipped = [f"{o['kind']} {o['metadata']['name']}" for o in children.skipped]
+        if skipped and self._applied_note(body, skipped):
+            await self.kube.event(
+                body,
+                "Warning",
+                "APINotInstalled",
+                "Skipped (API not installed): " + ", ".join(skipped),
+            )
+        job = returned.get(("Job", build_job_name(app))) if builds_in_job(app) else None
+        deployment = returned.get(("Deployment", name))
+        wanted = (
+            app.spec.autoscaling.min_replicas if app.spec.autoscaling else app.spec.serving.replicas
+        )
+        observed = Observed(
+            generation=int(meta.get("generation", 0)),
+            deployment=deployment,
+            build_job=job,
+            builds_in_job=builds_in_job(app),
+            desired_replicas=wanted,
+            skipped=skipped,
+        )
+        await self._write_status(body, app, observed)
+        self.log.info("Reconciled %s %s/%s", KIND, namespace, name)
+        return "success"
+
+    def _applied_note(self, body: Manifest, skipped: list[str]) -> bool:
+        """True when this skip list is news (so the event is posted once, not every resync)."""
+        conditions = {c["type"]: c for c in body.get("status", {}).get("conditions", [])}
+        previous = str(conditions.get("OptionalAPIs", {}).get("message", ""))
+        return previous != "Skipped (API not installed): " + ", ".join(skipped)
+
+    async def _missing_secrets(self, app: LLMChainApp) -> list[str]:
+        refs = []
+        if app.spec.serving.api_key_secret_ref is not None:
+            refs.append(("spec.serving.apiKeySecretRef", app.spec.serving.api_key_secret_ref))
+        memory = app.spec.chain.memory
+        if memory is not None and memory.redis_url_secret_ref is not None:
+            refs.append(("spec.chain.memory.redisUrlSecretRef", memory.redis_url_secret_ref))
+        problems = []
+        for where, ref in refs:
+            secret = await self.kube.get("Secret", str(app.metadata["namespace"]), ref.name)
+            if secret is None:
+                problems.append(f"{where}: Secret {ref.name} not found")
+            elif ref.key not in (secret.get("data") or {}):
+                problems.append(f"{where}: Secret {ref.name} has no key {ref.key}")
+        return problems
+
+    async def _hand_replicas_over(self, deployment: Manifest) -> None:
+        """Switching autoscaling on: keep the replica count when we stop applying `replicas`.
+
+        A field that its only manager stops applying is removed and falls back to its default
+        (1). So first a second manager applies the current count, co-owning the field; then the
+        main apply drops it, and the autoscaler's updates take it over from there.
+        """
+        meta = deployment["metadata"]
+        current = await self.kube.get("Deployment", meta["namespace"], meta["name"])
+        if current is None or not owns_replicas(current, self.kube.field_manager):
+            return
+        replicas = current["spec"].get("replicas", 1)
+        await self.kube.apply(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
+                "spec": {"replicas": replicas},
+            },
+            field_manager=self.kube.field_manager + HANDOVER_MANAGER_SUFFIX,
+        )
+        self.log.info(
+            "Handed replicas (%s) of Deployment %s/%s over to the autoscaler",
+            replicas,
+            meta["namespace"],
+            meta["name"],
+        )
+
+    async def _apply(self, obj: Manifest) -> Manifest:
+        try:
+            return await self.kube.apply(obj)
+        except ApiError as error:
+            if error.status == 404 and self.kube.group_of(obj["kind"]) in OPTIONAL_API_GROUPS:
+                self.kube.forget_groups()  # its CRD went away since the last discovery
+                raise RetryLater(f"{obj['kind']} is no longer served") from None
+            if error.status in (409, 429) or error.status >= 500:
+                raise RetryLater(str(error)) from None
+            raise
+
+    async def _prune(self, body: Manifest, desired: set[tuple[str, str]]) -> None:
+        """Delete children this app owns that are no longer desired (autoscaler switched off,
+        memory removed, a build Job of an older model digest, ...)."""
+        meta = body["metadata"]
+        uid = meta["uid"]
+        if self._applied.get(uid) == desired:
+            return
+        groups = await self.kube.available_groups()
+        selector = (
+            f"app.kubernetes.io/instance={meta['name']},app.kubernetes.io/managed-by={MANAGED_BY}"
+        )
+        for kind in PRUNABLE:
+            group = self.kube.group_of(kind)
+            if group in OPTIONAL_API_GROUPS and group not in groups:
+                continue
+            for obj in await self.kube.list(kind, meta["namespace"], selector):
+                owners = obj["metadata"].get("ownerReferences", [])
+                if any(o.get("uid") == uid for o in owners) and _key(obj) not in desired:
+                    await self.kube.delete(kind, meta["namespace"], obj["metadata"]["name"])
+                    self.log.info(
+                        "Deleted %s %s/%s (no longer wanted)",
+                        kind,
+                        meta["namespace"],
+                        obj["metadata"]["name"],
+                    )
+        self._applied[uid] = desired
+
+    async def _report_invalid(self, body: Manifest, problems: list[str]) -> None:
+        """Degraded with the problems named; the running children are left as they are."""
+        meta = body["metadata"]
+        observed = Observed(
+            generation=int(meta.get("generation", 0)),
+            deployment=None,
+            build_job=None,
+            builds_in_job=False,
+            desired_replicas=0,
+            problems=problems,
+        )
+        old = body.get("status", {}).get("conditions", [])
+        degraded: Manifest = next((c for c in old if c["type"] == "Degraded"), {})
+        message = "; ".join(problems)
+        if degraded.get("message") != message:
+            await self.kube.event(body, "Warning", "InvalidSpec", message)
+            self.log.warning(
+                "Rejected %s %s/%s: %s", KIND, meta["namespace"], meta["name"], message
+            )
+        conditions = merge_conditions(
+            old, compute_conditions(observed), _now(), observed.generation
+        )
+        kept = [c for c in conditions if c["type"] != "OptionalAPIs"]
+        await self.kube.patch_status(
+            KIND,
+            meta["namespace"],
+            meta["name"],
+            {"observedGeneration": observed.generation, "conditions": kept},
+        )
+
+    async def _write_status(self, body: Manifest, app: LLMChainApp, observed: Observed) -> None:
+        meta = body["metadata"]
+        old = body.get("status", {}).get("conditions", [])
+        conditions = merge_conditions(
+            old, compute_conditions(observed), _now(), observed.generation
+        )
+        selector = ",".join(f"{k}={v}" for k, v in selector_labels(app, "server").items())
+        status = {
+            "observedGeneration": observed.generation,
+            "conditions": conditions,
+            **counts_for_status(observed.deployment),
+            "selector": selector,
+            "endpoint": endpoint(app, self.settings),
+            "modelDigest": model_digest(app),
+        }
+        if _status_digest(body.get("status", {})) != _status_digest(status):
+            await self.kube.patch_status(KIND, meta["namespace"], meta["name"], status)
+
+
+def _status_digest(status: Manifest) -> str:
+    """Status without timestamps, to skip writes that would change nothing."""
+    stripped = {
+        **status,
+        "conditions": [
+            {k: v for k, v in c.items() if k != "lastTransitionTime"}
+            for c in status.get("conditions", [])
+        ],
+    }
+    return hashlib.sha256(json.dumps(stripped, sort_keys=True).encode()).hexdigest()

@@ -1,0 +1,163 @@
+"""Status of an LLMChainApp from what the cluster reports: pure functions, no I/O.
+
+Conditions follow metav1.Condition: `lastTransitionTime` only moves when `status` changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+Manifest = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What reconcile saw of the app's children after applying them."""
+
+    generation: int
+    deployment: Manifest | None
+    build_job: Manifest | None
+    builds_in_job: bool
+    desired_replicas: int
+    problems: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def condition(type_: str, status: bool | None, reason: str, message: str) -> Manifest:
+    value = "Unknown" if status is None else ("True" if status else "False")
+    return {"type": type_, "status": value, "reason": reason, "message": message}
+
+
+def _job_state(job: Manifest | None) -> str:
+    if job is None:
+        return "missing"
+    for cond in job.get("status", {}).get("conditions", []):
+        if cond.get("status") == "True" and cond["type"] in ("Complete", "Failed"):
+            return str(cond["type"]).lower()
+    return "running"
+
+
+def _deployment_counts(deployment: Manifest | None, generation_seen: bool) -> dict[str, int]:
+    status = (deployment or {}).get("status", {})
+    return {
+        "replicas": int(status.get("replicas", 0)),
+        "ready": int(status.get("readyReplicas", 0)),
+        "updated": int(status.get("updatedReplicas", 0)),
+        "available": int(status.get("availableReplicas", 0)),
+        "current": int(generation_seen),
+    }
+
+
+def _deployment_caught_up(deployment: Manifest | None) -> bool:
+    if deployment is None:
+        return False
+    observed = deployment.get("status", {}).get("observedGeneration", 0)
+    return bool(observed >= deployment["metadata"].get("generation", 0))
+
+
+def model_condition(observed: Observed) -> Manifest:
+    if not observed.builds_in_job:
+        ready = _deployment_counts(observed.deployment, True)["ready"] > 0
+        if ready:
+            return condition("ModelReady", True, "BuiltInPod", "Pods built or mounted the model.")
+        return condition(
+            "ModelReady",
+            False,
+            "WaitingForPods",
+            "Each pod builds or mounts the model before it starts.",
+        )
+    state = _job_state(observed.build_job)
+    if state == "complete":
+        return condition("ModelReady", True, "BuildSucceeded", "The model build Job completed.")
+    if state == "failed":
+        return condition(
+            "ModelReady", False, "BuildFailed", "The model build Job failed; see its pod logs."
+        )
+    return condition("ModelReady", False, "Building", "The model build Job is running.")
+
+
+def compute_conditions(observed: Observed) -> list[Manifest]:
+    """Ready, ModelReady, Progressing, Degraded (+ OptionalAPIs when something was skipped)."""
+    model = model_condition(observed)
+    caught_up = _deployment_caught_up(observed.deployment)
+    counts = _deployment_counts(observed.deployment, caught_up)
+    wanted = max(observed.desired_replicas, 1)
+    rolled_out = (
+        caught_up
+        and counts["updated"] >= counts["replicas"]
+        and (counts["ready"] >= min(wanted, max(counts["replicas"], 1)))
+    )
+    conditions = [model]
+    if observed.problems:
+        message = "; ".join(observed.problems)
+        conditions.append(condition("Degraded", True, "InvalidSpec", message))
+        conditions.append(condition("Progressing", False, "Blocked", message))
+        conditions.append(condition("Ready", False, "InvalidSpec", message))
+    else:
+        failed = model["reason"] == "BuildFailed"
+        conditions.append(
+            condition(
+                "Degraded",
+                failed,
+                "BuildFailed" if failed else "AsExpected",
+                model["message"] if failed else "No problem found.",
+            )
+        )
+        conditions.append(
+            condition(
+                "Progressing",
+                not rolled_out,
+                "RollingOut" if not rolled_out else "RolledOut",
+                f"{counts['ready']}/{wanted} replicas ready, {counts['updated']} updated.",
+            )
+        )
+        ready = rolled_out and model["status"] == "True" and counts["ready"] > 0
+        conditions.append(
+            condition(
+                "Ready",
+                ready,
+                "Available" if ready else "NotAvailable",
+                f"{counts['ready']} of {wanted} replicas ready."
+                if model["status"] == "True"
+                else model["message"],
+            )
+        )
+    if observed.skipped:
+        conditions.append(
+            condition(
+                "OptionalAPIs",
+                False,
+                "APINotInstalled",
+                "Skipped (API not installed): " + ", ".join(observed.skipped),
+            )
+        )
+    else:
+        conditions.append(
+            condition(
+                "OptionalAPIs", True, "Available", "Every optional API the spec uses is installed."
+            )
+        )
+    return conditions
+
+
+def merge_conditions(
+    old: list[Manifest], new: list[Manifest], now: str, generation: int
+) -> list[Manifest]:
+    """New conditions with lastTransitionTime kept from `old` when the status did not change."""
+    previous = {c["type"]: c for c in old}
+    merged = []
+    for cond in new:
+        before = previous.get(cond["type"])
+        changed = before is None or before.get("status") != cond["status"]
+        stamp = now if changed or before is None else before.get("lastTransitionTime", now)
+        merged.append({**cond, "lastTransitionTime": stamp, "observedGeneration": generation})
+    return merged
+
+
+def counts_for_status(deployment: Manifest | None) -> dict[str, int]:
+    status = (deployment or {}).get("status", {})
+    return {
+        "replicas": int(status.get("replicas", 0)),
+        "readyReplicas": int(status.get("readyReplicas", 0)),
+    }
