@@ -45,10 +45,11 @@ kwokctl_env() {
 }
 
 # Fake nodes: KWOK keeps them Ready and runs their pods' lifecycle. The GPU nodes carry the
-# taint and labels GPU node pools have on managed clouds, so only pods that ask for a GPU land there.
+# taint and labels GPU node pools have on managed clouds, so only pods that ask for a GPU land there;
+# the edge node carries the label examples/03-edge-cpu selects.
 apply_nodes() {
   local node gpus
-  for spec in gpu-node-0:4 gpu-node-1:2 cpu-node-0:0; do
+  for spec in gpu-node-0:4 gpu-node-1:2 cpu-node-0:0 edge-node-0:0; do
     node=${spec%%:*} gpus=${spec##*:}
     {
       cat <<YAML
@@ -64,6 +65,7 @@ metadata:
     type: kwok
 YAML
       [ "$gpus" -gt 0 ] && printf '    nvidia.com/gpu.present: "true"\n'
+      [ "${node%%-*}" = edge ] && printf '    node-role.llmchain.io/edge: "true"\n'
       printf 'spec:\n'
       [ "$gpus" -gt 0 ] && printf '  taints: [{key: nvidia.com/gpu, value: present, effect: NoSchedule}]\n'
       cat <<YAML

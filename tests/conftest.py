@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cluster import Cluster, start_cluster, stop_cluster
+from tests.support.operator import OperatorProcess, install_operator_identity
 from tests.support.redis import RedisServer
 
 TIERS = ("unit", "integration", "e2e")
@@ -55,3 +56,26 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """One `llmchain operator` process for the session, running as its ServiceAccount."""
+    workdir = tmp_path_factory.mktemp("operator")
+    process = OperatorProcess(
+        install_operator_identity(cluster, workdir), workdir, env={"LLMCHAIN_RESYNC_SECONDS": "5"}
+    )
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def app_namespace(cluster: Cluster, namespace: str) -> str:
+    """A namespace where the API server enforces the restricted Pod Security Standard."""
+    cluster.kubectl(
+        "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted"
+    )
+    return namespace

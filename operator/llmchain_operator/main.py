@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 import kopf
@@ -19,7 +20,7 @@ from llmchain_operator.reconcile import Reconciler, RetryLater
 from llmchain_operator.settings import Settings
 
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
-RESYNC_SECONDS = 60.0
+RESYNC_SECONDS = float(os.environ.get("LLMCHAIN_RESYNC_SECONDS", "60"))
 
 # Children whose changes (drift, deletion, status) trigger a reconcile of their owner.
 WATCHED_CHILDREN = (
