@@ -46,7 +46,8 @@ kwokctl_env() {
 
 # Fake nodes: KWOK keeps them Ready and runs their pods' lifecycle. The GPU nodes carry the
 # taint and labels GPU node pools have on managed clouds, so only pods that ask for a GPU land there;
-# the edge node carries the label examples/03-edge-cpu selects.
+# the edge node carries the label examples/03-edge-cpu selects. Capacity is large on purpose:
+# scale tests and benchmarks run hundreds of pods, and nothing real runs in them.
 apply_nodes() {
   local node gpus
   for spec in gpu-node-0:4 gpu-node-1:2 cpu-node-0:0 edge-node-0:0; do
@@ -70,8 +71,8 @@ YAML
       [ "$gpus" -gt 0 ] && printf '  taints: [{key: nvidia.com/gpu, value: present, effect: NoSchedule}]\n'
       cat <<YAML
 status:
-  allocatable: {cpu: "16", memory: 64Gi, pods: "110", nvidia.com/gpu: "$gpus"}
-  capacity: {cpu: "16", memory: 64Gi, pods: "110", nvidia.com/gpu: "$gpus"}
+  allocatable: {cpu: "1000", memory: 4Ti, pods: "2000", nvidia.com/gpu: "$gpus"}
+  capacity: {cpu: "1000", memory: 4Ti, pods: "2000", nvidia.com/gpu: "$gpus"}
   nodeInfo: {kubeletVersion: fake, operatingSystem: linux, architecture: amd64}
 YAML
     } | kubectl apply --server-side --field-manager=llmchain-cluster -f - >/dev/null

@@ -1,7 +1,6 @@
 """Subcommands of `llmchain`. Each imports its implementation lazily, so `llmchain serve` does
 not load the operator's dependencies and `llmchain operator` does not load onnxruntime."""
 
-import logging
 import sys
 from typing import NoReturn, TextIO
 
@@ -31,25 +30,40 @@ def cli() -> None:
 )
 @click.option("--metrics-port", default=8080, show_default=True, help="Port of /metrics.")
 @click.option("--liveness-port", default=8081, show_default=True, help="Port of /healthz.")
+@click.option(
+    "--leader-election/--no-leader-election",
+    default=True,
+    show_default=True,
+    help="Act only while holding the Lease (run several replicas for HA).",
+)
+@click.option(
+    "--lease-namespace",
+    envvar="POD_NAMESPACE",
+    default="llmchain-system",
+    show_default=True,
+    help="Namespace of the leader Lease.",
+)
 @click.option("--verbose", is_flag=True, help="Log debug details.")
 def operator(
-    namespaces: tuple[str, ...], metrics_port: int, liveness_port: int, verbose: bool
+    namespaces: tuple[str, ...],
+    metrics_port: int,
+    liveness_port: int,
+    leader_election: bool,
+    lease_namespace: str,
+    verbose: bool,
 ) -> None:
     """Run the operator that reconciles LLMChainApp resources."""
-    import kopf
+    from llmchain_operator.run import run_operator
 
-    import llmchain_operator.main  # noqa: F401  (registers the handlers)
-    from llmchain_operator import metrics
-
-    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON)
-    if not verbose:  # one line per handled event is noise at this scale
-        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    metrics.serve(metrics_port)
-    kopf.run(
-        clusterwide=not namespaces,
-        namespaces=list(namespaces),
-        standalone=True,
-        liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz",
+    sys.exit(
+        run_operator(
+            namespaces=list(namespaces),
+            metrics_port=metrics_port,
+            liveness_port=liveness_port,
+            leader_election=leader_election,
+            lease_namespace=lease_namespace,
+            verbose=verbose,
+        )
     )
 
 

@@ -138,6 +138,21 @@ class Kube:
         )
         return result
 
+    async def create(self, obj: Manifest) -> Manifest:
+        meta = obj["metadata"]
+        result: Manifest = await self.call(
+            "POST", _path(obj["kind"], meta.get("namespace")), body=obj
+        )
+        return result
+
+    async def replace(self, obj: Manifest) -> Manifest:
+        """PUT: fails with 409 when metadata.resourceVersion is no longer current."""
+        meta = obj["metadata"]
+        result: Manifest = await self.call(
+            "PUT", _path(obj["kind"], meta.get("namespace"), meta["name"]), body=obj
+        )
+        return result
+
     async def get(self, kind: str, namespace: str | None, name: str) -> Manifest | None:
         try:
             result: Manifest = await self.call("GET", _path(kind, namespace, name))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import kopf
@@ -20,6 +21,9 @@ from llmchain_operator.reconcile import Reconciler, RetryLater
 from llmchain_operator.settings import Settings
 
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
+
+BACKGROUND: list[Callable[[], Coroutine[Any, Any, None]]] = []
+"""Coroutines started with the operator (the leader-lease guard), cancelled at cleanup."""
 RESYNC_SECONDS = float(os.environ.get("LLMCHAIN_RESYNC_SECONDS", "60"))
 
 # Children whose changes (drift, deletion, status) trigger a reconcile of their owner.
@@ -43,7 +47,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.server_timeout = 300
     settings.networking.error_backoffs = [1, 2, 5, 10, 30]
     memo.reconciler = Reconciler(Kube.from_environment(config.field_manager), config)
-    memo.resync = asyncio.create_task(_resync_forever(memo.reconciler))
+    memo.tasks = [
+        asyncio.create_task(_resync_forever(memo.reconciler)),
+        *(asyncio.create_task(start()) for start in BACKGROUND),
+    ]
 
 
 async def _reconcile(body: kopf.Body, memo: kopf.Memo) -> None:
@@ -86,7 +93,8 @@ async def _resync_forever(reconciler: Reconciler) -> None:
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
-    memo.resync.cancel()
+    for task in memo.tasks:
+        task.cancel()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

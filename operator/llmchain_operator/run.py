@@ -1,0 +1,85 @@
+"""Start-up of `llmchain operator`: metrics, leader election, then kopf."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import kopf
+
+from llmchain_operator import main, metrics
+from llmchain_operator.kube import Kube
+from llmchain_operator.leader import LeaderElector
+from llmchain_operator.settings import Settings
+
+LEASE_NAME = "llmchain-operator"
+log = logging.getLogger("llmchain.operator")
+
+
+class _Healthz(BaseHTTPRequestHandler):
+    """Liveness while standing by (kopf serves it once this replica leads)."""
+
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path.startswith("/healthz") else 404)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"standby": true}')
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def run_operator(
+    *,
+    namespaces: list[str],
+    metrics_port: int,
+    liveness_port: int,
+    leader_election: bool,
+    lease_namespace: str,
+    verbose: bool,
+) -> int:
+    """Run until stopped (0) or until leadership is lost (1: restart as a standby)."""
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON)
+    if not verbose:  # one line per handled event is noise at this scale
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    metrics.serve(metrics_port)
+    stop = threading.Event()
+    lost = threading.Event()
+    if leader_election:
+        settings = Settings.from_env()
+        identity = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        elector = LeaderElector(
+            Kube.from_environment(settings.field_manager), lease_namespace, LEASE_NAME, identity
+        )
+        standby = ThreadingHTTPServer(("0.0.0.0", liveness_port), _Healthz)
+        threading.Thread(target=standby.serve_forever, daemon=True).start()
+        try:
+            asyncio.run(elector.acquire())
+        finally:
+            standby.shutdown()
+            standby.server_close()
+
+        async def guard() -> None:
+            await elector.keep()
+            lost.set()
+            stop.set()
+
+        main.BACKGROUND.append(guard)
+    kopf.run(
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        standalone=True,
+        liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz",
+        stop_flag=stop,
+    )
+    if lost.is_set():
+        log.error("Stopped after losing leadership; exiting to restart as a standby")
+        return 1
+    if leader_election:
+        asyncio.run(elector.release())
+    return 0
