@@ -20,7 +20,12 @@ from tests.support.operator import OperatorProcess, install_operator_identity
 from tests.support.redis import RedisServer
 
 TIERS = ("unit", "integration", "e2e")
-OPERATOR_ENV = {"LLMCHAIN_RESYNC_SECONDS": "5", "LLMCHAIN_LEASE_SECONDS": "6"}
+# Short periods so tests see resyncs, lease expiry and API discovery within seconds.
+OPERATOR_ENV = {
+    "LLMCHAIN_RESYNC_SECONDS": "5",
+    "LLMCHAIN_LEASE_SECONDS": "6",
+    "LLMCHAIN_DISCOVERY_SECONDS": "5",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

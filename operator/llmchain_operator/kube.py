@@ -76,13 +76,13 @@ class Kube:
     _groups: tuple[float, frozenset[str]] = (0.0, frozenset())
 
     @classmethod
-    def from_environment(cls, field_manager: str) -> Kube:
+    def from_environment(cls, field_manager: str, discovery_ttl: float = 60.0) -> Kube:
         """In-cluster config when running in a pod, else the kubeconfig ($KUBECONFIG)."""
         try:
             kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
         except kubernetes.config.ConfigException:
             kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
-        return cls(field_manager=field_manager)
+        return cls(field_manager=field_manager, discovery_ttl=discovery_ttl)
 
     def _call(
         self,

@@ -46,7 +46,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.networking.error_backoffs = [1, 2, 5, 10, 30]
-    memo.reconciler = Reconciler(Kube.from_environment(config.field_manager), config)
+    memo.reconciler = Reconciler(
+        Kube.from_environment(config.field_manager, config.discovery_seconds), config
+    )
     memo.tasks = [
         asyncio.create_task(_resync_forever(memo.reconciler)),
         *(asyncio.create_task(start()) for start in BACKGROUND),

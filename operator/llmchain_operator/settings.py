@@ -18,6 +18,7 @@ class Settings:
     memory_image: str = "docker.io/valkey/valkey:8.1-alpine"
     cluster_domain: str = "cluster.local"
     field_manager: str = "llmchain-operator"
+    discovery_seconds: float = 60.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -28,4 +29,7 @@ class Settings:
             memory_image=env.get("LLMCHAIN_MEMORY_IMAGE", defaults.memory_image),
             cluster_domain=env.get("LLMCHAIN_CLUSTER_DOMAIN", defaults.cluster_domain),
             field_manager=env.get("LLMCHAIN_FIELD_MANAGER", defaults.field_manager),
+            discovery_seconds=float(
+                env.get("LLMCHAIN_DISCOVERY_SECONDS", defaults.discovery_seconds)
+            ),
         )
