@@ -110,6 +110,7 @@ up() {
 }
 
 down() {
+  "$root/hack/operator.sh" stop 2>/dev/null || true
   if [ ! -d "$KWOK_WORKDIR/clusters/$name" ]; then
     say "not running"
     return

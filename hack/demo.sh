@@ -1,20 +1,49 @@
 #!/usr/bin/env bash
-# `make demo`: today it shows the local cluster that `make cluster-up` started and what runs on
-# it. Later issues extend it to install the operator and serve a chain.
+# `make demo`: the operator, running under its own least-privilege ServiceAccount, turns the
+# seed's Q&A chain (examples/01-qa-chain) into a running app on the local cluster.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 kubeconfig=$("$root/hack/cluster.sh" kubeconfig)
 kubectl() { "$root/.toolchain/bin/kubectl" --kubeconfig "$kubeconfig" "$@"; }
+step() { printf '\n== %s\n' "$*"; }
 
-echo "== Control plane ($(kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])'))"
-kubectl get --raw '/readyz?verbose' | tail -n 3
-echo
-echo "== Nodes (KWOK fake nodes; GPU capacity per node)"
-kubectl get nodes -o custom-columns='NAME:.metadata.name,READY:.status.conditions[?(@.type=="Ready")].status,GPUS:.status.allocatable.nvidia\.com/gpu,TAINTS:.spec.taints[*].key'
-echo
-echo "== Processes of the local cluster"
+step "Control plane $(kubectl version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])') and its processes"
 "$root/hack/cluster.sh" processes
+kubectl get nodes -o custom-columns='NODE:.metadata.name,READY:.status.conditions[?(@.type=="Ready")].status,GPUS:.status.allocatable.nvidia\.com/gpu'
+
+step "Optional APIs: Prometheus Operator and KEDA CRDs"
+kubectl apply --server-side --force-conflicts -f "$root/.toolchain/crds" | sed 's/^/  /'
+
+step "The operator (CRD, RBAC, leader election)"
+"$root/hack/operator.sh" start
+
+step "An LLMChainApp: examples/01-qa-chain in namespace demo (restricted Pod Security)"
+kubectl create namespace demo --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl label namespace demo pod-security.kubernetes.io/enforce=restricted --overwrite >/dev/null
+kubectl -n demo apply -f "$root/examples/01-qa-chain/app.yaml"
+printf 'waiting for Ready'
+for _ in $(seq 1 60); do
+  ready=$(kubectl -n demo get lca qa-chain -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')
+  [ "$ready" = True ] && break
+  printf '.'; sleep 1
+done
 echo
-echo "The cluster keeps running. Use it with:  export KUBECONFIG=$kubeconfig"
-echo "Stop it with:                          make cluster-down"
-echo "The LLMChainApp operator and chain server arrive with the next issues (see README)."
+kubectl -n demo get lca qa-chain
+
+step "What the operator created (owned by the app, server-side applied)"
+kubectl -n demo get deploy,svc,cm,sa,pdb,netpol,servicemonitor,prometheusrule \
+  -l app.kubernetes.io/instance=qa-chain
+
+step "Status conditions"
+kubectl -n demo get lca qa-chain \
+  -o jsonpath='{range .status.conditions[*]}{.type}{"="}{.status}{"  "}{.reason}{": "}{.message}{"\n"}{end}'
+
+cat <<TEXT
+
+The cluster and the operator keep running:
+  export KUBECONFIG=$kubeconfig
+  kubectl -n demo edit lca qa-chain      # change the prompt: the pods roll
+  llmchain render examples/02-gpu-autoscaled/app.yaml   # offline, what the operator would apply
+  make cluster-down                      # stop everything
+The model build and chain server inside the pods arrive with the next issues (#4, #5).
+TEXT

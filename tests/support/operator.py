@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,32 +14,17 @@ from tests.support.cluster import ROOT, Cluster
 from tests.support.redis import free_port
 
 LLMCHAIN = ROOT / ".venv" / "bin" / "llmchain"
-SERVICE_ACCOUNT = ("llmchain-system", "llmchain-operator")
 
 
 def install_operator_identity(cluster: Cluster, workdir: Path) -> Path:
     """Apply the CRD and the operator's RBAC; return a kubeconfig holding the SA's token."""
-    cluster.kubectl("apply", "-f", str(ROOT / "crds"))
-    cluster.kubectl("apply", "-f", str(ROOT / "deploy" / "rbac.yaml"))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/llmchainapps.llmchain.io", "--timeout=60s"
+    path = workdir / "operator-kubeconfig.yaml"
+    subprocess.run(
+        [str(ROOT / "hack" / "operator.sh"), "identity", str(path)],
+        check=True,
+        env=cluster.env,
+        timeout=120,
     )
-    namespace, name = SERVICE_ACCOUNT
-    token = cluster.kubectl(
-        "-n", namespace, "create", "token", name, "--duration=6h"
-    ).stdout.strip()
-    admin = json.loads(cluster.kubectl("config", "view", "--raw", "--minify", "-o", "json").stdout)
-    kube_cluster = admin["clusters"][0]["cluster"]
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "local", "cluster": kube_cluster}],
-        "users": [{"name": name, "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": "local", "user": name}}],
-        "current-context": "operator",
-    }
-    path = workdir / "operator-kubeconfig.json"
-    path.write_text(json.dumps(config))
     return path
 
 

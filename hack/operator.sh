@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Runs the operator on the local cluster as a local process with its own least-privilege
+# identity (deploy/rbac.yaml), never as cluster-admin. No container runs on KWOK, so this is how
+# the demo (and the e2e tests, through tests/support/operator.py) run it.
+#
+#   hack/operator.sh identity OUT   apply CRD + RBAC, write a kubeconfig with the SA's token to OUT
+#   hack/operator.sh start          start `llmchain operator` in the background (idempotent)
+#   hack/operator.sh stop           stop it (by PID)
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+state=${LLMCHAIN_CLUSTER_DIR:-$root/.cluster}
+admin=$("$root/hack/cluster.sh" kubeconfig)
+kubectl() { "$root/.toolchain/bin/kubectl" --kubeconfig "$admin" "$@"; }
+say() { printf '[operator %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+identity() {
+  local out=$1 token server ca
+  kubectl apply -f "$root/crds" >/dev/null
+  kubectl apply -f "$root/deploy/rbac.yaml" >/dev/null
+  kubectl wait --for=condition=Established crd/llmchainapps.llmchain.io --timeout=60s >/dev/null
+  token=$(kubectl -n llmchain-system create token llmchain-operator --duration=24h)
+  server=$(kubectl config view --raw --minify -o jsonpath='{.clusters[0].cluster.server}')
+  # The CA as data, whichever way the admin kubeconfig holds it (inline or as a file).
+  ca=$(kubectl config view --raw --minify --flatten \
+    -o jsonpath='{.clusters[0].cluster.certificate-authority-data}')
+  umask 077
+  cat > "$out" <<YAML
+apiVersion: v1
+kind: Config
+clusters: [{name: local, cluster: {server: "$server", certificate-authority-data: "$ca"}}]
+users: [{name: llmchain-operator, user: {token: "$token"}}]
+contexts: [{name: operator, context: {cluster: local, user: llmchain-operator}}]
+current-context: operator
+YAML
+}
+
+start() {
+  local pidfile=$state/operator.pid
+  if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    say "already running (PID $(cat "$pidfile"), log $state/operator.log)"
+    return
+  fi
+  identity "$state/operator-kubeconfig.yaml"
+  KUBECONFIG=$state/operator-kubeconfig.yaml nohup "$root/.venv/bin/llmchain" operator \
+    --metrics-port "${LLMCHAIN_METRICS_PORT:-18080}" --liveness-port "${LLMCHAIN_LIVENESS_PORT:-18081}" \
+    >"$state/operator.log" 2>&1 &
+  echo $! > "$pidfile"
+  for _ in $(seq 1 60); do
+    if curl -fs "http://127.0.0.1:${LLMCHAIN_LIVENESS_PORT:-18081}/healthz" >/dev/null; then
+      say "running as ServiceAccount llmchain-system/llmchain-operator (PID $!, log $state/operator.log)"
+      return
+    fi
+    kill -0 "$!" 2>/dev/null || { tail -n 20 "$state/operator.log" >&2; exit 1; }
+    sleep 0.5
+  done
+  echo "operator did not become live; log: $state/operator.log" >&2; exit 1
+}
+
+stop() {
+  local pidfile=$state/operator.pid
+  [ -f "$pidfile" ] || return 0
+  kill "$(cat "$pidfile")" 2>/dev/null && say "stopped" || true
+  rm -f "$pidfile"
+}
+
+case ${1:-} in
+  identity) identity "${2:?usage: $0 identity OUT}" ;;
+  start) start ;;
+  stop) stop ;;
+  *) echo "usage: $0 identity OUT|start|stop" >&2; exit 2 ;;
+esac
