@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import Cluster, start_cluster, stop_cluster
+from tests.support.cluster import ROOT, Cluster, start_cluster, stop_cluster
 from tests.support.operator import OperatorProcess, install_operator_identity
 from tests.support.redis import RedisServer
 
@@ -39,6 +40,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     handle, started = start_cluster()
+    # A demo operator (`make demo`) would hold the leader lease and act instead of the tests' own.
+    subprocess.run([str(ROOT / "hack" / "operator.sh"), "stop"], check=True, timeout=60)
     yield handle
     if started and os.environ.get("LLMCHAIN_KEEP_CLUSTER") != "1":
         stop_cluster()
