@@ -43,6 +43,19 @@ def cli() -> None:
     show_default=True,
     help="Namespace of the leader Lease.",
 )
+@click.option(
+    "--webhook-port",
+    default=0,
+    show_default=True,
+    help="Serve the validating admission webhook on this port (0: no webhook).",
+)
+@click.option("--webhook-host", default="", help="Host name the API server uses to reach it.")
+@click.option(
+    "--webhook-cert-dir",
+    default="/etc/llmchain/webhook",
+    show_default=True,
+    help="Folder with tls.crt, tls.key and ca.crt for the webhook.",
+)
 @click.option("--verbose", is_flag=True, help="Log debug details.")
 def operator(
     namespaces: tuple[str, ...],
@@ -50,6 +63,9 @@ def operator(
     liveness_port: int,
     leader_election: bool,
     lease_namespace: str,
+    webhook_port: int,
+    webhook_host: str,
+    webhook_cert_dir: str,
     verbose: bool,
 ) -> None:
     """Run the operator that reconciles LLMChainApp resources."""
@@ -63,6 +79,9 @@ def operator(
             leader_election=leader_election,
             lease_namespace=lease_namespace,
             verbose=verbose,
+            webhook_port=webhook_port,
+            webhook_host=webhook_host,
+            webhook_cert_dir=webhook_cert_dir,
         )
     )
 

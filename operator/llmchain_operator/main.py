@@ -17,10 +17,13 @@ from llmchain_operator import metrics
 from llmchain_operator.api import GROUP, PLURAL, VERSION
 from llmchain_operator.builders.common import MANAGED_BY
 from llmchain_operator.kube import ApiError, Kube
-from llmchain_operator.reconcile import Reconciler, RetryLater
+from llmchain_operator.reconcile import Reconciler, RetryLater, validation_problems
 from llmchain_operator.settings import Settings
 
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
+
+WEBHOOK: kopf.WebhookServer | None = None
+"""The admission webhook server, when `llmchain operator --webhook-port` asks for one."""
 
 BACKGROUND: list[Callable[[], Coroutine[Any, Any, None]]] = []
 """Coroutines started with the operator (the leader-lease guard), cancelled at cleanup."""
@@ -46,6 +49,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.networking.error_backoffs = [1, 2, 5, 10, 30]
+    if WEBHOOK is not None:
+        settings.admission.server = WEBHOOK
+        settings.admission.managed = "llmchainapps.llmchain.io"
     memo.reconciler = Reconciler(
         Kube.from_environment(config.field_manager, config.discovery_seconds), config
     )
@@ -53,6 +59,31 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         asyncio.create_task(_resync_forever(memo.reconciler)),
         *(asyncio.create_task(start()) for start in BACKGROUND),
     ]
+
+
+async def validate_app(body: kopf.Body, **_: Any) -> None:
+    """Admission: what the schema cannot check (templates) is rejected at apply time.
+
+    failurePolicy is Ignore: without a reachable webhook an app is admitted, and the operator
+    reports the same problems as Degraded instead.
+    """
+    _app, problems = validation_problems(dict(body))
+    if problems:
+        raise kopf.AdmissionError("; ".join(problems), code=422)
+
+
+def enable_webhook(server: kopf.WebhookServer) -> None:
+    """Register the admission handler (kopf refuses admission handlers without a server)."""
+    global WEBHOOK
+    WEBHOOK = server
+    kopf.on.validate(
+        GROUP,
+        VERSION,
+        PLURAL,
+        id="llmchainapp",
+        operations=["CREATE", "UPDATE"],
+        ignore_failures=True,
+    )(validate_app)
 
 
 async def _reconcile(body: kopf.Body, memo: kopf.Memo) -> None:

@@ -9,6 +9,7 @@ import socket
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import kopf
 
@@ -34,6 +35,22 @@ class _Healthz(BaseHTTPRequestHandler):
         pass
 
 
+def webhook_server(port: int, host: str, cert_dir: str) -> kopf.WebhookServer:
+    """HTTPS server for the validating webhook; the API server reaches it at https://HOST:PORT.
+
+    The certificate comes from CERT_DIR (tls.crt, tls.key, ca.crt: e.g. a cert-manager Secret).
+    """
+    certs = Path(cert_dir)
+    return kopf.WebhookServer(
+        addr="0.0.0.0",
+        port=port,
+        host=host or None,
+        certfile=str(certs / "tls.crt"),
+        pkeyfile=str(certs / "tls.key"),
+        cafile=str(certs / "ca.crt"),
+    )
+
+
 def run_operator(
     *,
     namespaces: list[str],
@@ -42,12 +59,17 @@ def run_operator(
     leader_election: bool,
     lease_namespace: str,
     verbose: bool,
+    webhook_port: int = 0,
+    webhook_host: str = "",
+    webhook_cert_dir: str = "",
 ) -> int:
     """Run until stopped (0) or until leadership is lost (1: restart as a standby)."""
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON)
     if not verbose:  # one line per handled event is noise at this scale
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     metrics.serve(metrics_port)
+    if webhook_port:
+        main.enable_webhook(webhook_server(webhook_port, webhook_host, webhook_cert_dir))
     stop = threading.Event()
     lost = threading.Event()
     if leader_election:

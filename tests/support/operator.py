@@ -35,6 +35,7 @@ class OperatorProcess:
     kubeconfig: Path
     workdir: Path
     env: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
     metrics_port: int = 0
     liveness_port: int = 0
@@ -56,6 +57,7 @@ class OperatorProcess:
                 str(self.metrics_port),
                 "--liveness-port",
                 str(self.liveness_port),
+                *self.args,
             ],
             env=env,
             stdout=self.log.open("wb"),
