@@ -58,8 +58,8 @@ test-e2e: install toolchain ## Run tests/e2e only
 crds: install ## Generate crds/ from the pydantic API models
 	$(BIN)/llmchain crd > crds/llmchainapps.llmchain.io.yaml
 
-bench: install ## Run the benchmarks; JSON results go to bench/results/
-	@echo "make bench: the engine and server benchmarks arrive with issues #4 and #5." >&2; exit 2
+bench: install cluster-up ## Run the benchmarks; JSON results go to bench/results/
+	$(BIN)/python bench/operator_scale.py --sizes 100 500
 
 clean: ## Remove the virtualenv and local build links (keeps the toolchain cache)
 	rm -rf $(VENV) .toolchain .pytest_cache .mypy_cache .ruff_cache

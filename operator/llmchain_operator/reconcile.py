@@ -122,25 +122,42 @@ class Reconciler:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("llmchain.operator"))
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _applied: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
+    _waiting: set[str] = field(default_factory=set)
 
     async def reconcile(self, body: Manifest) -> None:
         """Serialised per app; safe to call from any handler, any number of times."""
         meta = body["metadata"]
         key = f"{meta['namespace']}/{meta['name']}"
-        lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
-            started = time.perf_counter()
-            result = "error"
-            try:
-                result = await self._reconcile(body)
-            finally:
-                metrics.record_reconcile(result, time.perf_counter() - started)
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            await self._timed(body)
+
+    async def _timed(self, body: Manifest) -> None:
+        started = time.perf_counter()
+        result = "error"
+        try:
+            result = await self._reconcile(body)
+        finally:
+            metrics.record_reconcile(result, time.perf_counter() - started)
 
     async def reconcile_named(self, namespace: str, name: str) -> None:
-        """Reconcile the current state of an app, by name (from a child's event)."""
-        body = await self.kube.get(KIND, namespace, name)
-        if body is not None and not body["metadata"].get("deletionTimestamp"):
-            await self.reconcile(body)
+        """Reconcile the current state of an app, by name (from a child's event).
+
+        Bursts coalesce: while one such reconcile waits for the app's lock, more requests for
+        the same app are dropped, since the waiting one reads the app afresh once it runs.
+        """
+        key = f"{namespace}/{name}"
+        if key in self._waiting:
+            return
+        self._waiting.add(key)
+        try:
+            async with self._locks.setdefault(key, asyncio.Lock()):
+                self._waiting.discard(key)
+                body = await self.kube.get(KIND, namespace, name)
+                if body is None or body["metadata"].get("deletionTimestamp"):
+                    return
+                await self._timed(body)
+        finally:
+            self._waiting.discard(key)
 
     async def _reconcile(self, body: Manifest) -> str:
         meta = body["metadata"]

@@ -253,3 +253,14 @@ def test_alert_thresholds_come_from_the_spec() -> None:
 def test_pdb_never_blocks_a_drain_of_a_single_replica() -> None:
     pdb = objects(app(QA))["PodDisruptionBudget/qa-chain"]
     assert pdb["spec"]["maxUnavailable"] == 1 and "minAvailable" not in pdb["spec"]
+
+
+def test_hash_values_never_read_as_numbers_in_yaml() -> None:
+    # Hex hashes can be all digits (or digits with one "e"); kubectl would read those as
+    # numbers and reject the object, so every hash value carries a prefix.
+    gpu = objects(app(GPU))
+    pod_annotations = gpu["Deployment/support-chat"]["spec"]["template"]["metadata"]["annotations"]
+    assert pod_annotations["llmchain.io/chain-hash"].startswith("sha256:")
+    assert pod_annotations["llmchain.io/model-digest"].startswith("sha256:")
+    job = next(o for k, o in gpu.items() if k.startswith("Job/"))
+    assert job["metadata"]["labels"]["llmchain.io/model-digest"].startswith("sha256-")

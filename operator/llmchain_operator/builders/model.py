@@ -169,7 +169,8 @@ def build_model_job(app: LLMChainApp, settings: Settings) -> Manifest | None:
         return None
     source_volumes, _ = _source_volume(app)
     copy = _source_copy_container(app)
-    digest_label = {"llmchain.io/model-digest": short_digest(app)}
+    # Prefixed so the value never reads as a number in YAML (all-digit hex is possible).
+    digest_label = {"llmchain.io/model-digest": f"sha256-{short_digest(app)}"}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -235,7 +235,8 @@ def build_deployment(app: LLMChainApp, settings: Settings) -> Manifest:
     serving = app.spec.serving
     selector = selector_labels(app, "server")
     annotations = {
-        "llmchain.io/chain-hash": stable_hash(render_chain_config(app), 16),
+        # Prefixed so the value never reads as a number in YAML (all-digit hex is possible).
+        "llmchain.io/chain-hash": "sha256:" + stable_hash(render_chain_config(app), 16),
         "llmchain.io/model-digest": model_digest(app),
     }
     init = [
