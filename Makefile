@@ -55,8 +55,12 @@ test-integration: install toolchain ## Run tests/integration only
 test-e2e: install toolchain ## Run tests/e2e only
 	$(BIN)/pytest tests/e2e
 
-crds: install ## Generate crds/ from the pydantic API models
+crds: install ## Generate crds/ (and the chart's copy) from the pydantic API models
 	$(BIN)/llmchain crd > crds/llmchainapps.llmchain.io.yaml
+	cp crds/llmchainapps.llmchain.io.yaml charts/llmchain-operator/crds/
+
+manifests: crds toolchain ## Render deploy/llmchain-operator.yaml from the Helm chart (for kubectl users)
+	@hack/render-manifests.sh > deploy/llmchain-operator.yaml
 
 bench: install cluster-up ## Run the benchmarks; JSON results go to bench/results/
 	$(BIN)/python bench/operator_scale.py --sizes 100 500
@@ -70,4 +74,4 @@ help: ## List the targets
 	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
 
 .PHONY: demo test install toolchain cluster-up cluster-down kubeconfig lint fmt test-unit \
-	test-integration test-e2e crds bench clean help
+	test-integration test-e2e crds manifests bench clean help

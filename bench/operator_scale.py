@@ -149,6 +149,10 @@ def main() -> None:
 
     cluster, _ = start_cluster()
     subprocess.run([str(ROOT / "hack/operator.sh"), "stop"], check=True)
+    # Both sides apply the same objects, ServiceMonitors and PrometheusRules included.
+    cluster.kubectl(
+        "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / ".toolchain" / "crds")
+    )
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         operator = OperatorProcess(install_operator_identity(cluster, work), work)

@@ -92,7 +92,7 @@ up() {
   say "starting kube-apiserver $KWOK_KUBE_VERSION, etcd $KWOK_ETCD_VERSION, controller-manager, scheduler, kwok"
   local start=$SECONDS
   "$bin/kwokctl" create cluster --name "$name" --runtime binary \
-    --kube-authorization=true --kube-admission=true \
+    --kube-authorization=true --kube-admission=true --config "$root/hack/kwokctl.yaml" \
     --kubeconfig "$kubeconfig" --wait 5m --timeout 10m \
     >"$KWOK_WORKDIR/create.log" 2>&1 &
   local pid=$!

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the operator on the local cluster as a local process with its own least-privilege
-# identity (deploy/rbac.yaml), never as cluster-admin. No container runs on KWOK, so this is how
+# identity (the chart's RBAC), never as cluster-admin. No container runs on KWOK, so this is how
 # the demo (and the e2e tests, through tests/support/operator.py) run it.
 #
 #   hack/operator.sh identity OUT   apply CRD + RBAC, write a kubeconfig with the SA's token to OUT
@@ -16,7 +16,8 @@ say() { printf '[operator %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 identity() {
   local out=$1 token server ca
   kubectl apply -f "$root/crds" >/dev/null
-  kubectl apply -f "$root/deploy/rbac.yaml" >/dev/null
+  kubectl apply -f "$root/deploy/namespace.yaml" >/dev/null
+  "$root/hack/render-manifests.sh" --rbac-only | kubectl apply -f - >/dev/null
   kubectl wait --for=condition=Established crd/llmchainapps.llmchain.io --timeout=60s >/dev/null
   token=$(kubectl -n llmchain-system create token llmchain-operator --duration=24h)
   server=$(kubectl config view --raw --minify -o jsonpath='{.clusters[0].cluster.server}')

@@ -1,4 +1,4 @@
-"""The operator as a real process, authenticated as its own ServiceAccount (deploy/rbac.yaml)."""
+"""The operator as a real process, authenticated as its own ServiceAccount (the chart's RBAC)."""
 
 from __future__ import annotations
 

@@ -101,3 +101,8 @@ def test_crd_names_subresources_and_columns() -> None:
     assert "status" in version["subresources"]
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
     assert columns == ["Ready", "Replicas", "Quantization", "Endpoint", "Age"]
+
+
+def test_the_charts_crd_copy_is_current() -> None:
+    chart_copy = ROOT / "charts" / "llmchain-operator" / "crds" / CRD_FILE.name
+    assert chart_copy.read_text() == CRD_FILE.read_text(), "chart CRD is stale: run `make crds`"
