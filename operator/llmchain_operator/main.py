@@ -27,7 +27,8 @@ WEBHOOK: kopf.WebhookServer | None = None
 
 BACKGROUND: list[Callable[[], Coroutine[Any, Any, None]]] = []
 """Coroutines started with the operator (the leader-lease guard), cancelled at cleanup."""
-RESYNC_SECONDS = float(os.environ.get("LLMCHAIN_RESYNC_SECONDS", "60"))
+RESYNC_SECONDS = float(os.environ.get("LLMCHAIN_RESYNC_SECONDS", "300"))
+RESYNC_CONCURRENCY = 8
 
 # Children whose changes (drift, deletion, status) trigger a reconcile of their owner.
 WATCHED_CHILDREN = (
@@ -106,8 +107,19 @@ async def reconcile_app(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 async def _resync_forever(reconciler: Reconciler) -> None:
     """Level-triggered safety net: every app is reconciled each RESYNC_SECONDS, so drift in kinds
-    the operator does not watch is corrected too. (Not a kopf timer: those add finalizers.)"""
+    the operator does not watch (ScaledObject, ServiceMonitor, PrometheusRule) and optional APIs
+    installed later are caught too. (Not a kopf timer: those add finalizers.) Child watches handle
+    the rest within seconds, so the period can be long."""
     log = logging.getLogger("llmchain.operator")
+    slots = asyncio.Semaphore(RESYNC_CONCURRENCY)
+
+    async def resync(app: dict[str, Any]) -> None:
+        async with slots:
+            try:
+                await reconciler.reconcile(app)
+            except (RetryLater, ApiError) as error:
+                log.warning("Resync of %s failed: %s", app["metadata"]["name"], error)
+
     while True:
         await asyncio.sleep(RESYNC_SECONDS)
         try:
@@ -115,13 +127,9 @@ async def _resync_forever(reconciler: Reconciler) -> None:
         except ApiError as error:
             log.warning("Could not list apps to resync: %s", error)
             continue
-        for app in apps:
-            if app["metadata"].get("deletionTimestamp"):
-                continue
-            try:
-                await reconciler.reconcile(app)
-            except (RetryLater, ApiError) as error:
-                log.warning("Resync of %s failed: %s", app["metadata"]["name"], error)
+        await asyncio.gather(
+            *(resync(app) for app in apps if not app["metadata"].get("deletionTimestamp"))
+        )
 
 
 @kopf.on.cleanup()

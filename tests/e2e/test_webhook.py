@@ -97,18 +97,20 @@ def webhook(
         ],
     )
     process.start()
-    wait_for(
-        lambda: (
-            cluster.kubectl(
-                "get", "validatingwebhookconfiguration", WEBHOOK_CONFIG, check=False
-            ).returncode
-            == 0
-        ),
-        timeout=30,
-        what="the webhook configuration",
-    )
-    yield process
-    process.stop()
+    try:
+        wait_for(
+            lambda: (
+                cluster.kubectl(
+                    "get", "validatingwebhookconfiguration", WEBHOOK_CONFIG, check=False
+                ).returncode
+                == 0
+            ),
+            timeout=30,
+            what="the webhook configuration",
+        )
+        yield process
+    finally:
+        process.stop()
     cluster.kubectl(
         "delete", "validatingwebhookconfiguration", WEBHOOK_CONFIG, "--ignore-not-found"
     )

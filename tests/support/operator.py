@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -26,6 +27,12 @@ def install_operator_identity(cluster: Cluster, workdir: Path) -> Path:
         timeout=120,
     )
     return path
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM the operator when the test process dies, so none is left running to
+    compete for the leader lease in a later run."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 @dataclass
@@ -60,6 +67,7 @@ class OperatorProcess:
                 *self.args,
             ],
             env=env,
+            preexec_fn=_die_with_parent,
             stdout=self.log.open("wb"),
             stderr=subprocess.STDOUT,
         )
@@ -70,6 +78,7 @@ class OperatorProcess:
             if self.alive():
                 return
             time.sleep(0.2)
+        self.kill()
         raise RuntimeError(f"operator not live after 60s: {self.log.read_text()[-3000:]}")
 
     def alive(self) -> bool:
