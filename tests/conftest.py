@@ -74,7 +74,7 @@ def operator(
     """One `llmchain operator` process for the session, running as its ServiceAccount."""
     workdir = tmp_path_factory.mktemp("operator")
     process = OperatorProcess(
-        install_operator_identity(cluster, workdir), workdir, env={"LLMCHAIN_RESYNC_SECONDS": "5"}
+        install_operator_identity(cluster, workdir), workdir, env=OPERATOR_ENV
     )
     process.start()
     yield process

@@ -42,6 +42,16 @@ KINDS: dict[str, tuple[str, str, bool]] = {
 }
 
 
+# Optional API groups and the CRDs the operator uses from each.
+OPTIONAL_CRDS: dict[str, tuple[str, ...]] = {
+    "monitoring.coreos.com": (
+        "servicemonitors.monitoring.coreos.com",
+        "prometheusrules.monitoring.coreos.com",
+    ),
+    "keda.sh": ("scaledobjects.keda.sh",),
+}
+
+
 class ApiError(Exception):
     """An API server answer other than success; `status` is the HTTP code."""
 
@@ -223,11 +233,37 @@ class Kube:
         self._groups = (0.0, frozenset())
 
     async def available_groups(self) -> frozenset[str]:
-        """API groups the cluster serves (cached for discovery_ttl seconds)."""
+        """Optional API groups whose CRDs (OPTIONAL_CRDS) are all Established, cached for
+        discovery_ttl seconds.
+
+        The CRDs are asked directly: the legacy /apis list is served from APIService objects
+        that the aggregator registers asynchronously, and was seen to miss a group for over a
+        minute after its CRDs were deleted and re-created.
+        """
         stamp, groups = self._groups
-        if time.monotonic() - stamp < self.discovery_ttl and groups:
+        if time.monotonic() - stamp < self.discovery_ttl and stamp:
             return groups
-        result = await self.call("GET", "/apis")
-        groups = frozenset(g["name"] for g in result.get("groups", []))
+        established = set()
+        for group, names in OPTIONAL_CRDS.items():
+            for name in names:
+                path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
+                try:
+                    crd = await self.call("GET", path)
+                except ApiError as error:
+                    if error.status == 404:
+                        break
+                    raise
+                conditions = crd.get("status", {}).get("conditions", [])
+                if not any(
+                    c["type"] == "Established" and c["status"] == "True" for c in conditions
+                ):
+                    break
+            else:
+                established.add(group)
+        groups = frozenset(established)
+        if stamp and groups != self._groups[1]:
+            logging.getLogger("llmchain.operator").info(
+                "Optional APIs changed: now %s", ", ".join(sorted(groups)) or "none"
+            )
         self._groups = (time.monotonic(), groups)
         return groups

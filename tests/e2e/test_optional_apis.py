@@ -62,24 +62,17 @@ def test_missing_optional_apis_are_skipped_and_reported(
     finally:
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(UPSTREAM_CRDS))
 
-    wait_for(
-        lambda: (
-            cluster.kubectl(
-                "-n", app_namespace, "get", "servicemonitor", "support-chat", check=False
-            ).returncode
-            == 0
-        ),
-        timeout=60,
-        what="the ServiceMonitor once its API is installed",
-    )
+    # Raw paths: kubectl's discovery cache may still lack the re-created CRDs.
+    monitor = f"/apis/monitoring.coreos.com/v1/namespaces/{app_namespace}/servicemonitors"
+    scaled = f"/apis/keda.sh/v1alpha1/namespaces/{app_namespace}/scaledobjects"
+
+    def exists(path: str) -> bool:
+        return cluster.kubectl("get", "--raw", f"{path}/support-chat", check=False).returncode == 0
+
+    wait_for(lambda: exists(monitor), timeout=60, what="the ServiceMonitor once its API is back")
     wait_for(
         lambda: (c := optional_apis(cluster, app_namespace)) and c["status"] == "True",
         timeout=60,
         what="OptionalAPIs=True",
     )
-    assert (
-        cluster.kubectl(
-            "-n", app_namespace, "get", "scaledobject", "support-chat", check=False
-        ).returncode
-        == 0
-    )
+    assert exists(scaled)
