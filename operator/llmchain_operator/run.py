@@ -75,8 +75,14 @@ def run_operator(
     if leader_election:
         settings = Settings.from_env()
         identity = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        lease_seconds = int(os.environ.get("LLMCHAIN_LEASE_SECONDS", "15"))
         elector = LeaderElector(
-            Kube.from_environment(settings.field_manager), lease_namespace, LEASE_NAME, identity
+            Kube.from_environment(settings.field_manager),
+            lease_namespace,
+            LEASE_NAME,
+            identity,
+            lease_seconds=lease_seconds,
+            renew_every=lease_seconds / 3,
         )
         standby = ThreadingHTTPServer(("0.0.0.0", liveness_port), _Healthz)
         threading.Thread(target=standby.serve_forever, daemon=True).start()
