@@ -58,9 +58,15 @@ start() {
 }
 
 stop() {
-  local pidfile=$state/operator.pid
+  local pidfile=$state/operator.pid pid
   [ -f "$pidfile" ] || return 0
-  kill "$(cat "$pidfile")" 2>/dev/null && say "stopped" || true
+  pid=$(cat "$pidfile")
+  if kill "$pid" 2>/dev/null; then
+    # A graceful stop releases the leader lease; give it 15 s, then SIGKILL.
+    for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -9 "$pid" 2>/dev/null || true
+    say "stopped"
+  fi
   rm -f "$pidfile"
 }
 
