@@ -37,6 +37,7 @@ from llmchain_operator.status import (
     compute_conditions,
     counts_for_status,
     merge_conditions,
+    skipped_message,
 )
 from llmchain_server.config import template_problems
 
@@ -184,12 +185,12 @@ class Reconciler:
             returned[_key(obj)] = await self._apply(obj)
         await self._prune(body, {_key(o) for o in objects})
         skipped = [f"{o['kind']} {o['metadata']['name']}" for o in children.skipped]
-        if skipped and self._applied_note(body, skipped):
+        if skipped and self._skips_are_news(body, skipped):
             await self.kube.event(
                 body,
                 "Warning",
                 "APINotInstalled",
-                "Skipped (API not installed): " + ", ".join(skipped),
+                skipped_message(skipped),
             )
         job = returned.get(("Job", build_job_name(app))) if builds_in_job(app) else None
         deployment = returned.get(("Deployment", name))
@@ -208,11 +209,11 @@ class Reconciler:
         self.log.info("Reconciled %s %s/%s", KIND, namespace, name)
         return "success"
 
-    def _applied_note(self, body: Manifest, skipped: list[str]) -> bool:
+    def _skips_are_news(self, body: Manifest, skipped: list[str]) -> bool:
         """True when this skip list is news (so the event is posted once, not every resync)."""
         conditions = {c["type"]: c for c in body.get("status", {}).get("conditions", [])}
         previous = str(conditions.get("OptionalAPIs", {}).get("message", ""))
-        return previous != "Skipped (API not installed): " + ", ".join(skipped)
+        return previous != skipped_message(skipped)
 
     async def _missing_secrets(self, app: LLMChainApp) -> list[str]:
         refs = []

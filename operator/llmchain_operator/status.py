@@ -24,6 +24,10 @@ class Observed:
     skipped: list[str] = field(default_factory=list)
 
 
+def skipped_message(skipped: list[str]) -> str:
+    return "Skipped (API not installed): " + ", ".join(skipped)
+
+
 def condition(type_: str, status: bool | None, reason: str, message: str) -> Manifest:
     value = "Unknown" if status is None else ("True" if status else "False")
     return {"type": type_, "status": value, "reason": reason, "message": message}
@@ -129,7 +133,7 @@ def compute_conditions(observed: Observed) -> list[Manifest]:
                 "OptionalAPIs",
                 False,
                 "APINotInstalled",
-                "Skipped (API not installed): " + ", ".join(observed.skipped),
+                skipped_message(observed.skipped),
             )
         )
     else:

@@ -1,0 +1,102 @@
+"""Status conditions from what the cluster reports (pure functions)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmchain_operator.status import Observed, compute_conditions, merge_conditions
+
+
+def deployment(ready: int, replicas: int, generation: int = 1, seen: int = 1) -> dict[str, Any]:
+    return {
+        "metadata": {"generation": generation},
+        "status": {
+            "observedGeneration": seen,
+            "replicas": replicas,
+            "readyReplicas": ready,
+            "updatedReplicas": replicas,
+        },
+    }
+
+
+def job(condition: str | None) -> dict[str, Any]:
+    conditions = [{"type": condition, "status": "True"}] if condition else []
+    return {"status": {"conditions": conditions}}
+
+
+def by_type(observed: Observed) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in compute_conditions(observed)}
+
+
+def test_ready_when_rolled_out_and_the_model_is_built() -> None:
+    conds = by_type(Observed(1, deployment(2, 2), job("Complete"), True, 2))
+    assert conds["Ready"]["status"] == "True"
+    assert conds["ModelReady"]["reason"] == "BuildSucceeded"
+    assert conds["Progressing"]["status"] == "False"
+    assert conds["Degraded"]["status"] == "False"
+
+
+def test_not_ready_while_the_build_job_runs() -> None:
+    conds = by_type(Observed(1, deployment(0, 1), job(None), True, 1))
+    assert conds["ModelReady"]["reason"] == "Building"
+    assert conds["Ready"]["status"] == "False"
+
+
+def test_a_failed_build_is_degraded() -> None:
+    conds = by_type(Observed(1, deployment(0, 1), job("Failed"), True, 1))
+    assert conds["Degraded"]["reason"] == "BuildFailed"
+    assert conds["Ready"]["status"] == "False"
+
+
+def test_a_deployment_behind_its_generation_is_progressing() -> None:
+    conds = by_type(Observed(2, deployment(1, 1, generation=3, seen=2), None, False, 1))
+    assert conds["Progressing"]["status"] == "True"
+    assert conds["Ready"]["status"] == "False"
+
+
+def test_problems_make_it_degraded_and_not_ready() -> None:
+    conds = by_type(Observed(1, None, None, False, 0, problems=["spec.x: bad"]))
+    assert conds["Degraded"] == {
+        "type": "Degraded",
+        "status": "True",
+        "reason": "InvalidSpec",
+        "message": "spec.x: bad",
+    }
+    assert conds["Ready"]["status"] == "False"
+
+
+def test_skipped_apis_are_named() -> None:
+    conds = by_type(
+        Observed(
+            1, deployment(1, 1), None, False, 1, skipped=["ServiceMonitor a", "ScaledObject a"]
+        )
+    )
+    assert conds["OptionalAPIs"]["status"] == "False"
+    assert "ServiceMonitor a, ScaledObject a" in conds["OptionalAPIs"]["message"]
+
+
+def test_transition_time_moves_only_when_the_status_changes() -> None:
+    old = [
+        {
+            "type": "Ready",
+            "status": "True",
+            "reason": "Available",
+            "message": "",
+            "lastTransitionTime": "2026-01-01T00:00:00Z",
+        },
+        {
+            "type": "Degraded",
+            "status": "True",
+            "reason": "X",
+            "message": "",
+            "lastTransitionTime": "2026-01-01T00:00:00Z",
+        },
+    ]
+    new = [
+        {"type": "Ready", "status": "True", "reason": "Available", "message": "2 ready"},
+        {"type": "Degraded", "status": "False", "reason": "AsExpected", "message": ""},
+    ]
+    merged = {c["type"]: c for c in merge_conditions(old, new, "2026-02-02T00:00:00Z", 7)}
+    assert merged["Ready"]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+    assert merged["Degraded"]["lastTransitionTime"] == "2026-02-02T00:00:00Z"
+    assert merged["Ready"]["observedGeneration"] == 7
