@@ -24,7 +24,6 @@ from llmchain_operator.api import KIND, LLMChainApp
 from llmchain_operator.builders import OPTIONAL_API_GROUPS, build_children
 from llmchain_operator.builders.common import (
     MANAGED_BY,
-    app_name,
     model_digest,
     selector_labels,
 )
@@ -124,6 +123,7 @@ class Reconciler:
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _applied: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
     _waiting: set[str] = field(default_factory=set)
+    _handed_over: set[str] = field(default_factory=set)
 
     async def reconcile(self, body: Manifest) -> None:
         """Serialised per app; safe to call from any handler, any number of times."""
@@ -176,12 +176,10 @@ class Reconciler:
         objects = adopt(children.objects, body)
         returned: dict[tuple[str, str], Manifest] = {}
         for obj in objects:
-            if (
-                obj["kind"] == "Deployment"
-                and app.spec.autoscaling is not None
-                and app_name(app) == obj["metadata"]["name"]
-            ):
-                await self._hand_replicas_over(obj)
+            if obj["kind"] == "Deployment" and obj["metadata"]["name"] == name:
+                await self._hand_replicas_over_once(
+                    obj, meta["uid"], app.spec.autoscaling is not None
+                )
             returned[_key(obj)] = await self._apply(obj)
         await self._prune(body, {_key(o) for o in objects})
         skipped = [f"{o['kind']} {o['metadata']['name']}" for o in children.skipped]
@@ -230,6 +228,17 @@ class Reconciler:
             elif ref.key not in (secret.get("data") or {}):
                 problems.append(f"{where}: Secret {ref.name} has no key {ref.key}")
         return problems
+
+    async def _hand_replicas_over_once(
+        self, deployment: Manifest, uid: str, autoscaled: bool
+    ) -> None:
+        """Hand `replicas` over when autoscaling is on; checked once per app and switch-on, not
+        on every reconcile (the check costs a GET)."""
+        if not autoscaled:
+            self._handed_over.discard(uid)
+        elif uid not in self._handed_over:
+            await self._hand_replicas_over(deployment)
+            self._handed_over.add(uid)
 
     async def _hand_replicas_over(self, deployment: Manifest) -> None:
         """Switching autoscaling on: keep the replica count when we stop applying `replicas`.

@@ -42,14 +42,13 @@ def _job_state(job: Manifest | None) -> str:
     return "running"
 
 
-def _deployment_counts(deployment: Manifest | None, generation_seen: bool) -> dict[str, int]:
+def _deployment_counts(deployment: Manifest | None) -> dict[str, int]:
     status = (deployment or {}).get("status", {})
     return {
         "replicas": int(status.get("replicas", 0)),
         "ready": int(status.get("readyReplicas", 0)),
         "updated": int(status.get("updatedReplicas", 0)),
         "available": int(status.get("availableReplicas", 0)),
-        "current": int(generation_seen),
     }
 
 
@@ -62,7 +61,7 @@ def _deployment_caught_up(deployment: Manifest | None) -> bool:
 
 def model_condition(observed: Observed) -> Manifest:
     if not observed.builds_in_job:
-        ready = _deployment_counts(observed.deployment, True)["ready"] > 0
+        ready = _deployment_counts(observed.deployment)["ready"] > 0
         if ready:
             return condition("ModelReady", True, "BuiltInPod", "Pods built or mounted the model.")
         return condition(
@@ -85,7 +84,7 @@ def compute_conditions(observed: Observed) -> list[Manifest]:
     """Ready, ModelReady, Progressing, Degraded (+ OptionalAPIs when something was skipped)."""
     model = model_condition(observed)
     caught_up = _deployment_caught_up(observed.deployment)
-    counts = _deployment_counts(observed.deployment, caught_up)
+    counts = _deployment_counts(observed.deployment)
     wanted = max(observed.desired_replicas, 1)
     rolled_out = (
         caught_up

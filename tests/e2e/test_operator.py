@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.apps import conditions, wait_condition
 from tests.support.cluster import ROOT, Cluster, wait_for
 from tests.support.operator import LLMCHAIN, OperatorProcess
 
@@ -26,24 +27,6 @@ def upstream_crds(cluster: Cluster) -> None:
 
 def apply(cluster: Cluster, namespace: str, app: dict[str, Any]) -> None:
     cluster.kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps(app))
-
-
-def conditions(cluster: Cluster, namespace: str, name: str) -> dict[str, dict[str, Any]]:
-    status = cluster.get("-n", namespace, "lca", name).get("status", {})
-    return {c["type"]: c for c in status.get("conditions", [])}
-
-
-def wait_condition(
-    cluster: Cluster, namespace: str, name: str, type_: str, status: str, timeout: float = 60
-) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        cond = conditions(cluster, namespace, name).get(type_)
-        return cond if cond and cond["status"] == status else None
-
-    result: dict[str, Any] = wait_for(
-        check, timeout=timeout, what=f"{type_}={status} on {namespace}/{name}"
-    )
-    return result
 
 
 def exists(cluster: Cluster, namespace: str, kind: str, name: str) -> bool:

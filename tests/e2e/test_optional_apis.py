@@ -3,20 +3,12 @@ say what was skipped, and the objects appear once the APIs are installed."""
 
 from __future__ import annotations
 
+from tests.support.apps import wait_condition
 from tests.support.cluster import ROOT, Cluster, wait_for
 from tests.support.operator import OperatorProcess
 
 UPSTREAM_CRDS = ROOT / ".toolchain" / "crds"
 GPU_EXAMPLE = ROOT / "examples" / "02-gpu-autoscaled" / "app.yaml"
-
-
-def optional_apis(cluster: Cluster, namespace: str) -> dict[str, str] | None:
-    for cond in (
-        cluster.get("-n", namespace, "lca", "support-chat").get("status", {}).get("conditions", [])
-    ):
-        if cond["type"] == "OptionalAPIs":
-            return dict(cond)
-    return None
 
 
 def test_missing_optional_apis_are_skipped_and_reported(
@@ -37,11 +29,7 @@ def test_missing_optional_apis_are_skipped_and_reported(
             "    volume: {size: 2Gi, accessMode: ReadWriteMany}\n", ""
         )
         cluster.kubectl("-n", app_namespace, "apply", "-f", "-", input=app)
-        cond = wait_for(
-            lambda: (c := optional_apis(cluster, app_namespace)) and c["status"] == "False" and c,
-            timeout=60,
-            what="OptionalAPIs=False",
-        )
+        cond = wait_condition(cluster, app_namespace, "support-chat", "OptionalAPIs", "False")
         assert cond["reason"] == "APINotInstalled"
         for skipped in (
             "ScaledObject support-chat",
@@ -70,9 +58,5 @@ def test_missing_optional_apis_are_skipped_and_reported(
         return cluster.kubectl("get", "--raw", f"{path}/support-chat", check=False).returncode == 0
 
     wait_for(lambda: exists(monitor), timeout=60, what="the ServiceMonitor once its API is back")
-    wait_for(
-        lambda: (c := optional_apis(cluster, app_namespace)) and c["status"] == "True",
-        timeout=60,
-        what="OptionalAPIs=True",
-    )
+    wait_condition(cluster, app_namespace, "support-chat", "OptionalAPIs", "True")
     assert exists(scaled)

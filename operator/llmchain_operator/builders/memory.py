@@ -9,6 +9,7 @@ from llmchain_operator.builders.common import (
     Manifest,
     app_name,
     app_namespace,
+    build_labels,
     metadata,
     restricted_container_security,
     restricted_pod_security,
@@ -78,7 +79,7 @@ def build_memory_deployment(app: LLMChainApp, settings: Settings) -> Manifest | 
             "selector": {"matchLabels": selector},
             "strategy": {"type": "Recreate"},
             "template": {
-                "metadata": {"labels": metadata(app, "", "memory")["labels"]},
+                "metadata": {"labels": build_labels(app, "memory")},
                 "spec": {
                     "serviceAccountName": app_name(app),
                     "automountServiceAccountToken": False,

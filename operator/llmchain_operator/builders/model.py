@@ -8,6 +8,7 @@ from llmchain_operator.builders.common import (
     MODEL_DIR,
     Manifest,
     app_name,
+    build_labels,
     metadata,
     model_digest,
     restricted_container_security,
@@ -185,9 +186,7 @@ def build_model_job(app: LLMChainApp, settings: Settings) -> Manifest | None:
             "backoffLimit": 3,
             "activeDeadlineSeconds": 7200,
             "template": {
-                "metadata": {
-                    "labels": {**metadata(app, "", "model-build")["labels"], **digest_label}
-                },
+                "metadata": {"labels": {**build_labels(app, "model-build"), **digest_label}},
                 "spec": {
                     "restartPolicy": "Never",
                     "automountServiceAccountToken": False,

@@ -13,6 +13,7 @@ from llmchain_operator.builders.common import (
     HTTP_PORT,
     Manifest,
     app_name,
+    build_labels,
     metadata,
     model_digest,
     restricted_container_security,
@@ -266,7 +267,7 @@ def build_deployment(app: LLMChainApp, settings: Settings) -> Manifest:
         "revisionHistoryLimit": 5,
         "template": {
             "metadata": {
-                "labels": metadata(app, "", "server")["labels"],
+                "labels": build_labels(app, "server"),
                 "annotations": annotations,
             },
             "spec": pod_spec,
