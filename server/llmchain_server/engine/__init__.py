@@ -1,0 +1,16 @@
+"""The generation engine: onnxruntime session, KV cache, sampling, continuous batching."""
+
+from llmchain_server.engine.engine import ContextLengthError, Engine, EngineSettings
+from llmchain_server.engine.request import Chunk, Generation
+from llmchain_server.engine.sampling import SamplingParams
+from llmchain_server.engine.scheduler import QueueFull
+
+__all__ = [
+    "Chunk",
+    "ContextLengthError",
+    "Engine",
+    "EngineSettings",
+    "Generation",
+    "QueueFull",
+    "SamplingParams",
+]

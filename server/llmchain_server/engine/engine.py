@@ -1,0 +1,150 @@
+"""The generation engine: loads a model folder and serves generations through the scheduler.
+It knows nothing of HTTP, Redis or chains (see DESIGN.md, "Chain server")."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from llmchain_server.engine.providers import DeviceOptions
+from llmchain_server.engine.request import Generation
+from llmchain_server.engine.runner import ModelRunner
+from llmchain_server.engine.sampling import SamplingParams
+from llmchain_server.engine.scheduler import EngineStats, QueueFull, Scheduler
+from llmchain_server.engine.session import cpu_threads, create_session
+from llmchain_server.engine.tokenizer import ModelTokenizer
+from llmchain_server.model.manifest import verify
+
+log = logging.getLogger(__name__)
+
+
+class ContextLengthError(ValueError):
+    """The prompt plus the requested tokens do not fit the context."""
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    provider: str = "auto"
+    max_batch: int = 8
+    max_waiting: int = 64
+    context: int = 2048
+    threads: int | None = None
+    verify_checksums: bool = True
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> EngineSettings:
+        env = os.environ if env is None else env
+        return cls(
+            provider=env.get("LLMCHAIN_EXECUTION_PROVIDER", "auto"),
+            max_batch=int(env.get("LLMCHAIN_MAX_BATCH_SIZE", "8")),
+            max_waiting=int(env.get("LLMCHAIN_MAX_QUEUE", "64")),
+            context=int(env.get("LLMCHAIN_MAX_CONTEXT", "2048")),
+            threads=cpu_threads(env),
+        )
+
+
+class Engine:
+    def __init__(
+        self,
+        folder: Path,
+        settings: EngineSettings | None = None,
+        available_providers: Sequence[str] | None = None,
+    ) -> None:
+        self.settings = settings or EngineSettings.from_env()
+        started = time.monotonic()
+        self.manifest = verify(folder, deep=self.settings.verify_checksums)
+        config: dict[str, Any] = json.loads((folder / "config.json").read_text())
+        model = config["model"]
+        self.tokenizer = ModelTokenizer(folder)
+        self.session, self.provider = create_session(
+            folder / "model.onnx",
+            self.settings.provider,
+            self.settings.threads,
+            DeviceOptions.from_env(),
+            available_providers,
+        )
+        self.context = min(self.settings.context, int(model["context"]))
+        slots = self.settings.max_batch + 1  # one spare slot for the batch-invariance pad row
+        self.runner = ModelRunner(
+            self.session,
+            model["layers"],
+            model["kv_heads"],
+            model["hidden"] // model["heads"],
+            model["vocab"],
+            slots,
+            self.context,
+        )
+        quantized = config.get("quantization") in ("int4", "int8")
+        min_batch = 2 if quantized and config.get("accuracyLevel", 0) > 0 else 1
+        self.scheduler = Scheduler(
+            self.runner,
+            self.tokenizer.eos_ids,
+            self.settings.max_batch,
+            self.settings.max_waiting,
+            min_batch,
+        )
+        self.digest: str = self.manifest["digest"]
+        self.quantization: str = self.manifest.get("quantization", "unknown")
+        self.load_seconds = time.monotonic() - started
+        self._ready = False
+        log.info(
+            "Loaded model %s (%s, %s) in %.1f s; KV cache %.0f MiB for %d sequences of %d tokens",
+            self.digest[:19],
+            self.quantization,
+            self.provider,
+            self.load_seconds,
+            self.runner.cache.nbytes / 2**20,
+            self.settings.max_batch,
+            self.context,
+        )
+
+    def start(self, warm_up: bool = True) -> None:
+        self.scheduler.start()
+        if warm_up:
+            self.generate(self.tokenizer.encode("Hello"), SamplingParams(max_tokens=2)).text()
+        self._ready = True
+
+    def stop(self) -> None:
+        self._ready = False
+        self.scheduler.stop()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    @property
+    def stats(self) -> EngineStats:
+        return self.scheduler.stats
+
+    def _check(self, prompt: list[int], params: SamplingParams) -> None:
+        if not prompt:
+            raise ValueError("the prompt is empty")
+        if len(prompt) + params.max_tokens > self.context:
+            raise ContextLengthError(
+                f"the prompt has {len(prompt)} tokens and max_tokens is {params.max_tokens}; "
+                f"together they exceed the context of {self.context} tokens"
+            )
+
+    def generate(self, prompt: list[int], params: SamplingParams) -> Generation:
+        """Submit a request; iterate the result for chunks. Raises QueueFull when full."""
+        self._check(prompt, params)
+        g = Generation(prompt, params, self.tokenizer)
+        self.scheduler.submit(g)
+        return g
+
+    def generate_async(self, prompt: list[int], params: SamplingParams) -> Generation:
+        """As generate, for `async for` inside an event loop."""
+        self._check(prompt, params)
+        g = Generation(prompt, params, self.tokenizer, asyncio.get_running_loop())
+        self.scheduler.submit(g)
+        return g
+
+
+__all__ = ["ContextLengthError", "Engine", "EngineSettings", "QueueFull", "SamplingParams"]

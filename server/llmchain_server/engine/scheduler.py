@@ -1,0 +1,184 @@
+"""Continuous batching: one thread runs the model. Between decode steps it admits waiting
+requests (prefilling them into free KV slots) and retires finished ones, so a request never waits
+for another to end. The waiting queue is bounded; a full queue refuses at once."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from llmchain_server.engine.request import Generation
+from llmchain_server.engine.runner import Logits, ModelRunner
+from llmchain_server.engine.sampling import sample
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(RuntimeError):
+    """The engine's waiting queue is full; try again later."""
+
+
+@dataclass
+class EngineStats:
+    waiting: int = 0
+    running: int = 0
+    steps: int = 0
+    prefills: int = 0
+    generated_tokens: int = 0
+    prompt_tokens: int = 0
+
+
+class Scheduler:
+    def __init__(
+        self,
+        runner: ModelRunner,
+        eos_ids: frozenset[int],
+        max_batch: int,
+        max_waiting: int,
+        min_batch: int = 1,
+        prefill_tokens: int = 2048,
+    ) -> None:
+        self.runner = runner
+        self.eos_ids = eos_ids
+        self.max_batch = max_batch
+        self.max_waiting = max_waiting
+        # Some kernels (MatMulNBits with int8 activations) take another path for one row than
+        # for several; decoding at least `min_batch` rows keeps every output batch-invariant.
+        self.min_batch = min(min_batch, runner.cache.slots)
+        self.prefill_tokens = prefill_tokens
+        self.stats = EngineStats()
+        self._waiting: collections.deque[Generation] = collections.deque()
+        self._running: list[Generation] = []  # index = KV slot
+        self._lengths: list[int] = []  # tokens in each slot's cache
+        self._cv = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="llmchain-engine", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        self._thread.join(timeout=30)
+
+    def submit(self, generation: Generation) -> None:
+        with self._cv:
+            if len(self._waiting) >= self.max_waiting:
+                raise QueueFull(f"the engine queue is full ({self.max_waiting} waiting)")
+            self._waiting.append(generation)
+            self.stats.waiting = len(self._waiting)
+            self._cv.notify()
+
+    # -- the engine thread -----------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stop and not self._waiting and not self._running:
+                    self._cv.wait()
+                if self._stop:
+                    break
+                admitted = self._admit()
+            try:
+                if admitted:
+                    self._prefill(admitted)
+                if self._running:
+                    self._decode()
+            except Exception as e:  # never let one bad step kill the engine
+                log.exception("Failed a model step; ended %d requests", len(self._running))
+                for g in self._running:
+                    g.emit("", None, "error", error=str(e))
+                self._running.clear()
+                self._lengths.clear()
+        for g in [*self._running, *self._waiting]:
+            g.emit("", None, "cancelled")
+
+    def _admit(self) -> list[Generation]:
+        admitted: list[Generation] = []
+        budget = self.prefill_tokens
+        while self._waiting and len(self._running) + len(admitted) < self.max_batch:
+            g = self._waiting[0]
+            if g.cancelled:
+                self._waiting.popleft().emit("", None, "cancelled")
+                continue
+            width = max([len(g.prompt), *(len(a.prompt) for a in admitted)])
+            if admitted and width * (len(admitted) + 1) > budget:
+                break
+            admitted.append(self._waiting.popleft())
+        self.stats.waiting = len(self._waiting)
+        return admitted
+
+    def _prefill(self, admitted: list[Generation]) -> None:
+        first = len(self._running)
+        logits = self.runner.prefill(first, [g.prompt for g in admitted])
+        self.stats.prefills += 1
+        for g in admitted:
+            self._running.append(g)
+            self._lengths.append(len(g.prompt))
+            self.stats.prompt_tokens += len(g.prompt)
+        self._advance(list(range(first, first + len(admitted))), logits)
+
+    def _decode(self) -> None:
+        count = len(self._running)
+        tokens = [g.generated[-1] for g in self._running]
+        lengths = list(self._lengths)
+        pad = max(0, self.min_batch - count)
+        tokens += [0] * pad
+        lengths += [0] * pad  # a scratch row in a free slot; its output is ignored
+        logits = self.runner.decode(tokens, lengths)[:count]
+        self.stats.steps += 1
+        for slot in range(count):
+            self._lengths[slot] += 1
+        self._advance(list(range(count)), logits)
+
+    def _advance(self, slots: list[int], logits: Logits) -> None:
+        """Sample the next token for each slot, stream it, and retire finished requests."""
+        finished: list[int] = []
+        for slot, row in zip(slots, logits, strict=True):
+            g = self._running[slot]
+            if g.cancelled:
+                g.emit("", None, "cancelled")
+                finished.append(slot)
+                continue
+            token = sample(row, g.params, g.rng)
+            g.generated.append(token)
+            self.stats.generated_tokens += 1
+            if g.first_token_at is None:
+                g.first_token_at = time.monotonic()
+            reason = self._finish_reason(g, token, slot)
+            text, hit_stop = (
+                ("", False) if token in self.eos_ids else g.stops.feed(g.decoder.push(token))
+            )
+            if hit_stop:
+                reason = "stop"
+            elif reason is not None:
+                text += g.stops.flush()
+            g.emit(text, token, reason)
+            if reason is not None:
+                finished.append(slot)
+        self._retire(finished)
+        self.stats.running = len(self._running)
+
+    def _finish_reason(self, g: Generation, token: int, slot: int) -> str | None:
+        if token in self.eos_ids:
+            return "stop"
+        if len(g.generated) >= g.params.max_tokens:
+            return "length"
+        if self._lengths[slot] + 1 >= self.runner.cache.capacity:
+            return "length"
+        return None
+
+    def _retire(self, slots: list[int]) -> None:
+        """Free finished slots, moving the last running sequences into the holes."""
+        for slot in sorted(slots, reverse=True):
+            last = len(self._running) - 1
+            if slot != last:
+                self.runner.cache.move(last, slot, self._lengths[last])
+                self._running[slot] = self._running[last]
+                self._lengths[slot] = self._lengths[last]
+            self._running.pop()
+            self._lengths.pop()

@@ -1,0 +1,87 @@
+"""The model's tokenizer (`tokenizer.json`) and chat template, plus incremental decoding that
+never emits half a UTF-8 character."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from jinja2 import StrictUndefined
+from jinja2.exceptions import TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import Tokenizer
+
+_REPLACEMENT = "\ufffd"
+
+
+class ChatTemplateError(ValueError):
+    """The chat template could not render these messages."""
+
+
+class ModelTokenizer:
+    def __init__(self, folder: Path) -> None:
+        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        config = json.loads((folder / "config.json").read_text())
+        self.eos_ids: frozenset[int] = frozenset(config.get("eosTokenIds", []))
+        self.bos_id: int | None = config.get("bosTokenId")
+        self.add_bos = bool(config.get("addBos", False))
+        template_path = folder / "chat_template.jinja"
+        env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
+        env.globals["raise_exception"] = _raise
+        self._chat = env.from_string(template_path.read_text()) if template_path.is_file() else None
+
+    @property
+    def has_chat_template(self) -> bool:
+        return self._chat is not None
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False).ids
+        if self.add_bos and self.bos_id is not None:
+            ids = [self.bos_id, *ids]
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
+
+    def render_chat(
+        self, messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool = True
+    ) -> str:
+        if self._chat is None:
+            # No template: a plain transcript, so models without one still answer.
+            lines = [f"{m['role']}: {m['content']}" for m in messages]
+            return "\n".join(lines) + ("\nassistant:" if add_generation_prompt else "")
+        try:
+            return self._chat.render(
+                messages=list(messages),
+                add_generation_prompt=add_generation_prompt,
+                bos_token="",
+                eos_token="",
+            )
+        except TemplateError as e:
+            raise ChatTemplateError(f"chat template failed: {e}") from None
+
+
+def _raise(message: str) -> None:
+    raise ChatTemplateError(message)
+
+
+class IncrementalDecoder:
+    """Text deltas for a growing list of token ids, decoding only a short window each time.
+    Byte-level BPE can split a character across tokens: a delta is held back until whole."""
+
+    def __init__(self, tokenizer: ModelTokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self._prefix = 0  # start of the window decoded for context
+        self._read = 0  # ids before this are already emitted
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        before = self.tokenizer.decode(self.ids[self._prefix : self._read])
+        after = self.tokenizer.decode(self.ids[self._prefix :])
+        if len(after) <= len(before) or after.endswith(_REPLACEMENT):
+            return ""
+        self._prefix, self._read = self._read, len(self.ids)
+        return after[len(before) :]

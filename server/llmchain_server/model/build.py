@@ -1,0 +1,273 @@
+"""`llmchain model build`: a source (GGUF file, Hugging Face folder, or an ONNX folder built
+before) → a served model folder: `model.onnx`, `tokenizer.json`, `chat_template.jinja`,
+`config.json` (architecture, special tokens, generation defaults) and `manifest.json`.
+
+The folder appears under its final name only when complete (built beside it, then renamed), and
+a folder whose manifest already carries the requested build digest is reused, not rebuilt."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer
+
+from llmchain_server.model.architecture import LlamaConfig
+from llmchain_server.model.convert import QUANTIZATIONS, linear_kind, weights_for
+from llmchain_server.model.fetch import fetch, is_url, redact, sha256_file
+from llmchain_server.model.gguf_source import GGUFSource, is_gguf
+from llmchain_server.model.graph import build_graph
+from llmchain_server.model.hf_source import HFSource, is_hf_folder
+from llmchain_server.model.manifest import (
+    BUILDER,
+    content_digest,
+    file_digest,
+    read_manifest,
+    verify,
+    write_manifest,
+)
+from llmchain_server.model.progress import Progress
+from llmchain_server.model.tokenizer_build import tokenizer_from_gguf
+from llmchain_server.model.weights import Weight
+
+# Token names that end a turn in common chat templates, stop tokens besides the declared EOS.
+_END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "</s>")
+
+
+class BuildError(RuntimeError):
+    """The build cannot proceed; the message names the problem."""
+
+
+def build_model(
+    source: str,
+    out: Path,
+    quantization: str,
+    sha256: str | None = None,
+    build_digest: str | None = None,
+    cache_dir: Path | None = None,
+    accuracy_level: int = 4,
+) -> dict[str, Any]:
+    """Build (or reuse) the model folder `out`; returns its manifest."""
+    if quantization not in QUANTIZATIONS:
+        raise BuildError(
+            f"--quantization {quantization!r} is not one of {', '.join(QUANTIZATIONS)}"
+        )
+    progress = Progress("build")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(out):
+        reused = _reusable(out, quantization, build_digest)
+        if reused is not None:
+            progress.say(f"reused {out} ({reused['digest']})")
+            return reused
+        local = fetch(source, sha256, cache_dir)
+        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            fields = _build_into(tmp, local, quantization, accuracy_level, progress)
+            src = {"uri": redact(source) if is_url(source) else str(source), **fields["source"]}
+            manifest = write_manifest(
+                tmp,
+                source=src,
+                quantization=quantization,
+                buildDigest=build_digest,
+                parameters=fields["parameters"],
+            )
+            _replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    progress.say(f"wrote {out}: {manifest['totalBytes'] / 2**20:.1f} MiB, {manifest['digest']}")
+    return manifest
+
+
+def _reusable(out: Path, quantization: str, build_digest: str | None) -> dict[str, Any] | None:
+    manifest = read_manifest(out)
+    if manifest is None or manifest.get("quantization") != quantization:
+        return None
+    if build_digest is None or manifest.get("buildDigest") != build_digest:
+        return None
+    try:
+        return verify(out)
+    except ValueError:
+        return None
+
+
+@contextmanager
+def _lock(out: Path) -> Iterator[None]:
+    """One builder per output folder at a time (replicas sharing a volume wait for each other)."""
+    with (out.parent / f".{out.name}.lock").open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _resolve(local: Path) -> tuple[str, Path]:
+    if local.is_file():
+        if not is_gguf(local):
+            raise BuildError(f"{local.name} is not a GGUF file (its first bytes are not 'GGUF')")
+        return "gguf", local
+    if local.is_dir():
+        ggufs = sorted(local.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return "gguf", ggufs[0]
+        if is_hf_folder(local):
+            return "huggingface", local
+        if (local / "model.onnx").is_file():
+            return "onnx", local
+    raise BuildError(
+        f"{local} is neither a GGUF file, a Hugging Face folder (config.json + "
+        "*.safetensors) nor an ONNX model folder (model.onnx)"
+    )
+
+
+def _build_into(
+    tmp: Path, local: Path, quantization: str, accuracy_level: int, progress: Progress
+) -> dict[str, Any]:
+    kind, path = _resolve(local)
+    progress.say(f"reading {kind} source {path.name}")
+    if kind == "onnx":
+        return _copy_onnx(tmp, path, quantization)
+    if kind == "gguf":
+        try:
+            gguf = GGUFSource(path)
+        except ValueError as e:
+            raise BuildError(str(e)) from None
+        except Exception as e:  # gguf's reader raises bare errors on truncated or corrupt files
+            raise BuildError(f"{path.name} is not a readable GGUF file: {e}") from None
+        config, weight = gguf.config(), gguf.weight
+        tokenizer = tokenizer_from_gguf(gguf.vocab())
+        template, vocab = gguf.chat_template(), gguf.vocab()
+        eos = [vocab.eos_id] if vocab.eos_id is not None else []
+        bos, add_bos = vocab.bos_id, vocab.add_bos
+        source_digest = "sha256:" + sha256_file(path)
+    else:
+        hf = HFSource(path)
+        config, weight = hf.config(), hf.weight
+        tokenizer = Tokenizer.from_str(hf.tokenizer_json())
+        template, eos, bos, add_bos = hf.chat_template(), hf.eos_ids(), None, False
+        files = {p.name: {"sha256": file_digest(p)} for p in sorted(path.iterdir()) if p.is_file()}
+        source_digest = content_digest(files)
+    config.check()
+    model = build_graph(
+        config,
+        _counting(weights_for(weight, quantization), config, progress),
+        linear_kind(quantization),
+        accuracy_level,
+    )
+    progress.say("writing model.onnx")
+    (tmp / "model.onnx").write_bytes(model.SerializeToString())
+    tokenizer.save(str(tmp / "tokenizer.json"))
+    if template:
+        (tmp / "chat_template.jinja").write_text(template)
+    stops = sorted(
+        {*eos, *(i for t in _END_OF_TURN if (i := tokenizer.token_to_id(t)) is not None)}
+    )
+    (tmp / "config.json").write_text(
+        json.dumps(
+            {
+                "model": config.to_json(),
+                "bosTokenId": bos,
+                "addBos": add_bos,
+                "eosTokenIds": stops,
+                "quantization": quantization,
+                "accuracyLevel": accuracy_level,
+            },
+            indent=2,
+            sort_keys=True,
+        )
+        + "\n"
+    )
+    return {
+        "source": {"kind": kind, "sha256": source_digest},
+        "parameters": _parameter_count(config),
+    }
+
+
+def _parameter_count(c: LlamaConfig) -> int:
+    kv = c.kv_heads * c.head_dim
+    per_layer = (
+        c.hidden * (c.hidden + 2 * kv) + c.hidden * c.hidden + 3 * c.hidden * c.ffn + 2 * c.hidden
+    )
+    head = 0 if c.tied_embeddings else c.vocab * c.hidden
+    return c.layers * per_layer + c.vocab * c.hidden + head + c.hidden
+
+
+def _counting(
+    lookup: Callable[[str], Weight], config: LlamaConfig, progress: Progress
+) -> Callable[[str], Weight]:
+    def counted(name: str) -> Weight:
+        if name.endswith("ffn_down.weight"):
+            layer = int(name.split(".")[1]) + 1
+            progress.step(layer, config.layers, "converted layer")
+        return lookup(name)
+
+    return counted
+
+
+def _copy_onnx(tmp: Path, folder: Path, quantization: str) -> dict[str, Any]:
+    for needed in ("model.onnx", "tokenizer.json", "config.json"):
+        if not (folder / needed).is_file():
+            raise BuildError(
+                f"ONNX folder {folder} lacks {needed} (build it with "
+                "`llmchain model build` from a GGUF or Hugging Face source)"
+            )
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("quantization") != quantization:
+        raise BuildError(
+            f"ONNX folder {folder} holds a {config.get('quantization')!r} model; "
+            f"it is served as built and cannot become {quantization!r}"
+        )
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.name != "manifest.json":
+            shutil.copy2(p, tmp / p.name)
+    files = {p.name: {"sha256": file_digest(p)} for p in sorted(tmp.iterdir())}
+    return {
+        "source": {"kind": "onnx", "sha256": content_digest(files)},
+        "parameters": _parameter_count(LlamaConfig.from_json(config["model"])),
+    }
+
+
+def wait_for_model(
+    folder: Path, build_digest: str, timeout: float, poll: float = 2.0
+) -> dict[str, Any]:
+    """Block until `folder` holds a complete build with `build_digest` (the build Job writes it)."""
+    progress = Progress("wait")
+    deadline = time.monotonic() + timeout
+    last_note = 0.0
+    while True:
+        manifest = read_manifest(folder)
+        if manifest is not None and manifest.get("buildDigest") == build_digest:
+            verify(folder, deep=False)
+            progress.say(f"found {folder} ({manifest['digest']})")
+            return manifest
+        now = time.monotonic()
+        if now >= deadline:
+            raise BuildError(
+                f"no model with build digest {build_digest} appeared in {folder} "
+                f"within {timeout:.0f} s"
+            )
+        if now - last_note >= 30:
+            progress.say(f"waiting for the build Job to write {folder}")
+            last_note = now
+        time.sleep(poll)
+
+
+__all__ = ["BUILDER", "BuildError", "build_model", "wait_for_model"]

@@ -1,0 +1,346 @@
+"""The ONNX decoder graph: onnxruntime's contrib ops (GroupQueryAttention with rotary and a
+shared past/present KV buffer, SkipSimplifiedLayerNormalization, MatMulNBits), so the CPU and CUDA
+providers run it as is. Input and output names follow onnxruntime-genai's decoder convention
+(`input_ids`, `attention_mask`, `past_key_values.N.key`, `logits`, `present.N.key`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from llmchain_server.model.architecture import LlamaConfig
+from llmchain_server.model.weights import BlockWeight, Floats, Weight
+
+OPSET = 21
+MS_DOMAIN = "com.microsoft"
+LinearKind = str  # "float32", "float16" or "blocks"
+
+
+def _pack(w: BlockWeight) -> np.ndarray:
+    """MatMulNBits' B: [N, blocks, block * bits / 8], element 2i low nibble, 2i+1 high."""
+    rows, cols = w.shape
+    q = w.q.reshape(rows, cols // w.block, w.block)
+    if w.bits == 8:
+        return q.copy()
+    return (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+
+
+def _zero_points(w: BlockWeight) -> np.ndarray:
+    rows, cols = w.shape
+    blocks = cols // w.block
+    if w.bits == 8:
+        return np.full(rows * blocks, w.zero, dtype=np.uint8)
+    return np.full(rows * ((blocks + 1) // 2), w.zero | (w.zero << 4), dtype=np.uint8)
+
+
+class DecoderGraph:
+    """Accumulates nodes and initializers; one instance builds one model."""
+
+    def __init__(self, config: LlamaConfig, accuracy_level: int) -> None:
+        self.config = config
+        self.accuracy_level = accuracy_level
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._names: set[str] = set()
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def const(self, name: str, array: np.ndarray) -> str:
+        if name in self._names:
+            raise ValueError(f"duplicate initializer {name}")
+        self._names.add(name)
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def node(
+        self,
+        op: str,
+        inputs: list[str],
+        name: str,
+        outputs: int = 1,
+        domain: str = "",
+        **attrs: Any,
+    ) -> list[str]:
+        outs = [f"{name}/out{i}" if outputs > 1 else f"{name}/out" for i in range(outputs)]
+        self.nodes.append(helper.make_node(op, inputs, outs, name=name, domain=domain, **attrs))
+        return outs
+
+    def one(self, op: str, inputs: list[str], name: str, domain: str = "", **attrs: Any) -> str:
+        return self.node(op, inputs, name, 1, domain, **attrs)[0]
+
+    # -- layers -----------------------------------------------------------------------------
+    def linear(self, x: str, w: Weight, name: str, kind: LinearKind) -> str:
+        """x @ w.T for a [N, K] weight, in the storage the build asked for."""
+        if isinstance(w, BlockWeight):
+            return self._matmul_nbits(x, w, name)
+        wt = np.ascontiguousarray(np.asarray(w, dtype=np.float32).T)
+        if kind == "float16":
+            stored = self.const(f"{name}.weight", wt.astype(np.float16))
+            weight = self.one("Cast", [stored], f"{name}/cast", to=TensorProto.FLOAT)
+        else:
+            weight = self.const(f"{name}.weight", wt)
+        return self.one("MatMul", [x, weight], name)
+
+    def _matmul_nbits(self, x: str, w: BlockWeight, name: str) -> str:
+        rows, cols = w.shape
+        inputs = [
+            x,
+            self.const(f"{name}.qweight", _pack(w)),
+            self.const(f"{name}.scales", w.scale.reshape(-1).astype(np.float32)),
+            self.const(f"{name}.zero_points", _zero_points(w)),
+        ]
+        y = self.one(
+            "MatMulNBits",
+            inputs,
+            name,
+            domain=MS_DOMAIN,
+            K=cols,
+            N=rows,
+            bits=w.bits,
+            block_size=w.block,
+            accuracy_level=self.accuracy_level,
+        )
+        if w.offset is None:
+            return y
+        # Per-block offsets m: sum_k (d q + m) a_k = MatMulNBits(a) + sum_blocks m * sum_block(a).
+        blocks = cols // w.block
+        shape = self.const(f"{name}.block_shape", np.array([0, 0, blocks, w.block], np.int64))
+        grouped = self.one("Reshape", [x, shape], f"{name}/blocks")
+        sums = self.one("ReduceSum", [grouped, self._axis_last()], f"{name}/block_sums", keepdims=0)
+        offsets = self.const(f"{name}.offsets", np.ascontiguousarray(w.offset.T))
+        extra = self.one("MatMul", [sums, offsets], f"{name}/offset_term")
+        return self.one("Add", [y, extra], f"{name}/with_offsets")
+
+    def _axis_last(self) -> str:
+        if "axis_last" not in self._names:
+            self.const("axis_last", np.array([-1], np.int64))
+        return "axis_last"
+
+    def embedding(self, ids: str, w: Weight, kind: LinearKind) -> str:
+        if not isinstance(w, BlockWeight):
+            table = np.asarray(w, dtype=np.float32)
+            if kind == "float16":
+                stored = self.const("embed.weight", table.astype(np.float16))
+                rows = self.one("Gather", [stored, ids], "embed")
+                return self.one("Cast", [rows], "embed/cast", to=TensorProto.FLOAT)
+            return self.one("Gather", [self.const("embed.weight", table), ids], "embed")
+        vocab, cols = w.shape
+        blocks = cols // w.block
+        q = self.const("embed.q", w.q.reshape(vocab, blocks, w.block))
+        rows = self.one(
+            "Cast", [self.one("Gather", [q, ids], "embed/q")], "embed/float", to=TensorProto.FLOAT
+        )
+        zero = self.const("embed.zero", np.array(w.zero, np.float32))
+        centred = self.one("Sub", [rows, zero], "embed/centred")
+        scales = self.one("Gather", [self.const("embed.scales", w.scale), ids], "embed/scales")
+        x = self.one(
+            "Mul",
+            [centred, self.one("Unsqueeze", [scales, self._axis_last()], "embed/scales3")],
+            "embed/scaled",
+        )
+        if w.offset is not None:
+            offs = self.one("Gather", [self.const("embed.offsets", w.offset), ids], "embed/offs")
+            x = self.one(
+                "Add",
+                [x, self.one("Unsqueeze", [offs, self._axis_last()], "embed/offs3")],
+                "embed/offset",
+            )
+        shape = self.const("embed.shape", np.array([0, 0, cols], np.int64))
+        return self.one("Reshape", [x, shape], "embed/out")
+
+
+def build_graph(
+    config: LlamaConfig,
+    weight: Callable[[str], Weight],
+    kind: LinearKind,
+    accuracy_level: int = 4,
+) -> onnx.ModelProto:
+    """The whole decoder. `weight(name)` returns weights by GGUF name, already in the storage
+    wanted (BlockWeight for quantized builds, float arrays otherwise)."""
+    c = config
+    g = DecoderGraph(c, accuracy_level)
+    d = c.head_dim
+    batch, seq, past, total, present = (
+        "batch",
+        "sequence",
+        "past_sequence",
+        "total_sequence",
+        "present_sequence",
+    )
+    inputs = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, [batch, seq]),
+        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [batch, total]),
+    ]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, seq, c.vocab])]
+    for i in range(c.layers):
+        for kv in ("key", "value"):
+            inputs.append(
+                helper.make_tensor_value_info(
+                    f"past_key_values.{i}.{kv}", TensorProto.FLOAT, [batch, c.kv_heads, past, d]
+                )
+            )
+            outputs.append(
+                helper.make_tensor_value_info(
+                    f"present.{i}.{kv}", TensorProto.FLOAT, [batch, c.kv_heads, present, d]
+                )
+            )
+
+    # Sequence lengths for GroupQueryAttention, from the attention mask (as onnxruntime-genai).
+    axis1 = g.const("axis1", np.array([1], np.int64))
+    lengths = g.one("ReduceSum", ["attention_mask", axis1], "seqlens/sum", keepdims=0)
+    last = g.one("Sub", [lengths, g.const("one", np.array(1, np.int64))], "seqlens/last")
+    seqlens = g.one("Cast", [last], "seqlens_k", to=TensorProto.INT32)
+    mask_shape = g.one("Shape", ["attention_mask"], "mask_shape")
+    width = g.one("Gather", [mask_shape, g.const("index1", np.array(1, np.int64))], "total/len")
+    total_len = g.one("Cast", [width], "total_sequence_length", to=TensorProto.INT32)
+
+    inv_freq = 1.0 / (c.rope_base ** (np.arange(0, d, 2, dtype=np.float64) / d))
+    angles = np.outer(np.arange(c.context, dtype=np.float64), inv_freq)
+    cos = g.const("cos_cache", np.cos(angles).astype(np.float32))
+    sin = g.const("sin_cache", np.sin(angles).astype(np.float32))
+
+    hidden = g.embedding("input_ids", weight("token_embd.weight"), kind)
+    normed = g.one(
+        "SimplifiedLayerNormalization",
+        [hidden, g.const("blk.0.attn_norm.weight", _vector(weight("blk.0.attn_norm.weight")))],
+        "blk.0/attn_norm",
+        epsilon=c.norm_eps,
+        axis=-1,
+        stash_type=1,
+    )
+    residual = hidden
+    for i in range(c.layers):
+        p = f"blk.{i}"
+        qkv = g.linear(
+            normed,
+            _concat(
+                [
+                    weight(f"{p}.attn_q.weight"),
+                    weight(f"{p}.attn_k.weight"),
+                    weight(f"{p}.attn_v.weight"),
+                ]
+            ),
+            f"{p}/qkv",
+            kind,
+        )
+        attn = g.node(
+            "GroupQueryAttention",
+            [
+                qkv,
+                "",
+                "",
+                f"past_key_values.{i}.key",
+                f"past_key_values.{i}.value",
+                seqlens,
+                total_len,
+                cos,
+                sin,
+            ],
+            f"{p}/attn",
+            outputs=3,
+            domain=MS_DOMAIN,
+            num_heads=c.heads,
+            kv_num_heads=c.kv_heads,
+            do_rotary=1,
+            rotary_interleaved=1,
+        )
+        g.nodes[-1].output[1] = f"present.{i}.key"
+        g.nodes[-1].output[2] = f"present.{i}.value"
+        out = g.linear(attn[0], weight(f"{p}.attn_output.weight"), f"{p}/attn_output", kind)
+        normed, _, _, residual = g.node(
+            "SkipSimplifiedLayerNormalization",
+            [
+                out,
+                residual,
+                g.const(f"{p}.ffn_norm.weight", _vector(weight(f"{p}.ffn_norm.weight"))),
+            ],
+            f"{p}/ffn_norm",
+            outputs=4,
+            domain=MS_DOMAIN,
+            epsilon=c.norm_eps,
+        )
+        gate_up = g.linear(
+            normed,
+            _concat([weight(f"{p}.ffn_gate.weight"), weight(f"{p}.ffn_up.weight")]),
+            f"{p}/gate_up",
+            kind,
+        )
+        gate, up = g.node(
+            "Split",
+            [gate_up, g.const(f"{p}.split", np.array([c.ffn, c.ffn], np.int64))],
+            f"{p}/split",
+            outputs=2,
+            axis=-1,
+        )
+        act = g.one(
+            "Mul",
+            [g.one("Mul", [gate, g.one("Sigmoid", [gate], f"{p}/sigmoid")], f"{p}/silu"), up],
+            f"{p}/swiglu",
+        )
+        down = g.linear(act, weight(f"{p}.ffn_down.weight"), f"{p}/ffn_down", kind)
+        norm_name = f"blk.{i + 1}.attn_norm.weight" if i + 1 < c.layers else "output_norm.weight"
+        normed, _, _, residual = g.node(
+            "SkipSimplifiedLayerNormalization",
+            [down, residual, g.const(norm_name, _vector(weight(norm_name)))],
+            f"{p}/next_norm",
+            outputs=4,
+            domain=MS_DOMAIN,
+            epsilon=c.norm_eps,
+        )
+
+    head = "token_embd.weight" if c.tied_embeddings else "output.weight"
+    g.linear(normed, weight(f"{head}#lm_head"), "lm_head", kind)
+    g.nodes[-1].output[0] = "logits"  # the last node of the head (MatMul, or the offset Add)
+    graph = helper.make_graph(g.nodes, "llmchain-decoder", inputs, outputs, g.initializers)
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
+        producer_name="llmchain",
+        producer_version="1",
+    )
+    model.ir_version = 10
+    return model
+
+
+def _vector(w: Weight) -> Floats:
+    if isinstance(w, BlockWeight):
+        raise ValueError("a norm weight cannot be quantized")
+    return np.asarray(w, dtype=np.float32).reshape(-1)
+
+
+def _concat(parts: list[Weight]) -> Weight:
+    """Stack [N_i, K] weights into one [sum N_i, K] (fused QKV, fused gate/up)."""
+    if not all(isinstance(p, BlockWeight) for p in parts):
+        return np.concatenate([np.asarray(p, dtype=np.float32) for p in parts], axis=0)
+    blocks = [p for p in parts if isinstance(p, BlockWeight)]
+    first = blocks[0]
+    if any(b.bits != first.bits or b.block != first.block for b in blocks):
+        raise ValueError("cannot fuse weights of different bit widths")
+    same_zero = all(b.zero == first.zero for b in blocks)
+    offsets = [b.offset is not None for b in blocks]
+    if same_zero and (all(offsets) or not any(offsets)):
+        offset = None if not any(offsets) else np.concatenate([b.offset for b in blocks])
+        return BlockWeight(
+            q=np.concatenate([b.q for b in blocks]),
+            scale=np.concatenate([b.scale for b in blocks]),
+            zero=first.zero,
+            offset=offset,
+            bits=first.bits,
+            block=first.block,
+        )
+    # Mixed zero points: fold each zero into an offset (x = s q + (m - s z)) and fuse those.
+    folded = [
+        BlockWeight(
+            q=b.q,
+            scale=b.scale,
+            zero=0,
+            bits=b.bits,
+            block=b.block,
+            offset=(b.offset if b.offset is not None else 0) - b.scale * b.zero,
+        )
+        for b in blocks
+    ]
+    return _concat(list(folded))
