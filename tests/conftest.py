@@ -11,12 +11,13 @@ import os
 import re
 import secrets
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.cluster import ROOT, Cluster, start_cluster, stop_cluster
+from tests.support.model import GGUF_SHA256, gguf_path
 from tests.support.operator import OperatorProcess, install_operator_identity
 from tests.support.redis import RedisServer
 
@@ -35,6 +36,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for tier in TIERS:
             if tier in parts:
                 item.add_marker(getattr(pytest.mark, tier))
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Model folders built from the test GGUF, one per quantization, built on first use."""
+    from llmchain_server.model import build_model
+
+    root = tmp_path_factory.mktemp("models")
+    built: dict[str, Path] = {}
+
+    def get(quantization: str) -> Path:
+        if quantization not in built:
+            out = root / quantization
+            build_model(str(gguf_path()), out, quantization, sha256=GGUF_SHA256)
+            built[quantization] = out
+        return built[quantization]
+
+    return get
 
 
 @pytest.fixture(scope="session")

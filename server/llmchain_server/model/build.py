@@ -150,8 +150,6 @@ def _build_into(
             gguf = GGUFSource(path)
         except ValueError as e:
             raise BuildError(str(e)) from None
-        except Exception as e:  # gguf's reader raises bare errors on truncated or corrupt files
-            raise BuildError(f"{path.name} is not a readable GGUF file: {e}") from None
         config, weight = gguf.config(), gguf.weight
         tokenizer = tokenizer_from_gguf(gguf.vocab())
         template, vocab = gguf.chat_template(), gguf.vocab()

@@ -4,6 +4,7 @@ checksum is verified, so a half-written download is never read."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import os
@@ -11,7 +12,7 @@ import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from llmchain_server.model.progress import Progress
 
@@ -95,10 +96,24 @@ def _verify(path: Path, expected: str | None, label: str) -> str:
     return actual
 
 
+def _request(url: str) -> urllib.request.Request:
+    """A request for `url`; user:password in the URL becomes a Basic Authorization header."""
+    parts = urlsplit(url)
+    headers = {"User-Agent": "llmchain-model-fetch"}
+    if parts.username is not None:
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        url = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return urllib.request.Request(url, headers=headers)
+
+
 def _download(url: str, partial: Path) -> None:
     label = redact(url)
     have = partial.stat().st_size if partial.exists() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": "llmchain-model-fetch"})
+    request = _request(url)
     if have and urlsplit(url).scheme != "file":
         request.add_header("Range", f"bytes={have}-")
     try:

@@ -50,7 +50,12 @@ class GGUFSource:
         if not is_gguf(path):
             raise ValueError(f"{path} is not a GGUF file (its first bytes are not 'GGUF')")
         self.path = path
-        self.reader = gguf.GGUFReader(path)
+        try:
+            self.reader = gguf.GGUFReader(path)
+        except Exception as e:  # gguf's reader fails with bare errors on cut or corrupt files
+            raise ValueError(
+                f"{path.name} is not a readable GGUF file (truncated or corrupt: {e})"
+            ) from None
         arch = _field(self.reader, "general.architecture")
         if arch != "llama":
             raise ValueError(f"{path}: architecture {arch!r} is not supported (only 'llama')")
