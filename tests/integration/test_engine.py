@@ -48,6 +48,15 @@ def test_loads_on_cpu_and_is_ready(engine: Engine) -> None:
     assert engine.quantization == "int4"
 
 
+def test_metrics_name_the_provider_and_count_tokens(engine: Engine) -> None:
+    before = engine.registry.get_sample_value("llmchain_generated_tokens_total") or 0
+    engine.generate(prompt(engine, FRANCE), SamplingParams(max_tokens=3)).text()
+    assert engine.registry.get_sample_value("llmchain_generated_tokens_total") == before + 3
+    labels = {"digest": engine.digest, "quantization": "int4", "execution_provider": "cpu"}
+    assert engine.registry.get_sample_value("llmchain_model_info", labels) == 1
+    assert engine.registry.get_sample_value("llmchain_engine_queue_depth") == 0
+
+
 def test_a_request_joins_a_running_generation_between_steps(engine: Engine) -> None:
     """A request arriving 10 tokens into a 256-token generation gets its first token long
     before that generation ends, and both outputs equal their single-stream greedy outputs."""

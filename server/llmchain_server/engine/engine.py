@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
+from llmchain_server.engine.metrics import EngineCollector
 from llmchain_server.engine.providers import DeviceOptions
 from llmchain_server.engine.request import Generation
 from llmchain_server.engine.runner import ModelRunner
@@ -56,7 +59,10 @@ class Engine:
         folder: Path,
         settings: EngineSettings | None = None,
         available_providers: Sequence[str] | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
+        """Load `folder`. Metrics go to `registry` (the server passes its own; default: one
+        private to this engine, see `self.registry`)."""
         self.settings = settings or EngineSettings.from_env()
         started = time.monotonic()
         self.manifest = verify(folder, deep=self.settings.verify_checksums)
@@ -93,6 +99,12 @@ class Engine:
         self.digest: str = self.manifest["digest"]
         self.quantization: str = self.manifest.get("quantization", "unknown")
         self.load_seconds = time.monotonic() - started
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.registry.register(
+            EngineCollector(
+                lambda: self.scheduler.stats, self.digest, self.quantization, self.provider
+            )
+        )
         self._ready = False
         log.info(
             "Loaded model %s (%s, %s) in %.1f s; KV cache %.0f MiB for %d sequences of %d tokens",

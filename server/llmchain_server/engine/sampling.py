@@ -21,6 +21,7 @@ class SamplingParams:
     top_k: int = 0
     seed: int | None = None
     stop: tuple[str, ...] = field(default_factory=tuple)
+    ignore_eos: bool = False  # generate max_tokens regardless (benchmarks)
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:

@@ -150,9 +150,8 @@ class Scheduler:
             if g.first_token_at is None:
                 g.first_token_at = time.monotonic()
             reason = self._finish_reason(g, token, slot)
-            text, hit_stop = (
-                ("", False) if token in self.eos_ids else g.stops.feed(g.decoder.push(token))
-            )
+            eos = token in self.eos_ids and not g.params.ignore_eos
+            text, hit_stop = ("", False) if eos else g.stops.feed(g.decoder.push(token))
             if hit_stop:
                 reason = "stop"
             elif reason is not None:
@@ -164,7 +163,7 @@ class Scheduler:
         self.stats.running = len(self._running)
 
     def _finish_reason(self, g: Generation, token: int, slot: int) -> str | None:
-        if token in self.eos_ids:
+        if token in self.eos_ids and not g.params.ignore_eos:
             return "stop"
         if len(g.generated) >= g.params.max_tokens:
             return "length"

