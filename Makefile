@@ -62,16 +62,28 @@ crds: install ## Generate crds/ (and the chart's copy) from the pydantic API mod
 manifests: crds toolchain ## Render deploy/llmchain-operator.yaml from the Helm chart (for kubectl users)
 	@hack/render-manifests.sh > deploy/llmchain-operator.yaml
 
-bench: install cluster-up ## Run the benchmarks; JSON results go to bench/results/
+bench: install cluster-up ## Run the operator benchmark; JSON results go to bench/results/
 	$(BIN)/python bench/operator_scale.py --sizes 100 500
+
+bench-engine: install ## Engine vs llama.cpp on the same GGUF (compiles llama-cpp-python once, ~12 min)
+	hack/bench-env.sh
+	$(BIN)/python bench/engine.py
+
+goldens: install ## Re-record llama.cpp's goldens for the fidelity tests (bench venv)
+	hack/bench-env.sh
+	$(HOME)/.cache/llmchain/bench-venv/bin/python bench/llama_goldens.py
+
+model: install ## Build the test model (SmolLM2-135M, int4) into .models/smollm2-int4
+	$(BIN)/llmchain model build --quantization int4 --out .models/smollm2-int4 \
+	  --source "$$($(BIN)/python -c 'from tests.support.model import gguf_path; print(gguf_path())')"
 
 clean: ## Remove the virtualenv and local build links (keeps the toolchain cache)
 	rm -rf $(VENV) .toolchain .pytest_cache .mypy_cache .ruff_cache
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target>\n"} \
-	  /^[a-zA-Z_-]+:.*?##/ { printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2 } \
+	  /^[a-zA-Z0-9_-]+:.*?##/ { printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2 } \
 	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
 
 .PHONY: demo test install toolchain cluster-up cluster-down kubeconfig lint fmt test-unit \
-	test-integration test-e2e crds manifests bench clean help
+	test-integration test-e2e crds manifests bench bench-engine goldens model clean help
