@@ -45,6 +45,9 @@ def create_session(
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    # Errors only: onnxruntime warns at every load that the overridable `last_token_logits`
+    # initializer is not constant-folded, which is the point of it.
+    options.log_severity_level = 3
     session = ort.InferenceSession(
         str(model),
         options,

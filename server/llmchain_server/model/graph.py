@@ -52,7 +52,7 @@ class DecoderGraph:
         if name in self._names:
             raise ValueError(f"duplicate initializer {name}")
         self._names.add(name)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        self.initializers.append(numpy_helper.from_array(np.require(array, requirements="C"), name))
         return name
 
     def node(
@@ -292,7 +292,9 @@ def build_graph(
         )
 
     head = "token_embd.weight" if c.tied_embeddings else "output.weight"
-    g.linear(normed, weight(f"{head}#lm_head"), "lm_head", kind)
+    g.linear(
+        _last_token_rows(g, normed, seqlens, inputs), weight(f"{head}#lm_head"), "lm_head", kind
+    )
     g.nodes[-1].output[0] = "logits"  # the last node of the head (MatMul, or the offset Add)
     graph = helper.make_graph(g.nodes, "llmchain-decoder", inputs, outputs, g.initializers)
     model = helper.make_model(
@@ -303,6 +305,43 @@ def build_graph(
     )
     model.ir_version = 10
     return model
+
+
+def _last_token_rows(
+    g: DecoderGraph, hidden: str, seqlens: str, inputs: list[onnx.ValueInfoProto]
+) -> str:
+    """Optional input `last_token_logits` (default false): when true, keep only each row's last
+    real position (its seqlens_k in a right-padded first prompt) before the output head, so a
+    prefill computes [batch, 1, vocab] logits instead of [batch, sequence, vocab]. Callers that
+    do not know the input (onnxruntime-genai) get every position, as before."""
+    flag = "last_token_logits"
+    inputs.append(helper.make_tensor_value_info(flag, TensorProto.BOOL, []))
+    g.const(flag, np.array(False))
+    index = helper.make_node("Cast", [seqlens], ["last/index"], to=TensorProto.INT64)
+    rows = helper.make_node("Unsqueeze", ["last/index", "last/axes"], ["last/index3"])
+    axes = numpy_helper.from_array(np.array([1, 2], np.int64), "last/axes")
+    shape = helper.make_node("Shape", [hidden], ["last/shape"])
+    width = numpy_helper.from_array(np.array([1], np.int64), "last/one")
+    parts = helper.make_node(
+        "Split", ["last/shape"], ["last/b", "last/s", "last/h"], axis=0, num_outputs=3
+    )
+    target = helper.make_node("Concat", ["last/b", "last/one", "last/h"], ["last/target"], axis=0)
+    expand = helper.make_node("Expand", ["last/index3", "last/target"], ["last/indices"])
+    gather = helper.make_node("GatherElements", [hidden, "last/indices"], ["last/rows"], axis=1)
+    then_branch = helper.make_graph(
+        [index, rows, shape, parts, target, expand, gather],
+        "last_rows",
+        [],
+        [helper.make_tensor_value_info("last/rows", TensorProto.FLOAT, None)],
+        [axes, width],
+    )
+    else_branch = helper.make_graph(
+        [helper.make_node("Identity", [hidden], ["all/rows"])],
+        "all_rows",
+        [],
+        [helper.make_tensor_value_info("all/rows", TensorProto.FLOAT, None)],
+    )
+    return g.one("If", [flag], "head_rows", then_branch=then_branch, else_branch=else_branch)
 
 
 def _vector(w: Weight) -> Floats:
