@@ -183,6 +183,8 @@ def build(
         manifest = build_model(source, out, quantization, sha256, digest, cache_dir, accuracy_level)
     except (BuildError, FetchError) as e:
         raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(f"cannot write the model folder {out}: {e}") from None
     click.echo(manifest["digest"])
 
 

@@ -9,10 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 from safetensors.numpy import save_file
 
 from llmchain_server.engine import Engine, EngineSettings
-from llmchain_server.model import build_model, verify
+from llmchain_server.model import BuildError, build_model, verify
 from llmchain_server.model.gguf_source import GGUFSource
 from llmchain_server.model.hf_source import to_rotate_half
 from llmchain_server.model.tokenizer_build import tokenizer_from_gguf
@@ -72,6 +73,9 @@ def write_hf_folder(folder: Path) -> None:
             }
         )
     )
+    (folder / "generation_config.json").write_text(
+        json.dumps({"do_sample": True, "temperature": 0.6, "top_p": 0.9, "eos_token_id": 2})
+    )
     tokenizer_from_gguf(source.vocab()).save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(
         json.dumps({"chat_template": source.chat_template()})
@@ -100,6 +104,21 @@ def test_hf_folder_builds_to_the_gguf_fp32_logits(
     a = ours.runner.prefill(0, [prompt], all_logits=True)
     b = reference.runner.prefill(0, [prompt], all_logits=True)
     np.testing.assert_allclose(a, b, atol=1e-3, rtol=0)
+    # generation_config.json's sampling defaults travel into the folder; the GGUF has none.
+    assert (ours.defaults.temperature, ours.defaults.top_p) == (0.6, 0.9)
+    assert (reference.defaults.temperature, reference.defaults.max_tokens) == (0.0, 256)
+
+
+def test_a_broken_hf_folder_is_named(tmp_path: Path) -> None:
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    save_file({"model.norm.weight": np.ones(4, np.float32)}, str(folder / "model.safetensors"))
+    with pytest.raises(BuildError, match=r"cannot read .*hf: 'num_attention_heads'"):
+        build_model(str(folder), tmp_path / "built", "int4")
+    (folder / "config.json").write_text(json.dumps({"model_type": "mistral"}))
+    with pytest.raises(BuildError, match="model_type 'mistral' is not supported"):
+        build_model(str(folder), tmp_path / "built", "int4")
 
 
 def test_hf_folder_in_gguf_row_order_would_not_match(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from llmchain_server.engine.sampling import SamplingParams
 from llmchain_server.engine.scheduler import EngineStats, QueueFull, Scheduler
 from llmchain_server.engine.session import cpu_threads, create_session
 from llmchain_server.engine.tokenizer import ModelTokenizer
+from llmchain_server.model.build import DEFAULT_GENERATION
 from llmchain_server.model.manifest import verify
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,14 @@ class Engine:
             self.settings.max_waiting,
             min_batch,
         )
+        generation = {**DEFAULT_GENERATION, **config.get("generation", {})}
+        self.defaults = SamplingParams(
+            max_tokens=int(generation["maxTokens"]),
+            temperature=float(generation["temperature"]),
+            top_p=float(generation["topP"]),
+            top_k=int(generation["topK"]),
+        )
+        """Sampling for requests that set nothing (the model folder's generation defaults)."""
         self.digest: str = self.manifest["digest"]
         self.quantization: str = self.manifest.get("quantization", "unknown")
         self.load_seconds = time.monotonic() - started

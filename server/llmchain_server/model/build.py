@@ -41,6 +41,11 @@ from llmchain_server.model.weights import Weight
 _END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "</s>")
 
 
+# Sampling defaults for requests that set none: greedy (deterministic, so cacheable) unless the
+# source says otherwise (a Hugging Face generation_config.json).
+DEFAULT_GENERATION: dict[str, Any] = {"maxTokens": 256, "temperature": 0.0, "topP": 1.0, "topK": 0}
+
+
 class BuildError(RuntimeError):
     """The build cannot proceed; the message names the problem."""
 
@@ -145,25 +150,29 @@ def _build_into(
     progress.say(f"reading {kind} source {path.name}")
     if kind == "onnx":
         return _copy_onnx(tmp, path, quantization)
-    if kind == "gguf":
-        try:
+    generation = dict(DEFAULT_GENERATION)
+    try:  # every reader names the file and the problem in a ValueError
+        if kind == "gguf":
             gguf = GGUFSource(path)
-        except ValueError as e:
-            raise BuildError(str(e)) from None
-        config, weight = gguf.config(), gguf.weight
-        tokenizer = tokenizer_from_gguf(gguf.vocab())
-        template, vocab = gguf.chat_template(), gguf.vocab()
-        eos = [vocab.eos_id] if vocab.eos_id is not None else []
-        bos, add_bos = vocab.bos_id, vocab.add_bos
-        source_digest = "sha256:" + sha256_file(path)
-    else:
-        hf = HFSource(path)
-        config, weight = hf.config(), hf.weight
-        tokenizer = Tokenizer.from_str(hf.tokenizer_json())
-        template, eos, bos, add_bos = hf.chat_template(), hf.eos_ids(), None, False
-        files = {p.name: {"sha256": file_digest(p)} for p in sorted(path.iterdir()) if p.is_file()}
-        source_digest = content_digest(files)
-    config.check()
+            config, weight = gguf.config(), gguf.weight
+            tokenizer = tokenizer_from_gguf(gguf.vocab())
+            template, vocab = gguf.chat_template(), gguf.vocab()
+            eos = [vocab.eos_id] if vocab.eos_id is not None else []
+            bos, add_bos = vocab.bos_id, vocab.add_bos
+            source_digest = "sha256:" + sha256_file(path)
+        else:
+            hf = HFSource(path)
+            config, weight = hf.config(), hf.weight
+            tokenizer = Tokenizer.from_str(hf.tokenizer_json())
+            template, eos, bos, add_bos = hf.chat_template(), hf.eos_ids(), None, False
+            generation.update(hf.generation_defaults())
+            files = {
+                p.name: {"sha256": file_digest(p)} for p in sorted(path.iterdir()) if p.is_file()
+            }
+            source_digest = content_digest(files)
+        config.check()
+    except (ValueError, KeyError) as e:
+        raise BuildError(f"cannot read {path}: {e}") from None
     model = build_graph(
         config,
         _counting(weights_for(weight, quantization), config, progress),
@@ -187,6 +196,7 @@ def _build_into(
                 "eosTokenIds": stops,
                 "quantization": quantization,
                 "accuracyLevel": accuracy_level,
+                "generation": generation,
             },
             indent=2,
             sort_keys=True,

@@ -142,6 +142,25 @@ class HFSource:
         jinja = self.path / "chat_template.jinja"
         return jinja.read_text() if jinja.is_file() else None
 
+    def generation_defaults(self) -> dict[str, Any]:
+        """Sampling defaults from generation_config.json (greedy when do_sample is false)."""
+        path = self.path / "generation_config.json"
+        if not path.is_file():
+            return {}
+        raw = json.loads(path.read_text())
+        out: dict[str, Any] = {}
+        if raw.get("do_sample") is False:
+            return {"temperature": 0.0}
+        for theirs, ours in (
+            ("temperature", "temperature"),
+            ("top_p", "topP"),
+            ("top_k", "topK"),
+            ("max_new_tokens", "maxTokens"),
+        ):
+            if isinstance(raw.get(theirs), int | float):
+                out[ours] = raw[theirs]
+        return out
+
     def eos_ids(self) -> list[int]:
         for file in ("generation_config.json", "config.json"):
             path = self.path / file
