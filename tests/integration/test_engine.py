@@ -127,6 +127,25 @@ def test_eight_concurrent_requests_each_match_their_single_stream_output(engine:
     assert together == alone
 
 
+def test_requests_leaving_mid_batch_do_not_disturb_the_others(engine: Engine) -> None:
+    """Finished requests leave the batch at different steps (their KV rows are compacted);
+    greedy and seeded-sampled outputs still equal what each gives alone."""
+    ids = prompt(engine, STORY)
+    cases = [
+        SamplingParams(max_tokens=5, ignore_eos=True),
+        SamplingParams(max_tokens=40, ignore_eos=True),
+        SamplingParams(max_tokens=12, temperature=0.8, seed=7, ignore_eos=True),
+        SamplingParams(max_tokens=33, temperature=1.0, top_k=20, seed=3, ignore_eos=True),
+        SamplingParams(max_tokens=2, ignore_eos=True),
+    ]
+    prompts = [ids, prompt(engine, FRANCE), ids, prompt(engine, FRANCE), ids]
+    alone = [tokens(engine, p, c) for p, c in zip(prompts, cases, strict=True)]
+    runs = [engine.generate(p, c) for p, c in zip(prompts, cases, strict=True)]
+    together = [[ch.token_id for ch in run] for run in runs]
+    assert together == alone
+    assert [len(t) for t in together] == [5, 40, 12, 33, 2]
+
+
 def test_streamed_text_is_the_decoded_output(engine: Engine) -> None:
     chunks = list(engine.generate(prompt(engine, FRANCE), SamplingParams(max_tokens=40)))
     ids = [c.token_id for c in chunks if c.token_id is not None]

@@ -247,3 +247,24 @@ def test_credentials_in_a_url_are_not_recorded(tmp_path: Path, files: ModelFileS
     assert "s3cret" not in text and "token=abc" not in text
     assert manifest["source"]["uri"] == f"{files.url}/model.gguf"
     assert files.authorizations[-1] == "Basic dXNlcjpzM2NyZXQ="  # user:s3cret, sent as a header
+
+
+def test_an_onnx_folder_source_is_copied_as_built(
+    tmp_path: Path, model_dirs: Callable[[str], Path]
+) -> None:
+    built = model_dirs("int4")
+    manifest = build_model(str(built), tmp_path / "copy", "int4")
+    assert manifest["source"]["kind"] == "onnx"
+    assert manifest["digest"] == verify(built)["digest"]
+    with pytest.raises(BuildError, match="holds a 'int4' model; it is served as built"):
+        build_model(str(built), tmp_path / "other", "int8")
+
+
+def test_a_tampered_folder_fails_verification(tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    build_model(str(gguf_path()), out, "int8")
+    with (out / "tokenizer.json").open("r+b") as f:
+        f.seek(100)
+        f.write(b"#")
+    with pytest.raises(ValueError, match=r"tokenizer\.json does not match its checksum"):
+        verify(out)
