@@ -15,6 +15,7 @@ from llmchain_server.engine import (
     ContextLengthError,
     Engine,
     EngineSettings,
+    EngineStopped,
     QueueFull,
     SamplingParams,
 )
@@ -197,6 +198,29 @@ def test_a_prompt_beyond_the_context_is_refused(engine: Engine) -> None:
         engine.generate([], SamplingParams())
 
 
+def test_bad_requests_are_refused_before_they_reach_the_model(engine: Engine) -> None:
+    running = engine.generate(prompt(engine, STORY), SamplingParams(max_tokens=30))
+    with pytest.raises(ValueError, match="token ids must be between 0 and 49151"):
+        engine.generate([1, 10**6], SamplingParams(max_tokens=3))
+    with pytest.raises(ValueError, match="token ids"):
+        engine.generate([-5], SamplingParams(max_tokens=3))
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingParams(temperature=1e-320)
+    chunks = list(running)
+    assert chunks[-1].finish_reason == "length" and chunks[-1].error is None
+
+
+def test_an_abandoned_stream_frees_its_slot(engine: Engine) -> None:
+    run = engine.generate(prompt(engine, STORY), SamplingParams(max_tokens=256))
+    for _ in run:
+        break  # the consumer walks away
+    deadline = time.monotonic() + 5
+    while engine.stats.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.stats.running == 0
+    assert run.cancelled
+
+
 def test_cancelling_frees_the_slot(engine: Engine) -> None:
     run = engine.generate(prompt(engine, STORY), SamplingParams(max_tokens=256))
     stream = iter(run)
@@ -219,6 +243,14 @@ def test_async_consumers_stream_too(engine: Engine) -> None:
         asyncio.run(run())
         == engine.generate(prompt(engine, FRANCE), SamplingParams(max_tokens=12)).text()
     )
+
+
+def test_a_stopped_engine_refuses_new_work(model_dirs: Callable[[str], Path]) -> None:
+    e = Engine(model_dirs("int4"), EngineSettings(provider="cpu", max_batch=1, context=64))
+    e.start(warm_up=False)
+    e.stop()
+    with pytest.raises(EngineStopped):
+        e.generate([1, 2, 3], SamplingParams(max_tokens=2))
 
 
 def test_a_full_queue_refuses_at_once(model_dirs: Callable[[str], Path]) -> None:

@@ -106,7 +106,8 @@ def test_hf_folder_builds_to_the_gguf_fp32_logits(
     np.testing.assert_allclose(a, b, atol=1e-3, rtol=0)
     # generation_config.json's sampling defaults travel into the folder; the GGUF has none.
     assert (ours.defaults.temperature, ours.defaults.top_p) == (0.6, 0.9)
-    assert (reference.defaults.temperature, reference.defaults.max_tokens) == (0.0, 256)
+    # (max tokens: 256 by default, capped at half of this engine's 128-token context)
+    assert (reference.defaults.temperature, reference.defaults.max_tokens) == (0.0, 64)
 
 
 def test_a_broken_hf_folder_is_named(tmp_path: Path) -> None:
@@ -114,8 +115,24 @@ def test_a_broken_hf_folder_is_named(tmp_path: Path) -> None:
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
     save_file({"model.norm.weight": np.ones(4, np.float32)}, str(folder / "model.safetensors"))
-    with pytest.raises(BuildError, match=r"cannot read .*hf: 'num_attention_heads'"):
+    with pytest.raises(BuildError, match=r"cannot convert .*hf: KeyError: 'num_attention_heads'"):
         build_model(str(folder), tmp_path / "built", "int4")
+    base = {
+        "model_type": "llama",
+        "num_attention_heads": 2,
+        "num_hidden_layers": 1,
+        "hidden_size": 4,
+        "intermediate_size": 8,
+        "vocab_size": 4,
+    }
+    for extra, word in (
+        ({"rope_scaling": {"rope_type": "llama3", "factor": 8}}, "rope_scaling"),
+        ({"attention_bias": True}, "attention_bias"),
+        ({"head_dim": 4}, "head_dim"),
+    ):
+        (folder / "config.json").write_text(json.dumps({**base, **extra}))
+        with pytest.raises(BuildError, match=f"{word}.* not supported"):
+            build_model(str(folder), tmp_path / "built", "int4")
     (folder / "config.json").write_text(json.dumps({"model_type": "mistral"}))
     with pytest.raises(BuildError, match="model_type 'mistral' is not supported"):
         build_model(str(folder), tmp_path / "built", "int4")

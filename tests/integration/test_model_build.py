@@ -211,7 +211,7 @@ def test_a_wrong_checksum_is_an_error(tmp_path: Path, files: ModelFileServer) ->
             sha256="0" * 64,
             cache_dir=tmp_path / "cache",
         )
-    assert not list((tmp_path / "cache").iterdir())
+    assert not [p for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")]
     assert not (tmp_path / "m").exists()
 
 
@@ -247,6 +247,15 @@ def test_credentials_in_a_url_are_not_recorded(tmp_path: Path, files: ModelFileS
     assert "s3cret" not in text and "token=abc" not in text
     assert manifest["source"]["uri"] == f"{files.url}/model.gguf"
     assert files.authorizations[-1] == "Basic dXNlcjpzM2NyZXQ="  # user:s3cret, sent as a header
+
+
+def test_a_folder_that_is_not_a_model_is_never_replaced(tmp_path: Path) -> None:
+    data = tmp_path / "mydata"
+    data.mkdir()
+    (data / "notes.txt").write_text("keep me")
+    with pytest.raises(BuildError, match="exists and is not a model folder"):
+        build_model(str(gguf_path()), data, "int4")
+    assert (data / "notes.txt").read_text() == "keep me"
 
 
 def test_an_onnx_folder_source_is_copied_as_built(

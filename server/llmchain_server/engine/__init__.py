@@ -3,13 +3,14 @@
 from llmchain_server.engine.engine import ContextLengthError, Engine, EngineSettings
 from llmchain_server.engine.request import Chunk, Generation
 from llmchain_server.engine.sampling import SamplingParams
-from llmchain_server.engine.scheduler import QueueFull
+from llmchain_server.engine.scheduler import EngineStopped, QueueFull
 
 __all__ = [
     "Chunk",
     "ContextLengthError",
     "Engine",
     "EngineSettings",
+    "EngineStopped",
     "Generation",
     "QueueFull",
     "SamplingParams",

@@ -99,7 +99,7 @@ class Engine:
         )
         generation = {**DEFAULT_GENERATION, **config.get("generation", {})}
         self.defaults = SamplingParams(
-            max_tokens=int(generation["maxTokens"]),
+            max_tokens=max(1, min(int(generation["maxTokens"]), self.context // 2)),
             temperature=float(generation["temperature"]),
             top_p=float(generation["topP"]),
             top_k=int(generation["topK"]),
@@ -129,7 +129,11 @@ class Engine:
     def start(self, warm_up: bool = True) -> None:
         self.scheduler.start()
         if warm_up:
-            self.generate(self.tokenizer.encode("Hello"), SamplingParams(max_tokens=2)).text()
+            chunks = list(
+                self.generate(self.tokenizer.encode("Hello"), SamplingParams(max_tokens=2))
+            )
+            if chunks[-1].error:
+                raise RuntimeError(f"the model failed its warm-up: {chunks[-1].error}")
         self._ready = True
 
     def stop(self) -> None:
@@ -147,6 +151,9 @@ class Engine:
     def _check(self, prompt: list[int], params: SamplingParams) -> None:
         if not prompt:
             raise ValueError("the prompt is empty")
+        vocab = self.runner.vocab
+        if any(not 0 <= t < vocab for t in prompt):
+            raise ValueError(f"prompt token ids must be between 0 and {vocab - 1}")
         if len(prompt) + params.max_tokens > self.context:
             raise ContextLengthError(
                 f"the prompt has {len(prompt)} tokens and max_tokens is {params.max_tokens}; "

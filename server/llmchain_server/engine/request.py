@@ -67,11 +67,14 @@ class Generation:
         return self._cancelled.is_set()
 
     def __iter__(self) -> Iterator[Chunk]:
-        while True:
-            chunk = self._sync.get()
-            yield chunk
-            if chunk.finish_reason is not None:
-                return
+        try:
+            while True:
+                chunk = self._sync.get()
+                yield chunk
+                if chunk.finish_reason is not None:
+                    return
+        finally:
+            self.cancel()  # a consumer that stops listening frees the slot
 
     async def __aiter__(self) -> AsyncIterator[Chunk]:
         if self._async is None:

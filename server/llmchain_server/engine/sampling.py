@@ -26,8 +26,8 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
             raise ValueError("max_tokens must be at least 1")
-        if not 0.0 <= self.temperature <= 10.0:
-            raise ValueError("temperature must be between 0 and 10")
+        if not (self.temperature == 0.0 or 1e-3 <= self.temperature <= 10.0):
+            raise ValueError("temperature must be 0 (greedy) or between 0.001 and 10")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError("top_p must be greater than 0 and at most 1")
         if self.top_k < 0:
@@ -49,7 +49,10 @@ def sample(logits: Logits, params: SamplingParams, rng: np.random.Generator) -> 
         kth = np.partition(scaled, -params.top_k)[-params.top_k]
         scaled = np.where(scaled >= kth, scaled, -np.inf)
     probs = np.exp(scaled - scaled.max())
-    probs /= probs.sum()
+    total = probs.sum()
+    if not np.isfinite(total) or total <= 0:  # degenerate logits or temperature: be greedy
+        return int(np.argmax(logits))
+    probs /= total
     if params.top_p < 1.0:
         order = np.argsort(-probs, kind="stable")
         cumulative = np.cumsum(probs[order])

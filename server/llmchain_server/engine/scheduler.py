@@ -21,6 +21,10 @@ class QueueFull(RuntimeError):
     """The engine's waiting queue is full; try again later."""
 
 
+class EngineStopped(RuntimeError):
+    """The engine is shutting down and takes no more requests."""
+
+
 @dataclass
 class EngineStats:
     waiting: int = 0
@@ -68,6 +72,8 @@ class Scheduler:
 
     def submit(self, generation: Generation) -> None:
         with self._cv:
+            if self._stop:
+                raise EngineStopped("the engine has stopped")
             if len(self._waiting) >= self.max_waiting:
                 raise QueueFull(f"the engine queue is full ({self.max_waiting} waiting)")
             self._waiting.append(generation)
@@ -83,19 +89,32 @@ class Scheduler:
                 if self._stop:
                     break
                 admitted = self._admit()
-            try:
-                if admitted:
+            if admitted:
+                try:
                     self._prefill(admitted)
-                if self._running:
+                except Exception as e:  # only the newcomers fail; the running batch goes on
+                    log.exception("Failed a prefill; ended %d new requests", len(admitted))
+                    self._fail(admitted, e)
+            if self._running:
+                try:
                     self._decode()
-            except Exception as e:  # never let one bad step kill the engine
-                log.exception("Failed a model step; ended %d requests", len(self._running))
-                for g in self._running:
-                    g.emit("", None, "error", error=str(e))
-                self._running.clear()
-                self._lengths.clear()
-        for g in [*self._running, *self._waiting]:
+                except Exception as e:  # never let one bad step kill the engine
+                    log.exception("Failed a decode step; ended %d requests", len(self._running))
+                    self._fail(list(self._running), e)
+                    self._running.clear()
+                    self._lengths.clear()
+                    self.stats.running = 0
+        with self._cv:
+            leftovers = [*self._running, *self._waiting]
+            self._waiting.clear()
+        for g in leftovers:
             g.emit("", None, "cancelled")
+
+    @staticmethod
+    def _fail(generations: list[Generation], error: Exception) -> None:
+        for g in generations:
+            if g.finish_reason is None:
+                g.emit("", None, "error", error=f"{type(error).__name__}: {error}")
 
     def _admit(self) -> list[Generation]:
         admitted: list[Generation] = []
@@ -114,8 +133,8 @@ class Scheduler:
 
     def _prefill(self, admitted: list[Generation]) -> None:
         first = len(self._running)
-        logits = self.runner.prefill(first, [g.prompt for g in admitted])
-        self.stats.prefills += 1
+        logits = self.runner.prefill(first, [g.prompt for g in admitted])  # may raise: nothing
+        self.stats.prefills += 1  # below is committed until the model has run
         for g in admitted:
             self._running.append(g)
             self._lengths.append(len(g.prompt))
@@ -144,7 +163,13 @@ class Scheduler:
                 g.emit("", None, "cancelled")
                 finished.append(slot)
                 continue
-            token = sample(row, g.params, g.rng)
+            try:
+                token = sample(row, g.params, g.rng)
+            except Exception as e:  # one request's sampling failure is its own
+                log.exception("Failed to sample for request %d", g.id)
+                self._fail([g], e)
+                finished.append(slot)
+                continue
             g.generated.append(token)
             self.stats.generated_tokens += 1
             if g.first_token_at is None:

@@ -27,6 +27,8 @@ class ModelTokenizer:
         self.eos_ids: frozenset[int] = frozenset(config.get("eosTokenIds", []))
         self.bos_id: int | None = config.get("bosTokenId")
         self.add_bos = bool(config.get("addBos", False))
+        self.bos_token = str(config.get("bosToken") or "")
+        self.eos_token = str(config.get("eosToken") or "")
         template_path = folder / "chat_template.jinja"
         env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
         env.globals["raise_exception"] = _raise
@@ -38,7 +40,7 @@ class ModelTokenizer:
 
     def encode(self, text: str) -> list[int]:
         ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False).ids
-        if self.add_bos and self.bos_id is not None:
+        if self.add_bos and self.bos_id is not None and ids[:1] != [self.bos_id]:
             ids = [self.bos_id, *ids]
         return ids
 
@@ -56,8 +58,8 @@ class ModelTokenizer:
             return self._chat.render(
                 messages=list(messages),
                 add_generation_prompt=add_generation_prompt,
-                bos_token="",
-                eos_token="",
+                bos_token=self.bos_token,
+                eos_token=self.eos_token,
             )
         except TemplateError as e:
             raise ChatTemplateError(f"chat template failed: {e}") from None

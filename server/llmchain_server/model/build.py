@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import onnx
 from tokenizers import Tokenizer
 
 from llmchain_server.model.architecture import LlamaConfig
@@ -65,6 +66,7 @@ def build_model(
             f"--quantization {quantization!r} is not one of {', '.join(QUANTIZATIONS)}"
         )
     progress = Progress("build")
+    _refuse_foreign(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with _lock(out):
         reused = _reusable(out, quantization, build_digest)
@@ -91,6 +93,15 @@ def build_model(
             raise
     progress.say(f"wrote {out}: {manifest['totalBytes'] / 2**20:.1f} MiB, {manifest['digest']}")
     return manifest
+
+
+def _refuse_foreign(out: Path) -> None:
+    """Never replace a folder that is not a model folder: it may hold someone's data."""
+    if out.is_file() or (out.is_dir() and any(out.iterdir()) and read_manifest(out) is None):
+        raise BuildError(
+            f"--out {out} exists and is not a model folder (no manifest.json); "
+            "choose an empty or new folder"
+        )
 
 
 def _reusable(out: Path, quantization: str, build_digest: str | None) -> dict[str, Any] | None:
@@ -159,28 +170,32 @@ def _build_into(
             template, vocab = gguf.chat_template(), gguf.vocab()
             eos = [vocab.eos_id] if vocab.eos_id is not None else []
             bos, add_bos = vocab.bos_id, vocab.add_bos
+            words = {"bos": vocab.token(vocab.bos_id), "eos": vocab.token(vocab.eos_id)}
             source_digest = "sha256:" + sha256_file(path)
         else:
             hf = HFSource(path)
             config, weight = hf.config(), hf.weight
             tokenizer = Tokenizer.from_str(hf.tokenizer_json())
-            template, eos, bos, add_bos = hf.chat_template(), hf.eos_ids(), None, False
+            template, eos = hf.chat_template(), hf.eos_ids()
+            words = hf.special_words()
+            add_bos = hf.add_bos()
+            bos = tokenizer.token_to_id(words["bos"]) if words["bos"] else None
             generation.update(hf.generation_defaults())
             files = {
                 p.name: {"sha256": file_digest(p)} for p in sorted(path.iterdir()) if p.is_file()
             }
             source_digest = content_digest(files)
         config.check()
-    except (ValueError, KeyError) as e:
-        raise BuildError(f"cannot read {path}: {e}") from None
-    model = build_graph(
-        config,
-        _counting(weights_for(weight, quantization), config, progress),
-        linear_kind(quantization),
-        accuracy_level,
-    )
+        model = build_graph(
+            config,
+            _counting(weights_for(weight, quantization), config, progress),
+            linear_kind(quantization),
+            accuracy_level,
+        )
+    except (ValueError, KeyError, TypeError) as e:
+        raise BuildError(f"cannot convert {path}: {type(e).__name__}: {e}") from None
     progress.say("writing model.onnx")
-    (tmp / "model.onnx").write_bytes(model.SerializeToString())
+    _save(model, tmp)
     tokenizer.save(str(tmp / "tokenizer.json"))
     if template:
         (tmp / "chat_template.jinja").write_text(template)
@@ -192,6 +207,8 @@ def _build_into(
             {
                 "model": config.to_json(),
                 "bosTokenId": bos,
+                "bosToken": words["bos"],
+                "eosToken": words["eos"],
                 "addBos": add_bos,
                 "eosTokenIds": stops,
                 "quantization": quantization,
@@ -207,6 +224,25 @@ def _build_into(
         "source": {"kind": kind, "sha256": source_digest},
         "parameters": _parameter_count(config),
     }
+
+
+# Protobuf cannot serialise a message over 2 GiB: bigger graphs keep their weights beside it.
+_EXTERNAL_DATA_BYTES = 1_800_000_000
+
+
+def _save(model: onnx.ModelProto, folder: Path) -> None:
+    weights = sum(len(t.raw_data) for t in model.graph.initializer)
+    if weights < _EXTERNAL_DATA_BYTES:
+        (folder / "model.onnx").write_bytes(model.SerializeToString())
+        return
+    onnx.save_model(
+        model,
+        str(folder / "model.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="model.onnx.data",
+        size_threshold=1024,
+    )
 
 
 def _parameter_count(c: LlamaConfig) -> int:

@@ -5,12 +5,14 @@ checksum is verified, so a half-written download is never read."""
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import http.client
 import os
-import shutil
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -80,11 +82,30 @@ def fetch(source: str, sha256: str | None, cache_dir: Path | None = None) -> Pat
         partial = (
             cache / f"download-{hashlib.sha256(redact(source).encode()).hexdigest()[:16]}.partial"
         )
-    _download(source, partial)
-    actual = _verify(partial, expected, redact(source))
-    final = cache / f"sha256-{actual}"
-    os.replace(partial, final)
+    with _locked(partial):  # two builders fetching the same file take turns
+        if expected and (cache / f"sha256-{expected}").is_file():
+            return cache / f"sha256-{expected}"
+        _download(source, partial)
+        actual = _verify(partial, expected, redact(source))
+        final = cache / f"sha256-{actual}"
+        os.replace(partial, final)
+        _validator(partial).unlink(missing_ok=True)
     return final
+
+
+@contextmanager
+def _locked(partial: Path) -> Iterator[None]:
+    with partial.with_name(partial.name + ".lock").open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _validator(partial: Path) -> Path:
+    """Where the ETag (or Last-Modified) of a partial download is kept, for If-Range."""
+    return partial.with_name(partial.name + ".validator")
 
 
 def _verify(path: Path, expected: str | None, label: str) -> str:
@@ -100,22 +121,29 @@ def _request(url: str) -> urllib.request.Request:
     """A request for `url`; user:password in the URL becomes a Basic Authorization header."""
     parts = urlsplit(url)
     headers = {"User-Agent": "llmchain-model-fetch"}
+    auth = None
     if parts.username is not None:
         credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-        headers["Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
+        auth = "Basic " + base64.b64encode(credentials.encode()).decode()
         host = parts.hostname or ""
         if parts.port:
             host = f"{host}:{parts.port}"
         url = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-    return urllib.request.Request(url, headers=headers)
+    request = urllib.request.Request(url, headers=headers)
+    if auth:  # unredirected: credentials never follow a redirect to another host
+        request.add_unredirected_header("Authorization", auth)
+    return request
 
 
 def _download(url: str, partial: Path) -> None:
     label = redact(url)
     have = partial.stat().st_size if partial.exists() else 0
     request = _request(url)
+    validator = _validator(partial)
     if have and urlsplit(url).scheme != "file":
         request.add_header("Range", f"bytes={have}-")
+        if validator.is_file():  # the server sends the whole file if it changed meanwhile
+            request.add_header("If-Range", validator.read_text().strip())
     try:
         response = urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS)
     except urllib.error.HTTPError as e:
@@ -127,8 +155,20 @@ def _download(url: str, partial: Path) -> None:
         raise FetchError(f"cannot reach {label}: {reason}") from None
     with response:
         resumed = getattr(response, "status", 200) == 206
+        if resumed and not response.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
+            partial.unlink()
+            raise FetchError(
+                f"cannot resume {label}: the server answered a range other than "
+                f"bytes {have}- ({response.headers.get('Content-Range')}); the partial "
+                "download was discarded, run again"
+            )
         if not resumed:
             have = 0
+            tag = response.headers.get("ETag") or response.headers.get("Last-Modified")
+            if tag:
+                validator.write_text(tag)
+            else:
+                validator.unlink(missing_ok=True)
         length = response.headers.get("Content-Length")
         expected = have + int(length) if length is not None else None
         progress = Progress(f"download {label}", expected)
@@ -149,7 +189,3 @@ def _download(url: str, partial: Path) -> None:
             f"download of {label} is truncated: got {done} of {expected} bytes "
             "(run again to resume)"
         )
-
-
-def copy_tree(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst, dirs_exist_ok=True)

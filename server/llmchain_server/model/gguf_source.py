@@ -32,6 +32,10 @@ class GGUFVocab:
     eos_id: int | None
     add_bos: bool
 
+    def token(self, index: int | None) -> str:
+        """The text of a token id ("" for none or out of range)."""
+        return self.tokens[index] if index is not None and 0 <= index < len(self.tokens) else ""
+
 
 def is_gguf(path: Path) -> bool:
     with path.open("rb") as f:
@@ -63,6 +67,7 @@ class GGUFSource:
 
     def config(self) -> LlamaConfig:
         r = self.reader
+        self._refuse_unsupported()
         heads = int(_field(r, "llama.attention.head_count"))
         vocab = _field(r, "llama.vocab_size") or len(_field(r, "tokenizer.ggml.tokens"))
         return LlamaConfig(
@@ -77,6 +82,23 @@ class GGUFSource:
             norm_eps=float(_field(r, "llama.attention.layer_norm_rms_epsilon")),
             tied_embeddings="output.weight" not in self.tensors,
         )
+
+    def _refuse_unsupported(self) -> None:
+        """Features the graph does not implement would give wrong outputs, not errors."""
+        r = self.reader
+        scaling = _field(r, "llama.rope.scaling.type")
+        if "rope_freqs.weight" in self.tensors or scaling not in (None, "none"):
+            raise ValueError(
+                f"{self.path.name}: scaled rotary embeddings (Llama 3.1+ style) are not supported"
+            )
+        key_length = _field(r, "llama.attention.key_length")
+        hidden, heads = _field(r, "llama.embedding_length"), _field(r, "llama.attention.head_count")
+        if key_length is not None and hidden and heads and int(key_length) != hidden // heads:
+            raise ValueError(
+                f"{self.path.name}: a head size other than hidden/heads is not supported"
+            )
+        if any(name.endswith(".bias") for name in self.tensors):
+            raise ValueError(f"{self.path.name}: bias tensors are not supported")
 
     def vocab(self) -> GGUFVocab:
         r = self.reader

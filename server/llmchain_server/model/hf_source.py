@@ -104,6 +104,17 @@ class HFSource:
     def config(self) -> LlamaConfig:
         r = self.raw
         heads = int(r["num_attention_heads"])
+        scaling = r.get("rope_scaling")
+        if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
+            raise ValueError(f"{self.path}/config.json: rope_scaling {scaling} is not supported")
+        if r.get("head_dim") not in (None, int(r["hidden_size"]) // heads):
+            raise ValueError(
+                f"{self.path}/config.json: head_dim {r['head_dim']} other than "
+                "hidden_size / num_attention_heads is not supported"
+            )
+        for flag in ("attention_bias", "mlp_bias"):
+            if r.get(flag):
+                raise ValueError(f"{self.path}/config.json: {flag} is not supported")
         return LlamaConfig(
             layers=int(r["num_hidden_layers"]),
             hidden=int(r["hidden_size"]),
@@ -142,6 +153,27 @@ class HFSource:
         jinja = self.path / "chat_template.jinja"
         return jinja.read_text() if jinja.is_file() else None
 
+    def _tokenizer_config(self) -> dict[str, Any]:
+        path = self.path / "tokenizer_config.json"
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        return data if isinstance(data, dict) else {}
+
+    def special_words(self) -> dict[str, str]:
+        """The BOS and EOS token texts the chat template may use."""
+        config = self._tokenizer_config()
+        words = {}
+        for key in ("bos", "eos"):
+            value = config.get(f"{key}_token")
+            if isinstance(value, dict):  # AddedToken serialised
+                value = value.get("content")
+            words[key] = value if isinstance(value, str) else ""
+        return words
+
+    def add_bos(self) -> bool:
+        """Llama tokenizers prepend BOS (add_bos_token, default true for Llama's tokenizer)."""
+        value = self._tokenizer_config().get("add_bos_token")
+        return bool(value) if value is not None else False
+
     def generation_defaults(self) -> dict[str, Any]:
         """Sampling defaults from generation_config.json (greedy when do_sample is false)."""
         path = self.path / "generation_config.json"
@@ -149,7 +181,7 @@ class HFSource:
             return {}
         raw = json.loads(path.read_text())
         out: dict[str, Any] = {}
-        if raw.get("do_sample") is False:
+        if not raw.get("do_sample", False):  # Hugging Face decodes greedily unless told
             return {"temperature": 0.0}
         for theirs, ours in (
             ("temperature", "temperature"),

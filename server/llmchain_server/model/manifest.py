@@ -53,7 +53,11 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) and data.get("format") == FORMAT else None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        return None
+    if not isinstance(data.get("digest"), str) or not isinstance(data.get("files"), dict):
+        return None
+    return data
 
 
 def verify(folder: Path, deep: bool = True) -> dict[str, Any]:
