@@ -46,7 +46,7 @@ class Generation:
         self.prompt = prompt
         self.params = params
         self.rng = np.random.default_rng(params.seed)
-        self.decoder = IncrementalDecoder(tokenizer)
+        self.decoder = IncrementalDecoder(tokenizer, prompt[-4:])
         self.stops = StopMatcher(params.stop)
         self.generated: list[int] = []
         self.created = time.monotonic()

@@ -73,11 +73,13 @@ class IncrementalDecoder:
     """Text deltas for a growing list of token ids, decoding only a short window each time.
     Byte-level BPE can split a character across tokens: a delta is held back until whole."""
 
-    def __init__(self, tokenizer: ModelTokenizer) -> None:
+    def __init__(self, tokenizer: ModelTokenizer, context: Sequence[int] = ()) -> None:
+        """`context`: the last few prompt tokens, so the first generated token decodes as it
+        does mid-text (SentencePiece decoders strip a leading space at the start of a text)."""
         self.tokenizer = tokenizer
-        self.ids: list[int] = []
+        self.ids: list[int] = list(context)
         self._prefix = 0  # start of the window decoded for context
-        self._read = 0  # ids before this are already emitted
+        self._read = len(self.ids)  # ids before this are already emitted
 
     def push(self, token: int) -> str:
         self.ids.append(token)
