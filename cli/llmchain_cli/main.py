@@ -3,16 +3,9 @@ not load the operator's dependencies and `llmchain operator` does not load onnxr
 
 import sys
 from pathlib import Path
-from typing import NoReturn, TextIO
+from typing import TextIO
 
 import click
-
-
-def _not_yet(what: str, issue: int) -> NoReturn:
-    click.echo(
-        f"llmchain: {what} is not implemented yet (it arrives with issue #{issue}).", err=True
-    )
-    sys.exit(2)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -87,10 +80,66 @@ def operator(
     )
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def serve() -> None:
-    """Serve a model and chain over HTTP (runs inside the model-server pods)."""
-    _not_yet("the chain server", 5)
+@cli.command()
+@click.option(
+    "--model",
+    "model_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Model folder (from `llmchain model build`).",
+)
+@click.option(
+    "--chain",
+    "chain_file",
+    type=click.Path(path_type=Path),
+    help="Chain config (chain endpoints arrive with the rest of issue #5).",
+)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True)
+@click.option("--redis-url", help="The per-pod response cache (arrives with issue #5).")
+@click.option("--memory-url", help="The shared conversation store (arrives with issue #5).")
+@click.option("--model-name", help="Model id clients send (default: the folder's name).")
+@click.option(
+    "--log-format", type=click.Choice(["json", "text"]), default="json", show_default=True
+)
+@click.option("--log-level", default="INFO", show_default=True)
+def serve(
+    model_dir: Path,
+    chain_file: Path | None,
+    host: str,
+    port: int,
+    redis_url: str | None,
+    memory_url: str | None,
+    model_name: str | None,
+    log_format: str,
+    log_level: str,
+) -> None:
+    """Serve a model over HTTP: OpenAI-compatible endpoints (runs inside the model-server pods)."""
+    import logging
+
+    from llmchain_server.http import logs
+
+    logs.configure(log_format, log_level.upper())
+    log = logging.getLogger("llmchain_server")
+    if chain_file is not None:
+        import yaml
+
+        from llmchain_server.config import ChainConfig
+
+        try:
+            ChainConfig.model_validate(yaml.safe_load(chain_file.read_text()))
+        except (OSError, ValueError) as e:
+            raise click.ClickException(f"cannot load the chain {chain_file}: {e}") from None
+        log.warning("Loaded chain %s; chain endpoints are not served yet (issue #5)", chain_file)
+    for name, value in (("--redis-url", redis_url), ("--memory-url", memory_url)):
+        if value:
+            log.warning("Ignored %s: the cache and memory arrive with issue #5", name)
+    from llmchain_server.http.serve import run
+
+    try:
+        sys.exit(run(model_dir, host, port, model_name))
+    except ValueError as e:  # an unverifiable model folder names its problem
+        raise click.ClickException(str(e)) from None
 
 
 @cli.command()

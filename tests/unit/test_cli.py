@@ -14,11 +14,10 @@ def test_help_lists_every_subcommand() -> None:
         assert name in result.output
 
 
-def test_unbuilt_subcommands_fail_and_name_their_issue() -> None:
-    result = CliRunner().invoke(cli, ["serve", "--model", "m", "--port", "8000"])
-    assert result.exit_code == 2
-    assert "not implemented yet" in result.output
-    assert "issue #5" in result.output
+def test_serve_names_a_folder_that_is_not_a_model() -> None:
+    result = CliRunner().invoke(cli, ["serve", "--model", "/nonexistent-model", "--port", "1"])
+    assert result.exit_code == 1
+    assert "/nonexistent-model has no valid manifest.json" in result.output
 
 
 def test_model_build_names_a_missing_source() -> None:

@@ -1,0 +1,1 @@
+"""The chain server's HTTP layer: routes → dataplane → engine (see STYLE.md)."""

@@ -1,0 +1,34 @@
+"""Server limits and options, from the environment the operator sets (LLMCHAIN_*)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    model_name: str = "model"
+    max_concurrency: int = 64  # requests in flight; beyond: 429 with Retry-After
+    max_body_bytes: int = 1_000_000
+    max_prompt_tokens: int = 4096
+    max_tokens_limit: int = 2048  # the most a request may ask for
+    api_key_file: Path | None = None
+    grace_seconds: float = 30.0
+    retry_after_seconds: int = 1
+
+    @classmethod
+    def from_env(cls, model_name: str, env: Mapping[str, str] | None = None) -> ServerSettings:
+        env = os.environ if env is None else env
+        key = env.get("LLMCHAIN_API_KEY_FILE")
+        return cls(
+            model_name=env.get("LLMCHAIN_MODEL_NAME", model_name),
+            max_concurrency=int(env.get("LLMCHAIN_MAX_CONCURRENCY", "64")),
+            max_body_bytes=int(env.get("LLMCHAIN_MAX_BODY_BYTES", "1000000")),
+            max_prompt_tokens=int(env.get("LLMCHAIN_MAX_PROMPT_TOKENS", "4096")),
+            max_tokens_limit=int(env.get("LLMCHAIN_MAX_TOKENS_LIMIT", "2048")),
+            api_key_file=Path(key) if key else None,
+            grace_seconds=float(env.get("LLMCHAIN_GRACE_SECONDS", "30")),
+        )

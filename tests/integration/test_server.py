@@ -1,0 +1,275 @@
+"""`llmchain serve` as a real process with the real int4 model: the official `openai` client,
+hostile inputs, limits, the API key, request ids and JSON logs, metrics, graceful drain."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from llmchain_operator.builders import metrics_contract
+from tests.support.server import ServerProcess
+
+CHAT = {
+    "model": "smollm2",
+    "messages": [{"role": "user", "content": "What is the capital of France?"}],
+}
+
+
+@pytest.fixture(scope="module")
+def server(model_dirs: Callable[[str], Path]) -> Iterator[ServerProcess]:
+    s = ServerProcess(
+        model_dirs("int4"),
+        env={
+            "LLMCHAIN_MAX_CONCURRENCY": "3",
+            "LLMCHAIN_MAX_BODY_BYTES": "20000",
+            "LLMCHAIN_MAX_PROMPT_TOKENS": "300",
+            "LLMCHAIN_MAX_TOKENS_LIMIT": "512",
+        },
+    )
+    s.wait_ready()
+    yield s
+    assert s.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+
+
+def stream_raw(
+    server: ServerProcess, payload: dict[str, object]
+) -> tuple[int, dict[str, str], Iterator[str]]:
+    """A streaming request read line by line (http.client: no client-side buffering)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+    conn.request(
+        "POST", "/v1/chat/completions", json.dumps(payload), {"Content-Type": "application/json"}
+    )
+    response = conn.getresponse()
+
+    def lines() -> Iterator[str]:
+        while line := response.readline():
+            text = line.decode().strip()
+            if text:
+                yield text
+        conn.close()
+
+    return response.status, dict(response.getheaders()), lines()
+
+
+def test_openai_client_chat_completion(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model="smollm2",
+        max_tokens=16,
+        temperature=0,
+        messages=[{"role": "user", "content": "Say hello."}],
+    )
+    assert reply.choices[0].message.role == "assistant"
+    assert reply.choices[0].message.content
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    assert reply.usage is not None and reply.usage.completion_tokens <= 16
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+
+
+def test_openai_client_streams_the_same_text(client: openai.OpenAI) -> None:
+    args = {
+        "model": "smollm2",
+        "max_tokens": 24,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": "Name three colours."}],
+    }
+    whole = client.chat.completions.create(**args).choices[0].message.content  # type: ignore[call-overload]
+    stream = client.chat.completions.create(
+        **args,
+        stream=True,  # type: ignore[call-overload]
+        stream_options={"include_usage": True},
+    )
+    deltas, finish, usage = [], None, None
+    for event in stream:
+        if event.usage is not None:
+            usage = event.usage
+        for choice in event.choices:
+            deltas.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+    assert "".join(deltas) == whole
+    assert finish in ("stop", "length")
+    assert usage is not None and usage.completion_tokens > 0
+
+
+def test_openai_client_completions_and_models(client: openai.OpenAI) -> None:
+    done = client.completions.create(model="smollm2", prompt="Once upon a time", max_tokens=8)
+    assert done.choices[0].text and done.usage is not None
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(
+            model="smollm2", prompt="Once upon a time", max_tokens=8, stream=True
+        )
+    )
+    assert streamed == done.choices[0].text
+    assert [m.id for m in client.models.list()] == ["smollm2"]
+
+
+def test_unknown_model_is_a_404(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError, match="serves 'smollm2'"):
+        client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "x"}])
+
+
+HOSTILE: list[tuple[str, bytes | dict[str, object], int, str]] = [
+    ("invalid JSON", b'{"model": "smollm2", "messages": [', 400, "not valid JSON"),
+    ("invalid UTF-8", b'{"model": "smollm2", "messages": "\xff\xfe"}', 400, "not valid JSON"),
+    ("binary", bytes(range(256)) * 10, 400, "not valid JSON"),
+    ("huge body", b'{"x": "' + b"a" * 30000 + b'"}', 413, "exceeds 20000 bytes"),
+    ("messages not a list", {"model": "smollm2", "messages": "hi"}, 400, "messages"),
+    ("no messages", {"model": "smollm2", "messages": []}, 400, "messages"),
+    (
+        "bad role",
+        {"model": "smollm2", "messages": [{"role": "root", "content": "x"}]},
+        400,
+        "messages.0.role",
+    ),
+    ("max_tokens type", {**CHAT, "max_tokens": "many"}, 400, "max_tokens"),
+    ("max_tokens over limit", {**CHAT, "max_tokens": 100000}, 400, "the limit is 512"),
+    ("temperature range", {**CHAT, "temperature": 7}, 400, "temperature"),
+    ("n > 1", {**CHAT, "n": 3}, 400, "n"),
+    ("too many stops", {**CHAT, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+    (
+        "prompt too long",
+        {"model": "smollm2", "messages": [{"role": "user", "content": "word " * 400}]},
+        400,
+        "the limit is 300",
+    ),
+    ("array body", [1, 2, 3], 400, "body"),  # type: ignore[list-item]
+]
+
+
+@pytest.mark.parametrize(("case", "body", "status", "words"), HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_requests_get_a_json_4xx(
+    server: ServerProcess, case: str, body: bytes | dict[str, object], status: int, words: str
+) -> None:
+    got, _, error = server.post("/v1/chat/completions", body)
+    assert got == status, error
+    assert words in error["error"]["message"] or words == error["error"]["param"], error
+    assert server.get("/healthz")[0] == 200
+
+
+def test_template_escapes_stay_text(server: ServerProcess) -> None:
+    """Jinja2 in a message is data: it is never evaluated, it reaches the model as characters."""
+    evil = "{{ ''.__class__.__mro__[1].__subclasses__() }} {% for x in range(9) %}{% endfor %}"
+    status, _, reply = server.post(
+        "/v1/chat/completions",
+        {**CHAT, "max_tokens": 4, "messages": [{"role": "user", "content": evil}]},
+    )
+    assert status == 200
+    assert "class '" not in reply["choices"][0]["message"]["content"]
+    assert reply["usage"]["prompt_tokens"] > 30  # the braces were tokenized, not rendered away
+
+
+def test_request_ids_are_echoed_and_logged_without_prompts(server: ServerProcess) -> None:
+    secret_prompt = "my-private-prompt-7f3a"
+    status, headers, _ = server.post(
+        "/v1/chat/completions",
+        {**CHAT, "max_tokens": 2, "messages": [{"role": "user", "content": secret_prompt}]},
+        headers={"X-Request-ID": "trace-abc-123"},
+    )
+    assert status == 200 and headers["x-request-id"] == "trace-abc-123"
+    _, generated, _ = server.post("/v1/chat/completions", {**CHAT, "max_tokens": 1})
+    assert len(generated["x-request-id"]) == 32
+    time.sleep(0.2)
+    lines = [json.loads(line) for line in server.logs().splitlines() if line.startswith("{")]
+    assert any(e.get("request_id") == "trace-abc-123" and e.get("status") == 200 for e in lines)
+    assert secret_prompt not in server.logs()
+
+
+def test_concurrency_beyond_the_limit_is_refused_with_retry_after(server: ServerProcess) -> None:
+    long = {
+        **CHAT,
+        "max_tokens": 200,
+        "stream": True,
+        "messages": [{"role": "user", "content": "Write a long story about a dragon."}],
+    }
+    streams = [stream_raw(server, long) for _ in range(3)]
+    assert [s[0] for s in streams] == [200, 200, 200]
+    status, headers, error = server.post("/v1/chat/completions", {**CHAT, "max_tokens": 1})
+    assert status == 429
+    assert headers["retry-after"] == "1"
+    assert error["error"]["type"] == "rate_limit_error"
+    for _, _, lines in streams:
+        assert list(lines)[-1] == "data: [DONE]"
+    assert server.post("/v1/chat/completions", {**CHAT, "max_tokens": 1})[0] == 200
+
+
+def test_metrics_follow_the_operator_contract(server: ServerProcess) -> None:
+    _, _, raw = server.get("/metrics")
+    text = raw.decode()
+    for name in metrics_contract.ALL:
+        assert f"# TYPE {name}" in text or f"# TYPE {name.removesuffix('_total')}" in text, name
+    assert 'llmchain_requests_total{route="/v1/chat/completions",status="200"}' in text
+    assert 'execution_provider="cpu"' in text and 'quantization="int4"' in text
+
+
+def test_openapi_document(server: ServerProcess) -> None:
+    status, _, raw = server.get("/openapi.json")
+    assert status == 200
+    paths = json.loads(raw)["paths"]
+    assert {"/v1/chat/completions", "/v1/completions", "/v1/models"} <= set(paths)
+
+
+def test_api_key(model_dirs: Callable[[str], Path], tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_text("s3cret-key\n")
+    s = ServerProcess(model_dirs("int4"), env={"LLMCHAIN_API_KEY_FILE": str(key)})
+    try:
+        s.wait_ready()
+        missing = s.post("/v1/chat/completions", {**CHAT, "max_tokens": 1})
+        wrong = s.post(
+            "/v1/chat/completions",
+            {**CHAT, "max_tokens": 1},
+            headers={"Authorization": "Bearer nope"},
+        )
+        assert missing[0] == wrong[0] == 401
+        assert missing[2] == wrong[2]  # the same answer: nothing says whether a key exists
+        good = openai.OpenAI(base_url=f"{s.url}/v1", api_key="s3cret-key", max_retries=0)
+        assert good.chat.completions.create(
+            model="smollm2", max_tokens=1, messages=CHAT["messages"]
+        ).choices  # type: ignore[arg-type]
+        assert s.get("/healthz")[0] == 200 and s.get("/readyz")[0] == 200
+        assert "s3cret-key" not in s.logs()
+    finally:
+        s.stop()
+
+
+def test_sigterm_drains_streams_and_exits_zero(model_dirs: Callable[[str], Path]) -> None:
+    s = ServerProcess(model_dirs("int4"), env={"LLMCHAIN_GRACE_SECONDS": "60"})
+    s.wait_ready()
+    status, _, lines = stream_raw(
+        s,
+        {
+            **CHAT,
+            "max_tokens": 120,
+            "stream": True,
+            "messages": [{"role": "user", "content": "Write a long story."}],
+        },
+    )
+    assert status == 200
+    first = next(lines)
+    assert first.startswith("data: ")
+    received: list[str] = []
+    reader = threading.Thread(target=lambda: received.extend(lines))
+    reader.start()
+    s.process.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert s.get("/readyz")[0] == 503
+    refused = s.post("/v1/chat/completions", {**CHAT, "max_tokens": 1})
+    assert refused[0] == 503
+    reader.join(timeout=120)
+    assert received[-1] == "data: [DONE]"
+    tokens = [json.loads(line[6:]) for line in received[:-1]]
+    assert tokens[-1]["choices"][0]["finish_reason"] == "length"
+    assert s.process.wait(timeout=60) == 0
