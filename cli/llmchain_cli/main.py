@@ -92,12 +92,14 @@ def operator(
     "--chain",
     "chain_file",
     type=click.Path(path_type=Path),
-    help="Chain config (chain endpoints arrive with the rest of issue #5).",
+    help="Chain config: serves /v1/chains/<name>/invoke|batch|stream.",
 )
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True)
-@click.option("--redis-url", help="The per-pod response cache (arrives with issue #5).")
-@click.option("--memory-url", help="The shared conversation store (arrives with issue #5).")
+@click.option(
+    "--redis-url", help="The per-pod cache's Redis (also the memory store without --memory-url)."
+)
+@click.option("--memory-url", help="The Redis all replicas share for conversation memory.")
 @click.option("--model-name", help="Model id clients send (default: the folder's name).")
 @click.option(
     "--log-format", type=click.Choice(["json", "text"]), default="json", show_default=True
@@ -120,24 +122,15 @@ def serve(
     from llmchain_server.http import logs
 
     logs.configure(log_format, log_level.upper())
-    log = logging.getLogger("llmchain_server")
-    if chain_file is not None:
-        import yaml
-
-        from llmchain_server.config import ChainConfig
-
-        try:
-            ChainConfig.model_validate(yaml.safe_load(chain_file.read_text()))
-        except (OSError, ValueError) as e:
-            raise click.ClickException(f"cannot load the chain {chain_file}: {e}") from None
-        log.warning("Loaded chain %s; chain endpoints are not served yet (issue #5)", chain_file)
-    for name, value in (("--redis-url", redis_url), ("--memory-url", memory_url)):
-        if value:
-            log.warning("Ignored %s: the cache and memory arrive with issue #5", name)
+    if redis_url:
+        logging.getLogger("llmchain_server").warning(
+            "The response cache arrives with the rest of issue #5; --redis-url serves only as "
+            "the default memory store for now"
+        )
     from llmchain_server.http.serve import run
 
     try:
-        sys.exit(run(model_dir, host, port, model_name))
+        sys.exit(run(model_dir, host, port, model_name, chain_file, redis_url, memory_url))
     except ValueError as e:  # an unverifiable model folder names its problem
         raise click.ClickException(str(e)) from None
 

@@ -15,7 +15,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.background import BackgroundTask
 
+from llmchain_server.chains.runtime import ChainRunner
 from llmchain_server.http import errors
+from llmchain_server.http.chain_routes import add_chain_routes
 from llmchain_server.http.dataplane import DataPlane
 from llmchain_server.http.errors import APIError, error_body
 from llmchain_server.http.metrics import ServerMetrics
@@ -25,7 +27,12 @@ from llmchain_server.http.schemas import ChatRequest, CompletionRequest
 FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
 
 
-def create_app(plane: DataPlane, metrics: ServerMetrics, api_key: str | None = None) -> Any:
+def create_app(
+    plane: DataPlane,
+    metrics: ServerMetrics,
+    api_key: str | None = None,
+    chain: ChainRunner | None = None,
+) -> Any:
     app = FastAPI(
         title="llmchain chain server",
         version="0.1.0",
@@ -113,7 +120,11 @@ def create_app(plane: DataPlane, metrics: ServerMetrics, api_key: str | None = N
             }
         )
 
-    return Guard(app, metrics, plane.settings.max_body_bytes, api_key)
+    routes: tuple[str, ...] = ()
+    if chain is not None:
+        add_chain_routes(app, chain)
+        routes = tuple(f"/v1/chains/{chain.name}/{op}" for op in ("invoke", "batch", "stream"))
+    return Guard(app, metrics, plane.settings.max_body_bytes, api_key, routes)
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
@@ -129,15 +140,7 @@ def _stream(
 ) -> StreamingResponse:
     """Server-sent events. The concurrency place is taken before the response starts (so a
     refusal is a plain 429) and held until the last event."""
-    admission = plane.admitted()
-    admission.__enter__()
-    released = False
-
-    def release() -> None:  # from the stream's end, or after a response that never streamed
-        nonlocal released
-        if not released:
-            released = True
-            admission.__exit__(None, None, None)
+    release = plane.hold()  # released at the stream's end, or after a response never streamed
 
     ident = f"{'chatcmpl' if kind.startswith('chat') else 'cmpl'}-{uuid.uuid4().hex}"
     created = int(time.time())

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from llmchain_server.engine import Chunk, Engine, SamplingParams
@@ -61,6 +61,20 @@ class DataPlane:
             self.in_flight -= 1
             self.metrics.in_flight.dec()
 
+    def hold(self) -> Callable[[], None]:
+        """A place held past the handler (streams): the returned function releases it, once."""
+        admission = self.admitted()
+        admission.__enter__()
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                admission.__exit__(None, None, None)
+
+        return release
+
     # -- requests into engine terms ------------------------------------------------------------
     def check_model(self, request: Sampling) -> None:
         if request.model != self.settings.model_name:
@@ -81,12 +95,12 @@ class DataPlane:
             text = self.engine.tokenizer.render_chat(messages)
         except ChatTemplateError as e:
             raise APIError(400, str(e), param="messages") from None
-        return self._limited(self.engine.tokenizer.encode(text), "messages")
+        return self.limited(self.engine.tokenizer.encode(text), "messages")
 
     def completion_prompt(self, request: CompletionRequest) -> list[int]:
-        return self._limited(self.engine.tokenizer.encode(request.text()), "prompt")
+        return self.limited(self.engine.tokenizer.encode(request.text()), "prompt")
 
-    def _limited(self, ids: list[int], field: str) -> list[int]:
+    def limited(self, ids: list[int], field: str) -> list[int]:
         if not ids:
             raise APIError(400, f"{field} is empty", param=field)
         if len(ids) > self.settings.max_prompt_tokens:

@@ -34,9 +34,15 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 class Guard:
     def __init__(
-        self, app: ASGIApp, metrics: ServerMetrics, max_body_bytes: int, api_key: str | None
+        self,
+        app: ASGIApp,
+        metrics: ServerMetrics,
+        max_body_bytes: int,
+        api_key: str | None,
+        extra_routes: tuple[str, ...] = (),
     ) -> None:
         self.app = app
+        self.routes = (*ROUTES, *extra_routes)
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.api_key = api_key.encode() if api_key else None
@@ -52,7 +58,7 @@ class Guard:
         rid = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         token = request_id.set(rid)
         path = scope.get("path", "")
-        route = path if path in ROUTES else "other"
+        route = path if path in self.routes else "other"
         started = time.monotonic()
         status = {"code": 500}
 

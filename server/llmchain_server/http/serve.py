@@ -10,8 +10,12 @@ from pathlib import Path
 from types import FrameType
 
 import uvicorn
+import yaml
 from prometheus_client import CollectorRegistry
 
+from llmchain_server.chains.memory import MemoryStore
+from llmchain_server.chains.runtime import ChainRunner
+from llmchain_server.config import ChainConfig, template_problems
 from llmchain_server.engine import Engine, EngineSettings
 from llmchain_server.http.app import create_app
 from llmchain_server.http.dataplane import DataPlane
@@ -54,7 +58,34 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def run(model: Path, host: str, port: int, model_name: str | None = None) -> int:
+def load_chain(path: Path, plane: DataPlane, memory_url: str | None) -> ChainRunner:
+    """The chain from its config file; its memory store when it has memory."""
+    try:
+        config = ChainConfig.model_validate(yaml.safe_load(path.read_text()))
+        problems = template_problems(config.chain)
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        raise ValueError(f"cannot load the chain {path}: {e}") from None
+    if problems:
+        raise ValueError(f"chain {path}: {'; '.join(problems)}")
+    memory = None
+    if config.chain.memory is not None:
+        if not memory_url:
+            raise ValueError(f"chain {config.name} has memory: give --memory-url (or --redis-url)")
+        memory = MemoryStore(
+            memory_url, config.name, config.chain.memory.window, config.chain.memory.ttl_seconds
+        )
+    return ChainRunner(config, plane, memory)
+
+
+def run(
+    model: Path,
+    host: str,
+    port: int,
+    model_name: str | None = None,
+    chain_file: Path | None = None,
+    redis_url: str | None = None,
+    memory_url: str | None = None,
+) -> int:
     registry = CollectorRegistry()
     engine = Engine(model, EngineSettings.from_env(), registry=registry)
     settings = ServerSettings.from_env(model_name or model.name)
@@ -65,9 +96,10 @@ def run(model: Path, host: str, port: int, model_name: str | None = None) -> int
             raise SystemExit(f"the API key file {settings.api_key_file} is empty")
     metrics = ServerMetrics(registry)
     plane = DataPlane(engine, settings, metrics)
+    chain = load_chain(chain_file, plane, memory_url or redis_url) if chain_file else None
     engine.start()
     config = uvicorn.Config(
-        create_app(plane, metrics, api_key),
+        create_app(plane, metrics, api_key, chain),
         host=host,
         port=port,
         log_config=None,

@@ -1,0 +1,57 @@
+"""Conversation memory per session id, in the Redis all replicas share (not the per-pod cache),
+so a conversation survives landing on another replica: a list of the last `window` turns with
+a TTL renewed on every turn."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import redis.asyncio as redis
+
+SESSION = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+class MemoryUnavailable(RuntimeError):
+    """The memory store cannot be reached (a 503: the conversation cannot continue safely)."""
+
+
+class MemoryStore:
+    def __init__(
+        self, url: str, chain: str, window: int, ttl_seconds: int, timeout: float = 2.0
+    ) -> None:
+        self.client = redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+        self.chain = chain
+        self.window = window
+        self.ttl = ttl_seconds
+
+    def _key(self, session: str) -> str:
+        return f"llmchain:memory:{self.chain}:{session}"
+
+    async def history(self, session: str) -> list[dict[str, Any]]:
+        try:
+            raw = await self.client.lrange(self._key(session), 0, -1)
+        except (redis.RedisError, OSError) as e:
+            raise MemoryUnavailable(
+                f"the memory store is unavailable: {type(e).__name__}"
+            ) from None
+        return [json.loads(item) for item in raw]
+
+    async def append(self, session: str, turn: dict[str, Any]) -> None:
+        key = self._key(session)
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.rpush(key, json.dumps(turn))
+                pipe.ltrim(key, -self.window, -1)
+                pipe.expire(key, self.ttl)
+                await pipe.execute()
+        except (redis.RedisError, OSError) as e:
+            raise MemoryUnavailable(
+                f"the memory store is unavailable: {type(e).__name__}"
+            ) from None
+
+    async def close(self) -> None:
+        await self.client.aclose()

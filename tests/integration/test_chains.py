@@ -1,0 +1,232 @@
+"""Chains on the real server and model: LangServe-shaped invoke / batch / stream, a two-step
+chain whose first output feeds the second, memory per session in a real redis-server shared by
+two server processes, JSON output validation with its retry, and hostile chain inputs."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import yaml
+
+from tests.support.redis import RedisServer
+from tests.support.server import ServerProcess
+
+TWO_STEPS = {
+    "name": "explain",
+    "chain": {
+        "inputs": ["topic"],
+        "steps": [
+            {
+                "name": "facts",
+                "prompt": "Give one fact about {{ topic }}.",
+                "generation": {"maxTokens": 24},
+            },
+            {
+                "name": "answer",
+                "system": "You are a concise teacher.",
+                "prompt": "Earlier we talked about: {% for turn in history %}"
+                "{{ turn.inputs.topic }}; {% endfor %}\nFact: {{ facts }}\n"
+                "Explain {{ topic }} in one sentence.",
+                "generation": {"maxTokens": 24},
+            },
+        ],
+        "memory": {"window": 2, "ttlSeconds": 600},
+    },
+}
+STRICT_JSON = {
+    "name": "extract",
+    "chain": {
+        "inputs": ["text"],
+        "steps": [
+            {
+                "name": "data",
+                "prompt": "Return JSON for: {{ text }}",
+                "generation": {"maxTokens": 16},
+                "output": {
+                    "type": "json",
+                    "jsonSchema": {"type": "object", "required": ["impossible_key_zq"]},
+                },
+            }
+        ],
+    },
+}
+
+
+def chain_file(tmp_path: Path, config: dict[str, object]) -> Path:
+    path = tmp_path / f"{config['name']}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture
+def memory_servers(
+    model_dirs: Callable[[str], Path], tmp_path: Path, redis_server: RedisServer
+) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    """Two replicas of the same chain sharing one conversation store."""
+    path = chain_file(tmp_path, TWO_STEPS)
+    replicas = [
+        ServerProcess(
+            model_dirs("int4"), args=["--chain", str(path), "--memory-url", redis_server.url]
+        )
+        for _ in range(2)
+    ]
+    for r in replicas:
+        r.wait_ready()
+    yield replicas[0], replicas[1]
+    for r in replicas:
+        assert r.stop() == 0
+
+
+def invoke(
+    server: ServerProcess, chain: str, payload: dict[str, object]
+) -> tuple[int, dict[str, object]]:
+    status, _, body = server.post(f"/v1/chains/{chain}/invoke", payload)
+    return status, body
+
+
+def test_invoke_runs_both_steps_and_remembers_across_replicas(
+    memory_servers: tuple[ServerProcess, ServerProcess], redis_server: RedisServer
+) -> None:
+    first, second = memory_servers
+    config = {"configurable": {"session_id": "alice-1"}}
+    status, body = invoke(first, "explain", {"input": {"topic": "volcanoes"}, "config": config})
+    assert status == 200, body
+    assert isinstance(body["output"], str) and body["output"]
+    assert body["metadata"]["run_id"]  # type: ignore[index]
+    usage = body["metadata"]["usage"]  # type: ignore[index]
+    # Two steps ran: more prompt tokens than either template alone could make.
+    assert usage["prompt_tokens"] > 60 and usage["completion_tokens"] > 0
+    store = redis.Redis.from_url(redis_server.url)
+    turns = [json.loads(t) for t in store.lrange("llmchain:memory:explain:alice-1", 0, -1)]
+    assert turns == [{"inputs": {"topic": "volcanoes"}, "output": body["output"]}]
+    assert 0 < store.ttl("llmchain:memory:explain:alice-1") <= 600
+
+    # The next turn lands on the other replica and still sees the history.
+    status, again = invoke(second, "explain", {"input": {"topic": "glaciers"}, "config": config})
+    assert status == 200, again
+    grown = again["metadata"]["usage"]["prompt_tokens"]  # type: ignore[index]
+    assert grown > usage["prompt_tokens"]  # "volcanoes; " is now in the second prompt
+    for topic in ("rivers", "deserts"):
+        invoke(first, "explain", {"input": {"topic": topic}, "config": config})
+    turns = [json.loads(t) for t in store.lrange("llmchain:memory:explain:alice-1", 0, -1)]
+    assert [t["inputs"]["topic"] for t in turns] == ["rivers", "deserts"]  # window of 2
+
+
+def test_batch_and_stream_in_langserve_shapes(
+    memory_servers: tuple[ServerProcess, ServerProcess],
+) -> None:
+    server, _ = memory_servers
+    status, _, body = server.post(
+        "/v1/chains/explain/batch",
+        {
+            "inputs": [{"topic": "bees"}, {"topic": "owls"}],
+            "config": [
+                {"configurable": {"session_id": "b1"}},
+                {"configurable": {"session_id": "b2"}},
+            ],
+        },
+    )
+    assert status == 200, body
+    assert len(body["output"]) == 2 and len(body["metadata"]["run_ids"]) == 2
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+    conn.request(
+        "POST",
+        "/v1/chains/explain/stream",
+        json.dumps(
+            {"input": {"topic": "comets"}, "config": {"configurable": {"session_id": "s1"}}}
+        ),
+        {"Content-Type": "application/json"},
+    )
+    response = conn.getresponse()
+    assert response.status == 200
+    events = [e for e in response.read().decode().split("\n\n") if e.strip()]
+    kinds = [e.splitlines()[0] for e in events]
+    assert kinds[0] == "event: metadata" and kinds[-1] == "event: end"
+    pieces = [json.loads(e.splitlines()[1][6:]) for e in events if e.startswith("event: data")]
+    assert len(pieces) > 1 and "".join(pieces).strip()
+
+
+@pytest.mark.parametrize(
+    ("payload", "words"),
+    [
+        ({"input": {"topic": "x"}}, "session_id"),
+        (
+            {"input": {"topic": "x"}, "config": {"configurable": {"session_id": "../../etc"}}},
+            "session_id",
+        ),
+        ({"input": {}, "config": {"configurable": {"session_id": "a"}}}, "input lacks topic"),
+        (
+            {"input": {"topic": "x", "evil": 1}, "config": {"configurable": {"session_id": "a"}}},
+            "unknown fields: evil",
+        ),
+        (
+            {"input": "just text", "config": {"configurable": {"session_id": "a"}}},
+            "input must be an object",
+        ),
+    ],
+)
+def test_bad_chain_inputs_are_400(
+    memory_servers: tuple[ServerProcess, ServerProcess], payload: dict[str, object], words: str
+) -> None:
+    status, body = invoke(memory_servers[0], "explain", payload)
+    assert status == 400
+    assert words in body["error"]["message"]  # type: ignore[index]
+
+
+def test_inputs_never_reach_python_internals(
+    memory_servers: tuple[ServerProcess, ServerProcess],
+) -> None:
+    evil = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
+    status, body = invoke(
+        memory_servers[0],
+        "explain",
+        {"input": {"topic": evil}, "config": {"configurable": {"session_id": "eve"}}},
+    )
+    assert status == 200  # an input is data: substituted as text, never evaluated
+    assert "<class" not in str(body["output"])
+
+
+def test_unknown_chain_is_404(memory_servers: tuple[ServerProcess, ServerProcess]) -> None:
+    status, body = invoke(memory_servers[0], "other", {"input": {}})
+    assert status == 404
+    assert body["error"]["type"] == "not_found_error"  # type: ignore[index]
+
+
+def test_json_output_is_validated_and_retried_once(
+    model_dirs: Callable[[str], Path], tmp_path: Path
+) -> None:
+    server = ServerProcess(
+        model_dirs("int4"), args=["--chain", str(chain_file(tmp_path, STRICT_JSON))]
+    )
+    try:
+        server.wait_ready()
+        status, body = invoke(server, "extract", {"input": {"text": "a cat named Tom"}})
+        assert status == 502
+        assert "step data" in body["error"]["message"]  # type: ignore[index]
+        assert "after one retry" in body["error"]["message"]  # type: ignore[index]
+        metrics = server.get("/metrics")[2].decode()
+        generated = [
+            line
+            for line in metrics.splitlines()
+            if line.startswith("llmchain_generated_tokens_total")
+        ]
+        # warm-up (2) + two attempts of up to 16 tokens: the step really ran twice
+        assert float(generated[0].split()[-1]) > 18
+    finally:
+        server.stop()
+
+
+def test_a_chain_with_memory_needs_a_store(
+    model_dirs: Callable[[str], Path], tmp_path: Path
+) -> None:
+    server = ServerProcess(
+        model_dirs("int4"), args=["--chain", str(chain_file(tmp_path, TWO_STEPS))]
+    )
+    assert server.process.wait(timeout=120) == 1
+    assert "has memory: give --memory-url" in server.logs()
