@@ -117,16 +117,10 @@ def serve(
     log_level: str,
 ) -> None:
     """Serve a model over HTTP: OpenAI-compatible endpoints (runs inside the model-server pods)."""
-    import logging
 
     from llmchain_server.http import logs
 
     logs.configure(log_format, log_level.upper())
-    if redis_url:
-        logging.getLogger("llmchain_server").warning(
-            "The response cache arrives with the rest of issue #5; --redis-url serves only as "
-            "the default memory store for now"
-        )
     from llmchain_server.http.serve import run
 
     try:

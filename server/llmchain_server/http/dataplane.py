@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from llmchain_server.engine import Chunk, Engine, SamplingParams
 from llmchain_server.engine.tokenizer import ChatTemplateError
+from llmchain_server.http.cache import ResponseCache
 from llmchain_server.http.errors import APIError
 from llmchain_server.http.metrics import ServerMetrics
 from llmchain_server.http.schemas import ChatRequest, CompletionRequest, Sampling
@@ -25,8 +26,15 @@ class Result:
 
 
 class DataPlane:
-    def __init__(self, engine: Engine, settings: ServerSettings, metrics: ServerMetrics) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: ServerSettings,
+        metrics: ServerMetrics,
+        cache: ResponseCache | None = None,
+    ) -> None:
         self.engine = engine
+        self.cache = cache
         self.settings = settings
         self.metrics = metrics
         self.in_flight = 0
@@ -137,6 +145,28 @@ class DataPlane:
 
     # -- generation --------------------------------------------------------------------------
     async def stream(self, prompt: Sequence[int], params: SamplingParams) -> AsyncIterator[Chunk]:
+        """The answer's chunks: replayed from the response cache, or generated (and stored)."""
+        cache = self.cache if self.cache is not None and self.cache.cacheable(params) else None
+        if cache is None:
+            async for chunk in self._generate(prompt, params):
+                yield chunk
+            return
+        key = cache.key(prompt, params)
+        cached = await cache.get(key)
+        if cached is not None:
+            for chunk in cached:
+                yield chunk
+            return
+        produced: list[Chunk] = []
+        async for chunk in self._generate(prompt, params):
+            produced.append(chunk)
+            yield chunk
+        if produced and produced[-1].finish_reason in ("stop", "length"):
+            await cache.put(key, produced)
+
+    async def _generate(
+        self, prompt: Sequence[int], params: SamplingParams
+    ) -> AsyncIterator[Chunk]:
         """The engine's chunks, timing the first token and the gaps between tokens."""
         started = time.monotonic()
         last = None

@@ -18,6 +18,7 @@ from llmchain_server.chains.runtime import ChainRunner
 from llmchain_server.config import ChainConfig, template_problems
 from llmchain_server.engine import Engine, EngineSettings
 from llmchain_server.http.app import create_app
+from llmchain_server.http.cache import ResponseCache
 from llmchain_server.http.dataplane import DataPlane
 from llmchain_server.http.metrics import ServerMetrics
 from llmchain_server.http.settings import ServerSettings
@@ -95,7 +96,12 @@ def run(
         if not api_key:
             raise SystemExit(f"the API key file {settings.api_key_file} is empty")
     metrics = ServerMetrics(registry)
-    plane = DataPlane(engine, settings, metrics)
+    cache = None
+    if redis_url:
+        cache = ResponseCache(
+            redis_url, engine.digest, settings.cache_ttl_seconds, settings.cache_sampled, metrics
+        )
+    plane = DataPlane(engine, settings, metrics, cache)
     chain = load_chain(chain_file, plane, memory_url or redis_url) if chain_file else None
     engine.start()
     config = uvicorn.Config(

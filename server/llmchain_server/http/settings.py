@@ -18,6 +18,8 @@ class ServerSettings:
     api_key_file: Path | None = None
     grace_seconds: float = 30.0
     retry_after_seconds: int = 1
+    cache_ttl_seconds: int = 3600
+    cache_sampled: bool = False
 
     @classmethod
     def from_env(cls, model_name: str, env: Mapping[str, str] | None = None) -> ServerSettings:
@@ -31,4 +33,6 @@ class ServerSettings:
             max_tokens_limit=int(env.get("LLMCHAIN_MAX_TOKENS_LIMIT", "2048")),
             api_key_file=Path(key) if key else None,
             grace_seconds=float(env.get("LLMCHAIN_GRACE_SECONDS", "30")),
+            cache_ttl_seconds=int(env.get("LLMCHAIN_CACHE_TTL_SECONDS", "3600")),
+            cache_sampled=env.get("LLMCHAIN_CACHE_SAMPLED", "false").lower() == "true",
         )
