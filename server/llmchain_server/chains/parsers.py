@@ -28,7 +28,7 @@ def _first_json(text: str) -> Any:
 
 def parse(text: str, parser: OutputParser) -> Any:
     if parser.type == "text":
-        return text.strip()
+        return text  # as generated, so a streamed output joins to exactly the invoked one
     value = _first_json(text)
     if parser.json_schema is not None:
         try:

@@ -151,7 +151,7 @@ class ChainRunner:
             if chunk.text:
                 parts.append(chunk.text)
                 yield chunk.text
-        await self._remember(inputs, session, "".join(parts).strip())
+        await self._remember(inputs, session, "".join(parts))
 
     async def _remember(self, inputs: dict[str, Any], session: str | None, output: Any) -> None:
         if self.memory is not None and session is not None:
