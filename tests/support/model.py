@@ -7,6 +7,7 @@ import importlib.util
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
@@ -20,9 +21,10 @@ def gguf_path() -> Path:
 
 
 class ModelFileServer:
-    """A local HTTP server for download tests: the real GGUF at /model.gguf (with Range
-    support), a connection that breaks off halfway at /truncated.gguf, a text file at
-    /notes.txt, and 404 elsewhere. Counts requests and Range headers it saw."""
+    """A local HTTP server for download tests: the real GGUF at /model.gguf and under its own
+    file name (with Range support; also as an HTTP proxy for any host), a connection that
+    breaks off halfway at /truncated.gguf, a text file at /notes.txt, and 404 elsewhere. Counts
+    requests and the Range headers it saw."""
 
     def __init__(self, gguf: Path) -> None:
         self.data = gguf.read_bytes()
@@ -38,8 +40,8 @@ class ModelFileServer:
             def do_GET(self) -> None:
                 owner.requests += 1
                 owner.authorizations.append(self.headers.get("Authorization"))
-                path = self.path.split("?")[0]
-                if path == "/model.gguf":
+                path = urlsplit(self.path).path  # absolute when asked as a proxy
+                if path in ("/model.gguf", f"/{gguf.name}"):
                     self._serve(owner.data)
                 elif path == "/truncated.gguf":
                     self.send_response(200)
