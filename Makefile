@@ -9,8 +9,12 @@ TOOLBIN := $(CURDIR)/.toolchain/bin
 export PATH := $(TOOLBIN):$(CURDIR)/$(BIN):$(PATH)
 
 ##@ Newcomer
-demo: install toolchain cluster-up ## Set up everything and run the demo (today: a local cluster and what runs on it)
+demo: install toolchain cluster-up ## Set up everything and run the demo: cluster, operator, the app's pod for real, answers
 	@hack/demo.sh
+
+demo-down: ## Stop everything the demo started (the pod's processes, the operator, the cluster)
+	-@$(BIN)/python hack/demo_pod.py --stop
+	@hack/cluster.sh down
 
 test: install toolchain ## Set up everything and run every test tier (what CI runs)
 	$(BIN)/pytest tests/unit tests/integration tests/e2e
@@ -85,5 +89,5 @@ help: ## List the targets
 	  /^[a-zA-Z0-9_-]+:.*?##/ { printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2 } \
 	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
 
-.PHONY: demo test install toolchain cluster-up cluster-down kubeconfig lint fmt test-unit \
+.PHONY: demo demo-down test install toolchain cluster-up cluster-down kubeconfig lint fmt test-unit \
 	test-integration test-e2e crds manifests bench bench-engine goldens model clean help

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: the operator, running under its own least-privilege ServiceAccount, turns the
-# seed's Q&A chain (examples/01-qa-chain) into a running app on the local cluster.
+# seed's Q&A chain (examples/01-qa-chain) into a running app on the local cluster; then the pod
+# it rendered runs for real as local processes and answers the seed's question.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 kubeconfig=$("$root/hack/cluster.sh" kubeconfig)
@@ -38,12 +39,13 @@ step "Status conditions"
 kubectl -n demo get lca qa-chain \
   -o jsonpath='{range .status.conditions[*]}{.type}{"="}{.status}{"  "}{.reason}{": "}{.message}{"\n"}{end}'
 
+"$root/.venv/bin/python" "$root/hack/demo_pod.py" "$kubeconfig" demo qa-chain
+
 cat <<TEXT
 
-The cluster and the operator keep running:
+The cluster, the operator and the pod's processes keep running:
   export KUBECONFIG=$kubeconfig
-  kubectl -n demo edit lca qa-chain      # change the prompt: the pods roll
+  kubectl -n demo edit lca qa-chain      # change the prompt: the Deployment rolls
   llmchain render examples/02-gpu-autoscaled/app.yaml   # offline, what the operator would apply
-  make cluster-down                      # stop everything
-The model build and chain server inside the pods arrive with the next issues (#4, #5).
+  make demo-down                         # stop everything the demo started
 TEXT

@@ -121,7 +121,7 @@ class LocalPod:
             proxy = (
                 {"http_proxy": self.proxy, "no_proxy": "127.0.0.1,localhost"} if self.proxy else {}
             )
-            code = self._start(container, proxy).wait(timeout=timeout)
+            code = self._follow(container["name"], self._start(container, proxy), timeout)
             if code != 0:
                 raise RuntimeError(
                     f"init container {container['name']} exited {code}: "
@@ -129,6 +129,26 @@ class LocalPod:
                 )
         for container in self.spec["containers"]:
             self._start(container)
+
+    def _follow(self, name: str, process: subprocess.Popen[bytes], timeout: float) -> int:
+        """Wait for an init container, passing its progress lines on through `say`."""
+        deadline = time.monotonic() + timeout
+        shown = 0
+        while True:
+            code = process.poll()
+            lines = self.logs(name).splitlines()
+            for line in lines[shown:]:
+                self.say(f"  {name}| {line}")
+            shown = len(lines)
+            if code is not None:
+                return code
+            if time.monotonic() > deadline:
+                process.kill()
+                return process.wait()
+            time.sleep(0.5)
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes if p.poll() is None]
 
     def probe_url(self, container: str, probe: str) -> str:
         spec = next(c for c in self.spec["containers"] if c["name"] == container)
