@@ -73,6 +73,11 @@ bench-engine: install ## Engine vs llama.cpp on the same GGUF (compiles llama-cp
 	hack/bench-env.sh
 	$(BIN)/python bench/engine.py
 
+bench-server: install ## HTTP end to end vs llama-cpp-python's server and llama-server -np 8 (builds both once)
+	hack/bench-env.sh
+	hack/build-llama-server.sh
+	$(BIN)/python bench/server.py
+
 goldens: install ## Re-record llama.cpp's goldens for the fidelity tests (bench venv)
 	hack/bench-env.sh
 	$(HOME)/.cache/llmchain/bench-venv/bin/python bench/llama_goldens.py
@@ -90,4 +95,4 @@ help: ## List the targets
 	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
 
 .PHONY: demo demo-down test install toolchain cluster-up cluster-down kubeconfig lint fmt test-unit \
-	test-integration test-e2e crds manifests bench bench-engine goldens model clean help
+	test-integration test-e2e crds manifests bench bench-engine bench-server goldens model clean help

