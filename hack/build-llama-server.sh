@@ -11,21 +11,22 @@ out=$HOME/.cache/llmchain/bench-bin
 if [ -x "$out/llama-server" ]; then say "reusing $out/llama-server"; exit 0; fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+mkdir -p "$out"
+log=$out/build.log  # kept after a failure
 say "fetching the llama-cpp-python $version sdist"
 python3 -m pip download -q --no-deps --no-binary :all: -d "$work" "llama-cpp-python==$version"
 tar -xzf "$work"/llama_cpp_python-*.tar.gz -C "$work"
 src=$(echo "$work"/llama_cpp_python-*/vendor/llama.cpp)
-say "configuring $src (log: $work/build.log)"
+say "configuring $src (log: $log)"
 cmake -S "$src" -B "$work/build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
-  -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >"$work/build.log" 2>&1
+  -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >"$log" 2>&1
 say "compiling the llama-server target (about 10 minutes)"
-cmake --build "$work/build" --target llama-server -j "$(nproc)" >>"$work/build.log" 2>&1 &
+cmake --build "$work/build" --target llama-server -j "$(nproc)" >>"$log" 2>&1 &
 build=$!
 while kill -0 "$build" 2>/dev/null; do
   sleep 30
-  say "still compiling: $(grep -o '\[[0-9]*/[0-9]*\]' "$work/build.log" | tail -1)"
+  say "still compiling: $(grep -o '\[[0-9]*/[0-9]*\]' "$log" | tail -1)"
 done
-wait "$build" || { tail -20 "$work/build.log"; say "failed"; exit 1; }
-mkdir -p "$out"
+wait "$build" || { tail -20 "$log"; say "failed"; exit 1; }
 cp "$work/build/bin/llama-server" "$out/"
 say "built $out/llama-server"

@@ -116,6 +116,18 @@ def test_invoke_runs_both_steps_and_remembers_across_replicas(
     turns = [json.loads(t) for t in store.lrange("llmchain:memory:explain:alice-1", 0, -1)]
     assert [t["inputs"]["topic"] for t in turns] == ["rivers", "deserts"]  # window of 2
 
+    # Each step logged a line carrying the request's id, so one request can be followed.
+    status, _, _ = first.post(
+        "/v1/chains/explain/invoke",
+        {"input": {"topic": "tides"}, "config": config},
+        headers={"X-Request-ID": "follow-me-1"},
+    )
+    assert status == 200
+    lines = [json.loads(x) for x in first.logs().splitlines() if x.startswith("{")]
+    steps = [e["step"] for e in lines if e.get("request_id") == "follow-me-1" and "step" in e]
+    assert steps == ["facts", "answer"]
+    assert "tides" not in first.logs()  # inputs are never logged
+
 
 def test_batch_and_stream_in_langserve_shapes(
     memory_servers: tuple[ServerProcess, ServerProcess],

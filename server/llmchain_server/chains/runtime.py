@@ -115,11 +115,26 @@ class ChainRunner:
             run.prompt_tokens += result.prompt_tokens
             run.completion_tokens += result.completion_tokens
             try:
-                return parse(result.text, step.output)
+                value = parse(result.text, step.output)
             except OutputInvalid as e:
                 if attempt == 2:
                     raise ChainOutputError(f"step {step.name}: {e} (after one retry)") from None
                 log.info("Retried step %s: %s", step.name, e)
+                continue
+            # One line per step, with the request id (see http/logs.py): a log aggregator can
+            # follow a request through its chain. Token counts only, never the texts.
+            log.info(
+                "Ran step %s of chain %s",
+                step.name,
+                self.name,
+                extra={
+                    "step": step.name,
+                    "attempt": attempt,
+                    "prompt_tokens": result.prompt_tokens,
+                    "completion_tokens": result.completion_tokens,
+                },
+            )
+            return value
         raise AssertionError("unreachable")
 
     async def invoke(self, inputs: dict[str, Any], session: str | None) -> ChainRun:
