@@ -5,11 +5,14 @@ a TTL renewed on every turn."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 from typing import Any
 
 import redis.asyncio as redis
 
+log = logging.getLogger(__name__)
+MAX_TURN_BYTES = 64 * 1024
 SESSION = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
@@ -41,10 +44,16 @@ class MemoryStore:
         return [json.loads(item) for item in raw]
 
     async def append(self, session: str, turn: dict[str, Any]) -> None:
+        record = json.dumps(turn)
+        if len(record) > MAX_TURN_BYTES:  # a huge turn would crowd out every later prompt
+            log.warning(
+                "Left a %d-byte turn out of session memory (limit %d)", len(record), MAX_TURN_BYTES
+            )
+            return
         key = self._key(session)
         try:
             async with self.client.pipeline(transaction=True) as pipe:
-                pipe.rpush(key, json.dumps(turn))
+                pipe.rpush(key, record)
                 pipe.ltrim(key, -self.window, -1)
                 pipe.expire(key, self.ttl)
                 await pipe.execute()

@@ -10,19 +10,27 @@ import jsonschema
 from llmchain_server.config import OutputParser
 
 
+MAX_STARTS = 20
+
+
 class OutputInvalid(ValueError):
     """The model's text does not satisfy the step's parser (the step is retried once)."""
 
 
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _first_json(text: str) -> Any:
-    """The first JSON value in the text (models like to wrap JSON in prose or code fences)."""
-    decoder = json.JSONDecoder()
-    for i, ch in enumerate(text):
-        if ch in "{[":
-            try:
-                return decoder.raw_decode(text[i:])[0]
-            except json.JSONDecodeError:
-                continue
+    """The first JSON value in the text (models like to wrap JSON in prose or code fences).
+    Only the first few `{` / `[` are tried, so hostile output cannot make this quadratic."""
+    decoder = json.JSONDecoder(parse_constant=_no_constants)
+    starts = [i for i, ch in enumerate(text) if ch in "{["][:MAX_STARTS]
+    for i in starts:
+        try:
+            return decoder.raw_decode(text[i:])[0]
+        except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
+            continue
     raise OutputInvalid("the output holds no JSON object or array")
 
 
@@ -34,5 +42,9 @@ def parse(text: str, parser: OutputParser) -> Any:
         try:
             jsonschema.validate(value, parser.json_schema)
         except jsonschema.ValidationError as e:
-            raise OutputInvalid(f"the output does not match the JSON schema: {e.message}") from None
+            where = "/".join(str(p) for p in e.absolute_path) or "the top level"
+            # The validator and the place only: messages quote model output, which is not logged.
+            raise OutputInvalid(
+                f"the output fails the JSON schema's {e.validator!r} rule at {where}"
+            ) from None
     return value

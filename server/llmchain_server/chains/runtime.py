@@ -13,8 +13,10 @@ from llmchain_server.chains.memory import SESSION, MemoryStore
 from llmchain_server.chains.parsers import OutputInvalid, parse
 from llmchain_server.chains.templates import ChainInputError, compile_template, render
 from llmchain_server.config import ChainConfig, LLMStep
-from llmchain_server.engine import SamplingParams
+from llmchain_server.engine import ContextLengthError, SamplingParams
+from llmchain_server.engine.tokenizer import ChatTemplateError
 from llmchain_server.http.dataplane import DataPlane
+from llmchain_server.http.errors import APIError
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +73,20 @@ class ChainRunner:
         return session
 
     # -- running -------------------------------------------------------------------------------
+    def _clean(self, value: Any) -> Any:
+        """Inputs (and remembered turns) without special-token strings, at any depth."""
+        if isinstance(value, str):
+            return self.plane.engine.tokenizer.strip_special(value)
+        if isinstance(value, list):
+            return [self._clean(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self._clean(v) for k, v in value.items()}
+        return value
+
     async def _variables(self, inputs: dict[str, Any], session: str | None) -> dict[str, Any]:
-        variables = dict(inputs)
+        variables: dict[str, Any] = {k: self._clean(v) for k, v in inputs.items()}
         if self.memory is not None and session is not None:
-            variables["history"] = await self.memory.history(session)
+            variables["history"] = self._clean(await self.memory.history(session))
         elif self.chain.memory is not None:
             variables["history"] = []
         return variables
@@ -94,7 +106,11 @@ class ChainRunner:
                 }
             )
         messages.append({"role": "user", "content": user})
-        return self.plane.limited(tokenizer.encode(tokenizer.render_chat(messages)), "input")
+        try:
+            text = tokenizer.render_chat(messages)
+        except ChatTemplateError as e:
+            raise ChainInputError(f"step {step.name}: {e}") from None
+        return self.plane.limited(tokenizer.encode(text), "input")
 
     @staticmethod
     def _params(step: LLMStep) -> SamplingParams:
@@ -108,8 +124,21 @@ class ChainRunner:
             stop=tuple(g.stop),
         )
 
+    def _fitted_prompt(self, step: LLMStep, variables: dict[str, Any]) -> list[int]:
+        """The step's prompt; when history makes it too long, the oldest turns are left out."""
+        while True:
+            try:
+                prompt = self._prompt(step, variables)
+                self.plane.engine.check(prompt, self._params(step))
+                return prompt
+            except (APIError, ContextLengthError):
+                history = variables.get("history")
+                if not history:
+                    raise
+                variables["history"] = history[1:]
+
     async def _run_step(self, step: LLMStep, variables: dict[str, Any], run: ChainRun) -> Any:
-        prompt = self._prompt(step, variables)
+        prompt = self._fitted_prompt(step, variables)
         for attempt in (1, 2):
             result = await self.plane.complete(prompt, self._params(step))
             run.prompt_tokens += result.prompt_tokens
@@ -162,7 +191,9 @@ class ChainRunner:
             await self._remember(inputs, session, run.steps[self.output_step])
             return
         parts: list[str] = []
-        async for chunk in self.plane.stream(self._prompt(last, variables), self._params(last)):
+        async for chunk in self.plane.stream(
+            self._fitted_prompt(last, variables), self._params(last)
+        ):
             if chunk.text:
                 parts.append(chunk.text)
                 yield chunk.text

@@ -148,7 +148,7 @@ class Engine:
     def stats(self) -> EngineStats:
         return self.scheduler.stats
 
-    def _check(self, prompt: list[int], params: SamplingParams) -> None:
+    def check(self, prompt: list[int], params: SamplingParams) -> None:
         if not prompt:
             raise ValueError("the prompt is empty")
         vocab = self.runner.vocab
@@ -162,14 +162,14 @@ class Engine:
 
     def generate(self, prompt: list[int], params: SamplingParams) -> Generation:
         """Submit a request; iterate the result for chunks. Raises QueueFull when full."""
-        self._check(prompt, params)
+        self.check(prompt, params)
         g = Generation(prompt, params, self.tokenizer)
         self.scheduler.submit(g)
         return g
 
     def generate_async(self, prompt: list[int], params: SamplingParams) -> Generation:
         """As generate, for `async for` inside an event loop."""
-        self._check(prompt, params)
+        self.check(prompt, params)
         g = Generation(prompt, params, self.tokenizer, asyncio.get_running_loop())
         self.scheduler.submit(g)
         return g

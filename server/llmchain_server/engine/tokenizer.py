@@ -4,6 +4,7 @@ never emits half a UTF-8 character."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,25 @@ class ModelTokenizer:
         self.add_bos = bool(config.get("addBos", False))
         self.bos_token = str(config.get("bosToken") or "")
         self.eos_token = str(config.get("eosToken") or "")
+        special = sorted(
+            (
+                t.content
+                for t in self.tokenizer.get_added_tokens_decoder().values()
+                if t.special and t.content
+            ),
+            key=len,
+            reverse=True,
+        )
+        self._special = re.compile("|".join(map(re.escape, special))) if special else None
         template_path = folder / "chat_template.jinja"
         env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
         env.globals["raise_exception"] = _raise
         self._chat = env.from_string(template_path.read_text()) if template_path.is_file() else None
+
+    def strip_special(self, text: str) -> str:
+        """User-supplied text without special-token strings (`<|im_start|>`…): tokenizers match
+        them even inside user content, which would let a user forge chat turns."""
+        return self._special.sub("", text) if self._special is not None else text
 
     @property
     def has_chat_template(self) -> bool:

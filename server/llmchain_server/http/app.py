@@ -5,6 +5,7 @@ dataplane."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.background import BackgroundTask
 
 from llmchain_server.chains.runtime import ChainRunner
+from llmchain_server.engine import QueueFull
 from llmchain_server.http import errors
 from llmchain_server.http.chain_routes import add_chain_routes
 from llmchain_server.http.dataplane import DataPlane
@@ -24,6 +26,7 @@ from llmchain_server.http.metrics import ServerMetrics
 from llmchain_server.http.middleware import Guard
 from llmchain_server.http.schemas import ChatRequest, CompletionRequest
 
+log = logging.getLogger(__name__)
 FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
 
 
@@ -140,6 +143,7 @@ def _stream(
 ) -> StreamingResponse:
     """Server-sent events. The concurrency place is taken before the response starts (so a
     refusal is a plain 429) and held until the last event."""
+    plane.engine.check(prompt, params)  # a prompt that cannot fit is a 400, not a cut stream
     release = plane.hold()  # released at the stream's end, or after a response never streamed
 
     ident = f"{'chatcmpl' if kind.startswith('chat') else 'cmpl'}-{uuid.uuid4().hex}"
@@ -184,6 +188,10 @@ def _stream(
             yield "data: [DONE]\n\n"
         except APIError as e:
             yield f"data: {json.dumps(error_body(e.message, e.kind))}\n\n"
+        except Exception as e:  # after the 200 is sent an error can only be an event
+            log.exception("Failed a stream")
+            kind = "rate_limit_error" if isinstance(e, QueueFull) else "server_error"
+            yield f"data: {json.dumps(error_body(str(e), kind))}\n\n"
         finally:
             release()
 

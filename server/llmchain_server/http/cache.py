@@ -67,8 +67,13 @@ class ResponseCache:
         if raw is None:
             self.metrics.cache_misses.inc()
             return None
+        try:
+            chunks = [Chunk(**c) for c in json.loads(raw)]
+        except (ValueError, TypeError) as e:  # corrupt, or written by another version: a miss
+            self._failed("decode", e)
+            return None
         self.metrics.cache_hits.inc()
-        return [Chunk(**c) for c in json.loads(raw)]
+        return chunks
 
     async def put(self, key: str, chunks: list[Chunk]) -> None:
         if time.monotonic() < self._skip_until:

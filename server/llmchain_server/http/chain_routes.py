@@ -18,6 +18,7 @@ from starlette.background import BackgroundTask
 from llmchain_server.chains.memory import MemoryUnavailable
 from llmchain_server.chains.runtime import ChainOutputError, ChainRunner
 from llmchain_server.chains.templates import ChainInputError
+from llmchain_server.engine import ContextLengthError
 from llmchain_server.http.errors import APIError
 
 MAX_BATCH = 16
@@ -37,12 +38,14 @@ class BatchRequest(BaseModel):
 
 
 def _errors(exc: Exception) -> APIError:
+    if isinstance(exc, ContextLengthError):
+        return APIError(400, str(exc), param="input")
     if isinstance(exc, ChainInputError):
         return APIError(400, str(exc), param="input")
     if isinstance(exc, ChainOutputError):
         return APIError(502, str(exc), "output_parse_error")
     if isinstance(exc, MemoryUnavailable):
-        return APIError(503, str(exc), "unavailable", headers={"Retry-After": "1"})
+        return APIError(503, str(exc), "service_unavailable", headers={"Retry-After": "1"})
     raise exc
 
 
@@ -54,7 +57,7 @@ def add_chain_routes(app: FastAPI, runner: ChainRunner) -> None:
         try:
             inputs = runner.inputs(given)
             run = await runner.invoke(inputs, runner.session(config))
-        except (ChainInputError, ChainOutputError, MemoryUnavailable) as e:
+        except (ChainInputError, ChainOutputError, MemoryUnavailable, ContextLengthError) as e:
             raise _errors(e) from None
         usage = {"prompt_tokens": run.prompt_tokens, "completion_tokens": run.completion_tokens}
         return str(uuid.uuid4()), run.output, usage
@@ -78,10 +81,16 @@ def add_chain_routes(app: FastAPI, runner: ChainRunner) -> None:
         )
         if len(configs) != len(request.inputs):
             raise APIError(400, "config must be one object or one per input", param="config")
-        with plane.admitted():  # the items run together: the engine batches them
-            results = await asyncio.gather(
-                *(run_one(i, c) for i, c in zip(request.inputs, configs, strict=True))
-            )
+        with plane.admitted(len(request.inputs)):  # a place per item; the engine batches them
+            try:
+                async with asyncio.TaskGroup() as group:  # one failure cancels the others
+                    tasks = [
+                        group.create_task(run_one(i, c))
+                        for i, c in zip(request.inputs, configs, strict=True)
+                    ]
+            except ExceptionGroup as e:
+                raise e.exceptions[0] from None
+            results = [t.result() for t in tasks]
         return {
             "output": [r[1] for r in results],
             "callback_events": [],
@@ -104,7 +113,13 @@ def add_chain_routes(app: FastAPI, runner: ChainRunner) -> None:
                 async for piece in runner.stream(inputs, session):
                     yield f"event: data\ndata: {json.dumps(piece, ensure_ascii=False)}\n\n"
                 yield "event: end\n\n"
-            except (ChainInputError, ChainOutputError, MemoryUnavailable, APIError) as e:
+            except (
+                ChainInputError,
+                ChainOutputError,
+                MemoryUnavailable,
+                ContextLengthError,
+                APIError,
+            ) as e:
                 error = e if isinstance(e, APIError) else _errors(e)
                 body = {"status_code": error.status, "message": error.message}
                 yield f"event: error\ndata: {json.dumps(body)}\n\n"

@@ -42,17 +42,17 @@ class DataPlane:
 
     # -- admission ---------------------------------------------------------------------------
     @contextlib.contextmanager
-    def admitted(self) -> Iterator[None]:
-        """Holds one of max_concurrency places, or refuses at once: 429 with Retry-After."""
+    def admitted(self, places: int = 1) -> Iterator[None]:
+        """Holds `places` of max_concurrency places, or refuses at once: 429 with Retry-After."""
         if self.draining:
             self.metrics.rejected.labels("draining").inc()
             raise APIError(
                 503,
                 "the server is shutting down",
-                "unavailable",
+                "service_unavailable",
                 headers={"Retry-After": str(self.settings.retry_after_seconds)},
             )
-        if self.in_flight >= self.settings.max_concurrency:
+        if self.in_flight + places > self.settings.max_concurrency:
             self.metrics.rejected.labels("concurrency").inc()
             raise APIError(
                 429,
@@ -61,13 +61,13 @@ class DataPlane:
                 "rate_limit_error",
                 headers={"Retry-After": str(self.settings.retry_after_seconds)},
             )
-        self.in_flight += 1
-        self.metrics.in_flight.inc()
+        self.in_flight += places
+        self.metrics.in_flight.inc(places)
         try:
             yield
         finally:
-            self.in_flight -= 1
-            self.metrics.in_flight.dec()
+            self.in_flight -= places
+            self.metrics.in_flight.dec(places)
 
     def hold(self) -> Callable[[], None]:
         """A place held past the handler (streams): the returned function releases it, once."""
@@ -90,13 +90,16 @@ class DataPlane:
                 404,
                 f"model {request.model!r} is not served here; this server "
                 f"serves {self.settings.model_name!r}",
-                "not_found_error",
+                "invalid_request_error",
                 "model",
             )
 
     def chat_prompt(self, request: ChatRequest) -> list[int]:
         messages = [
-            {"role": m.role if m.role != "developer" else "system", "content": m.text()}
+            {
+                "role": m.role if m.role != "developer" else "system",
+                "content": self.engine.tokenizer.strip_special(m.text()),
+            }
             for m in request.messages
         ]
         try:

@@ -3,6 +3,7 @@ from exceptions in one place."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -11,6 +12,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmchain_server.engine import ContextLengthError, EngineStopped, QueueFull
+
+log = logging.getLogger(__name__)
 
 
 class APIError(Exception):
@@ -94,7 +97,15 @@ def install(app: FastAPI) -> None:
         )
 
     async def stopped(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse(error_body("the server is shutting down", "unavailable"), 503)
+        return JSONResponse(
+            error_body("the server is shutting down", "service_unavailable"),
+            503,
+            headers={"Retry-After": "1"},
+        )
+
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("Failed a request: %s", type(exc).__name__, exc_info=exc)
+        return JSONResponse(error_body("internal error", "server_error"), 500)
 
     app.add_exception_handler(APIError, api_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
@@ -102,3 +113,4 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ContextLengthError, context)
     app.add_exception_handler(QueueFull, busy)
     app.add_exception_handler(EngineStopped, stopped)
+    app.add_exception_handler(Exception, unexpected)

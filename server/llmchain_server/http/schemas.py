@@ -43,7 +43,7 @@ class Sampling(BaseModel):
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     top_k: Annotated[int, Field(ge=0)] | None = None
-    seed: int | None = None
+    seed: int | None = None  # negative (llama.cpp's -1) means "random", as unset
     stop: (
         Annotated[str, Field(min_length=1, max_length=256)]
         | list[Annotated[str, Field(min_length=1, max_length=256)]]
@@ -52,6 +52,13 @@ class Sampling(BaseModel):
     n: Annotated[int, Field(ge=1, le=1)] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
+
+    @field_validator("seed")
+    @classmethod
+    def _random_seed(cls, value: int | None) -> int | None:
+        if value is not None and value >= 2**63:
+            raise ValueError("seed must be below 2**63")
+        return None if value is None or value < 0 else value
 
     @field_validator("stop")
     @classmethod

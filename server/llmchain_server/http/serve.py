@@ -32,8 +32,8 @@ class DrainingServer(uvicorn.Server):
         self.plane = plane
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.plane.draining:
-            super().handle_exit(sig, frame)  # a second signal: stop now
+        if self.plane.draining:  # a second signal: stop now (and still exit 0)
+            self.should_exit = self.force_exit = True
             return
         self.plane.draining = True
         log.info(
@@ -110,7 +110,7 @@ def run(
         port=port,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=int(settings.grace_seconds) + 5,
+        timeout_graceful_shutdown=5,  # the drain above already waited for in-flight work
     )
     server = DrainingServer(config, plane)
     log.info("Serving %s on %s:%d", settings.model_name, host, port)
