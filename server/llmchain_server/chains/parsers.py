@@ -9,7 +9,6 @@ import jsonschema
 
 from llmchain_server.config import OutputParser
 
-
 MAX_STARTS = 20
 
 
