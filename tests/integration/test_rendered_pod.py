@@ -42,6 +42,8 @@ def test_the_rendered_pod_runs_and_answers(tmp_path: Path) -> None:
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert pod.wait_probe("server", probe) == 200
         base = pod.probe_url("server", "readinessProbe").removesuffix("/readyz")
+        with urllib.request.urlopen(f"{base}/v1/models", timeout=10) as r:
+            assert [m["id"] for m in json.loads(r.read())["data"]] == ["qa-chain"]
         ask = json.dumps({"input": {"question": "What is the capital of France?"}}).encode()
         answers = []
         for _ in range(2):

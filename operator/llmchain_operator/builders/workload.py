@@ -30,6 +30,9 @@ from llmchain_server.config import ChainConfig
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 
+PRE_STOP_SECONDS = 5
+"""Endpoints drop the pod during this pause, before SIGTERM reaches the server."""
+
 
 def chain_configmap_name(app: LLMChainApp) -> str:
     return f"{app_name(app)}-chain"
@@ -123,6 +126,14 @@ def _server_env(app: LLMChainApp) -> list[Manifest]:
     serving = app.spec.serving
     env: list[Manifest] = [
         {"name": "LLMCHAIN_EXECUTION_PROVIDER", "value": app.spec.model.execution_provider},
+        # The model id OpenAI clients send: the app's name, not the model folder's digest.
+        {"name": "LLMCHAIN_MODEL_NAME", "value": app_name(app)},
+        # In-flight requests get the termination grace period less the preStop pause and a
+        # margin for the process to exit.
+        {
+            "name": "LLMCHAIN_GRACE_SECONDS",
+            "value": str(max(1, serving.termination_grace_period_seconds - PRE_STOP_SECONDS - 5)),
+        },
         {"name": "LLMCHAIN_MODEL_DIGEST", "value": model_digest(app)},
         {"name": "LLMCHAIN_MAX_BATCH_SIZE", "value": str(serving.max_batch_size)},
         {"name": "LLMCHAIN_MAX_CONCURRENCY", "value": str(serving.max_concurrency)},
@@ -190,7 +201,7 @@ def _server_container(app: LLMChainApp, settings: Settings) -> Manifest:
             "failureThreshold": 3,
         },
         # Endpoints drop the pod before SIGTERM arrives, so no new request is routed to it.
-        "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
         "resources": _server_resources(app),
         "volumeMounts": mounts,
         "securityContext": restricted_container_security(),
