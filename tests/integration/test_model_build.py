@@ -178,7 +178,9 @@ def test_an_interrupted_download_resumes(tmp_path: Path, files: ModelFileServer)
     cache.mkdir()
     partial = cache / f"sha256-{GGUF_SHA256}.partial"
     partial.write_bytes(files.data[:1_000_000])
-    path = fetch(f"{files.url}/model.gguf", GGUF_SHA256, cache)
+    fetched = fetch(f"{files.url}/model.gguf", GGUF_SHA256, cache)
+    path = fetched.path
+    assert fetched.sha256 == GGUF_SHA256
     assert files.ranges[-1] == "bytes=1000000-"
     assert path.read_bytes() == files.data
     assert not partial.exists()

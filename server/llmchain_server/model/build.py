@@ -7,13 +7,11 @@ a folder whose manifest already carries the requested build digest is reused, no
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +20,11 @@ from tokenizers import Tokenizer
 
 from llmchain_server.model.architecture import LlamaConfig
 from llmchain_server.model.convert import QUANTIZATIONS, linear_kind, weights_for
-from llmchain_server.model.fetch import fetch, is_url, redact, sha256_file
+from llmchain_server.model.fetch import Fetched, fetch, is_url, redact
 from llmchain_server.model.gguf_source import GGUFSource, is_gguf
 from llmchain_server.model.graph import build_graph
 from llmchain_server.model.hf_source import HFSource, is_hf_folder
+from llmchain_server.model.locks import locked
 from llmchain_server.model.manifest import (
     BUILDER,
     content_digest,
@@ -68,17 +67,18 @@ def build_model(
     progress = Progress("build")
     _refuse_foreign(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(out):
+    # One builder per output folder at a time (replicas sharing a volume wait for each other).
+    with locked(out.parent / f".{out.name}.lock"):
         reused = _reusable(out, quantization, build_digest)
         if reused is not None:
             progress.say(f"reused {out} ({reused['digest']})")
             return reused
-        local = fetch(source, sha256, cache_dir)
+        fetched = fetch(source, sha256, cache_dir)
         tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
-            fields = _build_into(tmp, local, quantization, accuracy_level, progress)
+            fields = _build_into(tmp, fetched, quantization, accuracy_level, progress)
             src = {"uri": redact(source) if is_url(source) else str(source), **fields["source"]}
             manifest = write_manifest(
                 tmp,
@@ -116,17 +116,6 @@ def _reusable(out: Path, quantization: str, build_digest: str | None) -> dict[st
         return None
 
 
-@contextmanager
-def _lock(out: Path) -> Iterator[None]:
-    """One builder per output folder at a time (replicas sharing a volume wait for each other)."""
-    with (out.parent / f".{out.name}.lock").open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _replace(tmp: Path, out: Path) -> None:
     old = out.parent / f".{out.name}.old-{os.getpid()}"
     if out.exists():
@@ -155,9 +144,9 @@ def _resolve(local: Path) -> tuple[str, Path]:
 
 
 def _build_into(
-    tmp: Path, local: Path, quantization: str, accuracy_level: int, progress: Progress
+    tmp: Path, fetched: Fetched, quantization: str, accuracy_level: int, progress: Progress
 ) -> dict[str, Any]:
-    kind, path = _resolve(local)
+    kind, path = _resolve(fetched.path)
     progress.say(f"reading {kind} source {path.name}")
     if kind == "onnx":
         return _copy_onnx(tmp, path, quantization)
@@ -166,12 +155,14 @@ def _build_into(
         if kind == "gguf":
             gguf = GGUFSource(path)
             config, weight = gguf.config(), gguf.weight
-            tokenizer = tokenizer_from_gguf(gguf.vocab())
-            template, vocab = gguf.chat_template(), gguf.vocab()
+            vocab = gguf.vocab()
+            tokenizer = tokenizer_from_gguf(vocab)
+            template = gguf.chat_template()
             eos = [vocab.eos_id] if vocab.eos_id is not None else []
             bos, add_bos = vocab.bos_id, vocab.add_bos
             words = {"bos": vocab.token(vocab.bos_id), "eos": vocab.token(vocab.eos_id)}
-            source_digest = "sha256:" + sha256_file(path)
+            known = fetched.sha256 if path == fetched.path else None  # fetch already read it
+            source_digest = "sha256:" + (known or file_digest(path))
         else:
             hf = HFSource(path)
             config, weight = hf.config(), hf.weight

@@ -5,17 +5,17 @@ checksum is verified, so a half-written download is never read."""
 from __future__ import annotations
 
 import base64
-import fcntl
 import hashlib
 import http.client
 import os
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from llmchain_server.model.locks import locked
+from llmchain_server.model.manifest import file_digest
 from llmchain_server.model.progress import Progress
 
 CHUNK = 1 << 20
@@ -39,24 +39,18 @@ def is_url(source: str) -> bool:
     return urlsplit(source).scheme in ("http", "https", "file")
 
 
-def sha256_file(path: Path, progress: Progress | None = None) -> str:
-    digest = hashlib.sha256()
-    done = 0
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-            done += len(chunk)
-            if progress:
-                progress.bytes(done)
-    return digest.hexdigest()
-
-
 def default_cache_dir() -> Path:
     base = os.environ.get("LLMCHAIN_CACHE_DIR") or Path.home() / ".cache" / "llmchain"
     return Path(base) / "sources"
 
 
-def fetch(source: str, sha256: str | None, cache_dir: Path | None = None) -> Path:
+@dataclass(frozen=True)
+class Fetched:
+    path: Path
+    sha256: str | None  # hex, when this fetch checked or computed it (None: not read)
+
+
+def fetch(source: str, sha256: str | None, cache_dir: Path | None = None) -> Fetched:
     """A local path holding the source, its checksum verified when one is given."""
     expected = sha256.lower().removeprefix("sha256:") if sha256 else None
     if expected is not None and (
@@ -68,39 +62,31 @@ def fetch(source: str, sha256: str | None, cache_dir: Path | None = None) -> Pat
         if not path.exists():
             raise FetchError(f"source {source} does not exist")
         if expected and path.is_file():
-            _verify(path, expected, source)
-        return path
+            return Fetched(path, _verify(path, expected, source))
+        return Fetched(path, None)
     cache = cache_dir or default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     if expected:
         final = cache / f"sha256-{expected}"
         if final.is_file():
             Progress("fetch").say(f"reused cached {final.name} for {redact(source)}")
-            return final
+            return Fetched(final, expected)
         partial = cache / f"sha256-{expected}.partial"
     else:
         partial = (
             cache / f"download-{hashlib.sha256(redact(source).encode()).hexdigest()[:16]}.partial"
         )
-    with _locked(partial):  # two builders fetching the same file take turns
+    with locked(
+        partial.with_name(partial.name + ".lock")
+    ):  # two builders fetching the same file take turns
         if expected and (cache / f"sha256-{expected}").is_file():
-            return cache / f"sha256-{expected}"
+            return Fetched(cache / f"sha256-{expected}", expected)
         _download(source, partial)
         actual = _verify(partial, expected, redact(source))
         final = cache / f"sha256-{actual}"
         os.replace(partial, final)
         _validator(partial).unlink(missing_ok=True)
-    return final
-
-
-@contextmanager
-def _locked(partial: Path) -> Iterator[None]:
-    with partial.with_name(partial.name + ".lock").open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    return Fetched(final, actual)
 
 
 def _validator(partial: Path) -> Path:
@@ -109,7 +95,7 @@ def _validator(partial: Path) -> Path:
 
 
 def _verify(path: Path, expected: str | None, label: str) -> str:
-    actual = sha256_file(path, Progress(f"checksum {path.name}", path.stat().st_size))
+    actual = file_digest(path, Progress(f"checksum {path.name}", path.stat().st_size))
     if expected and actual != expected:
         if path.name.endswith(".partial"):
             path.unlink()  # a wrong file is not worth resuming

@@ -100,6 +100,7 @@ class HFSource:
             for name, array in read_safetensors(file).items():
                 if (target := gguf_name(name)) is not None:
                     self._tensors[target] = array
+        self._config = self.config()  # validated once; weight() needs the head counts
 
     def config(self) -> LlamaConfig:
         r = self.raw
@@ -131,7 +132,7 @@ class HFSource:
 
     def weight(self, name: str) -> Weight:
         w = self._tensors[name]
-        c = self.config()
+        c = self._config
         if name.endswith("attn_q.weight"):
             return to_interleaved(w, c.heads)
         if name.endswith("attn_k.weight"):

@@ -8,16 +8,23 @@ import json
 from pathlib import Path
 from typing import Any
 
+from llmchain_server.model.progress import Progress
+
 FORMAT = "llmchain-model/1"
 BUILDER = "llmchain-model-build/1"
 MANIFEST = "manifest.json"
 
 
-def file_digest(path: Path) -> str:
+def file_digest(path: Path, progress: Progress | None = None) -> str:
+    """sha256 of a file, hex, reporting bytes read to `progress` when given."""
     digest = hashlib.sha256()
+    done = 0
     with path.open("rb") as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
+            done += len(chunk)
+            if progress:
+                progress.bytes(done)
     return digest.hexdigest()
 
 
