@@ -14,7 +14,6 @@ from typing import Any
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.background import BackgroundTask
 
 from llmchain_server.chains.runtime import ChainRunner
 from llmchain_server.engine import QueueFull
@@ -25,6 +24,7 @@ from llmchain_server.http.errors import APIError, error_body
 from llmchain_server.http.metrics import ServerMetrics
 from llmchain_server.http.middleware import Guard
 from llmchain_server.http.schemas import ChatRequest, CompletionRequest
+from llmchain_server.http.sse import sse_response
 
 log = logging.getLogger(__name__)
 FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
@@ -75,25 +75,7 @@ def create_app(
         if request.stream:
             usage = request.stream_options is not None and request.stream_options.include_usage
             return _stream(plane, prompt, params, "chat.completion.chunk", usage)
-        with plane.admitted():
-            result = await plane.complete(prompt, params)
-        return JSONResponse(
-            {
-                "id": f"chatcmpl-{uuid.uuid4().hex}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": model_name,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": result.text},
-                        "logprobs": None,
-                        "finish_reason": FINISH.get(result.finish_reason, "stop"),
-                    }
-                ],
-                "usage": _usage(result.prompt_tokens, result.completion_tokens),
-            }
-        )
+        return await _complete(plane, prompt, params, chat=True)
 
     @app.post("/v1/completions", response_model=None)
     async def completions(request: CompletionRequest) -> JSONResponse | StreamingResponse:
@@ -103,31 +85,39 @@ def create_app(
         if request.stream:
             usage = request.stream_options is not None and request.stream_options.include_usage
             return _stream(plane, prompt, params, "text_completion", usage)
-        with plane.admitted():
-            result = await plane.complete(prompt, params)
-        return JSONResponse(
-            {
-                "id": f"cmpl-{uuid.uuid4().hex}",
-                "object": "text_completion",
-                "created": int(time.time()),
-                "model": model_name,
-                "choices": [
-                    {
-                        "index": 0,
-                        "text": result.text,
-                        "logprobs": None,
-                        "finish_reason": FINISH.get(result.finish_reason, "stop"),
-                    }
-                ],
-                "usage": _usage(result.prompt_tokens, result.completion_tokens),
-            }
-        )
+        return await _complete(plane, prompt, params, chat=False)
 
     routes: tuple[str, ...] = ()
     if chain is not None:
         add_chain_routes(app, chain)
         routes = tuple(f"/v1/chains/{chain.name}/{op}" for op in ("invoke", "batch", "stream"))
     return Guard(app, metrics, plane.settings.max_body_bytes, api_key, routes)
+
+
+async def _complete(plane: DataPlane, prompt: list[int], params: Any, chat: bool) -> JSONResponse:
+    """A whole (non-streamed) answer, as a chat completion or a text completion."""
+    with plane.admitted():
+        result = await plane.complete(prompt, params)
+    finish = FINISH.get(result.finish_reason, "stop")
+    if chat:
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": result.text},
+            "logprobs": None,
+            "finish_reason": finish,
+        }
+    else:
+        choice = {"index": 0, "text": result.text, "logprobs": None, "finish_reason": finish}
+    return JSONResponse(
+        {
+            "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
+            "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": plane.settings.model_name,
+            "choices": [choice],
+            "usage": _usage(result.prompt_tokens, result.completion_tokens),
+        }
+    )
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
@@ -195,9 +185,4 @@ def _stream(
         finally:
             release()
 
-    return StreamingResponse(
-        events(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache"},
-        background=BackgroundTask(release),
-    )
+    return sse_response(events(), release)

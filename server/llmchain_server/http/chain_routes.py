@@ -13,13 +13,13 @@ from typing import Annotated, Any
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.background import BackgroundTask
 
 from llmchain_server.chains.memory import MemoryUnavailable
 from llmchain_server.chains.runtime import ChainOutputError, ChainRunner
 from llmchain_server.chains.templates import ChainInputError
 from llmchain_server.engine import ContextLengthError
 from llmchain_server.http.errors import APIError
+from llmchain_server.http.sse import sse_response
 
 MAX_BATCH = 16
 
@@ -126,9 +126,4 @@ def add_chain_routes(app: FastAPI, runner: ChainRunner) -> None:
             finally:
                 release()
 
-        return StreamingResponse(
-            events(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache"},
-            background=BackgroundTask(release),
-        )
+        return sse_response(events(), release)
