@@ -19,6 +19,7 @@ from llmchain_server.engine import (
     QueueFull,
     SamplingParams,
 )
+from llmchain_server.engine.cpu import cpu_kernels
 from llmchain_server.engine.tokenizer import IncrementalDecoder
 
 STORY = [{"role": "user", "content": "Write a long story about a dragon."}]
@@ -53,8 +54,14 @@ def test_metrics_name_the_provider_and_count_tokens(engine: Engine) -> None:
     before = engine.registry.get_sample_value("llmchain_generated_tokens_total") or 0
     engine.generate(prompt(engine, FRANCE), SamplingParams(max_tokens=3)).text()
     assert engine.registry.get_sample_value("llmchain_generated_tokens_total") == before + 3
-    labels = {"digest": engine.digest, "quantization": "int4", "execution_provider": "cpu"}
+    labels = {
+        "digest": engine.digest,
+        "quantization": "int4",
+        "execution_provider": "cpu",
+        "kernels": cpu_kernels().family,
+    }
     assert engine.registry.get_sample_value("llmchain_model_info", labels) == 1
+    assert engine.kernels in ("avx2", "avx2vnni", "avx512", "avx512vnni")  # an x86-64 CI machine
     assert engine.registry.get_sample_value("llmchain_engine_queue_depth") == 0
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from llmchain_server.engine.cpu import cpu_kernels
 from llmchain_server.engine.metrics import EngineCollector
 from llmchain_server.engine.providers import DeviceOptions
 from llmchain_server.engine.request import Generation
@@ -107,19 +108,28 @@ class Engine:
         """Sampling for requests that set nothing (the model folder's generation defaults)."""
         self.digest: str = self.manifest["digest"]
         self.quantization: str = self.manifest.get("quantization", "unknown")
+        self.kernels = cpu_kernels().family if self.provider == "cpu" else self.provider
+        """The kernel family running the model: the CPU's MLAS family (avx2, avx512vnni, ...)
+        on the CPU provider, else the provider; fidelity and speed depend on it."""
         self.load_seconds = time.monotonic() - started
         self.registry = registry if registry is not None else CollectorRegistry()
         self.registry.register(
             EngineCollector(
-                lambda: self.scheduler.stats, self.digest, self.quantization, self.provider
+                lambda: self.scheduler.stats,
+                self.digest,
+                self.quantization,
+                self.provider,
+                self.kernels,
             )
         )
         self._ready = False
         log.info(
-            "Loaded model %s (%s, %s) in %.1f s; KV cache %.0f MiB for %d sequences of %d tokens",
+            "Loaded model %s (%s, %s, %s kernels) in %.1f s; "
+            "KV cache %.0f MiB for %d sequences of %d tokens",
             self.digest[:19],
             self.quantization,
             self.provider,
+            self.kernels,
             self.load_seconds,
             self.runner.cache.nbytes / 2**20,
             self.settings.max_batch,

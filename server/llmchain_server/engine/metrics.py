@@ -14,17 +14,22 @@ from llmchain_server.engine.scheduler import EngineStats
 
 class EngineCollector(Collector):
     def __init__(
-        self, stats: Callable[[], EngineStats], digest: str, quantization: str, provider: str
+        self,
+        stats: Callable[[], EngineStats],
+        digest: str,
+        quantization: str,
+        provider: str,
+        kernels: str,
     ) -> None:
         self._stats = stats
-        self._info = (digest, quantization, provider)
+        self._info = (digest, quantization, provider, kernels)
 
     def collect(self) -> Iterator[Metric]:
         s = self._stats()
         info = GaugeMetricFamily(
             "llmchain_model_info",
             "The served model (value 1).",
-            labels=["digest", "quantization", "execution_provider"],
+            labels=["digest", "quantization", "execution_provider", "kernels"],
         )
         info.add_metric(list(self._info), 1.0)
         yield info
