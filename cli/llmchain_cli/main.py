@@ -197,11 +197,13 @@ def model() -> None:
     help="Download cache (default: $LLMCHAIN_CACHE_DIR/sources or ~/.cache/llmchain/sources).",
 )
 @click.option(
-    "--accuracy-level",
-    type=click.IntRange(0, 4),
-    default=4,
+    "--accuracy",
+    type=click.Choice(["recommended", "int8", "exact"]),  # model.accuracy.PLANS, not imported
+    default="recommended",
     show_default=True,
-    help="MatMulNBits accuracy level: 4 computes with int8 activations (fast), 0 exactly (slow).",
+    help="MatMulNBits accuracy plan of int4/int8 builds: 'int8' computes every layer with int8 "
+    "activations (fastest), 'exact' none (slow), 'recommended' all but the attention's QKV "
+    "projection.",
 )
 def build(
     source: str,
@@ -210,13 +212,13 @@ def build(
     out: Path,
     digest: str | None,
     cache_dir: Path | None,
-    accuracy_level: int,
+    accuracy: str,
 ) -> None:
     """Build a quantized ONNX model folder from a GGUF, Hugging Face or ONNX source."""
     from llmchain_server.model import BuildError, FetchError, build_model
 
     try:
-        manifest = build_model(source, out, quantization, sha256, digest, cache_dir, accuracy_level)
+        manifest = build_model(source, out, quantization, sha256, digest, cache_dir, accuracy)
     except (BuildError, FetchError) as e:
         raise click.ClickException(str(e)) from None
     except OSError as e:

@@ -8,6 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
+from llmchain_server.model.accuracy import accuracy_plan
 from llmchain_server.model.architecture import LlamaConfig
 from llmchain_server.model.convert import convert, weights_for
 from llmchain_server.model.gguf_source import _blocks
@@ -81,8 +82,8 @@ def test_matmul_nbits_computes_with_the_carried_blocks(kind: str, bits: int) -> 
     w = _blocks(gguf.quants.quantize(X, qtype), qtype)
     assert w.bits == bits
     config = LlamaConfig(1, 128, 128, 2, 2, 10, 16, 1e4, 1e-5, True)
-    g = DecoderGraph(config, accuracy_level=0)
-    y = g.linear("x", w, "proj", "blocks")
+    g = DecoderGraph(config, accuracy_plan("exact"))
+    y = g.linear("x", w, "blk.0/qkv", "blocks")
     g.nodes[-1].output[0] = "y"
     graph = helper.make_graph(
         g.nodes,

@@ -19,7 +19,7 @@ CHAIN_DIR = "/etc/llmchain/chain"
 CHAIN_FILE = "chain.yaml"
 API_KEY_DIR = "/etc/llmchain/api-key"
 
-MODEL_BUILD_RECIPE = "llmchain-model-build/1"
+MODEL_BUILD_RECIPE = "llmchain-model-build/2"
 """Bumped when the model build changes its output: part of the model digest."""
 
 

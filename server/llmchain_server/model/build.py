@@ -18,6 +18,7 @@ from typing import Any
 import onnx
 from tokenizers import Tokenizer
 
+from llmchain_server.model.accuracy import accuracy_plan
 from llmchain_server.model.architecture import LlamaConfig
 from llmchain_server.model.convert import QUANTIZATIONS, linear_kind, weights_for
 from llmchain_server.model.fetch import Fetched, fetch, is_url, redact
@@ -57,13 +58,18 @@ def build_model(
     sha256: str | None = None,
     build_digest: str | None = None,
     cache_dir: Path | None = None,
-    accuracy_level: int = 4,
+    accuracy: str = "recommended",
 ) -> dict[str, Any]:
-    """Build (or reuse) the model folder `out`; returns its manifest."""
+    """Build (or reuse) the model folder `out`; returns its manifest. `accuracy` names the
+    MatMulNBits accuracy plan of quantized builds (see accuracy.py)."""
     if quantization not in QUANTIZATIONS:
         raise BuildError(
             f"--quantization {quantization!r} is not one of {', '.join(QUANTIZATIONS)}"
         )
+    try:
+        levels = accuracy_plan(accuracy)
+    except ValueError as e:
+        raise BuildError(f"--accuracy: {e}") from None
     progress = Progress("build")
     _refuse_foreign(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +84,7 @@ def build_model(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
-            fields = _build_into(tmp, fetched, quantization, accuracy_level, progress)
+            fields = _build_into(tmp, fetched, quantization, (accuracy, levels), progress)
             src = {"uri": redact(source) if is_url(source) else str(source), **fields["source"]}
             manifest = write_manifest(
                 tmp,
@@ -144,7 +150,11 @@ def _resolve(local: Path) -> tuple[str, Path]:
 
 
 def _build_into(
-    tmp: Path, fetched: Fetched, quantization: str, accuracy_level: int, progress: Progress
+    tmp: Path,
+    fetched: Fetched,
+    quantization: str,
+    accuracy: tuple[str, dict[str, int]],
+    progress: Progress,
 ) -> dict[str, Any]:
     kind, path = _resolve(fetched.path)
     progress.say(f"reading {kind} source {path.name}")
@@ -181,7 +191,7 @@ def _build_into(
             config,
             _counting(weights_for(weight, quantization), config, progress),
             linear_kind(quantization),
-            accuracy_level,
+            accuracy[1],
         )
     except (ValueError, KeyError, TypeError) as e:
         raise BuildError(f"cannot convert {path}: {type(e).__name__}: {e}") from None
@@ -203,7 +213,10 @@ def _build_into(
                 "addBos": add_bos,
                 "eosTokenIds": stops,
                 "quantization": quantization,
-                "accuracyLevel": accuracy_level,
+                # The highest level any layer runs at (the engine pads single-row decodes to
+                # two rows when it is above 0), and the plan with each role's level.
+                "accuracyLevel": max(accuracy[1].values()),
+                "accuracy": {"plan": accuracy[0], "levels": accuracy[1]},
                 "generation": generation,
             },
             indent=2,

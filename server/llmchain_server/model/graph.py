@@ -5,13 +5,14 @@ providers run it as is. Input and output names follow onnxruntime-genai's decode
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from llmchain_server.model.accuracy import accuracy_plan, role_of
 from llmchain_server.model.architecture import LlamaConfig
 from llmchain_server.model.weights import BlockWeight, Floats, Weight
 
@@ -40,9 +41,9 @@ def _zero_points(w: BlockWeight) -> np.ndarray:
 class DecoderGraph:
     """Accumulates nodes and initializers; one instance builds one model."""
 
-    def __init__(self, config: LlamaConfig, accuracy_level: int) -> None:
+    def __init__(self, config: LlamaConfig, accuracy: Mapping[str, int]) -> None:
         self.config = config
-        self.accuracy_level = accuracy_level
+        self.accuracy = dict(accuracy)  # MatMulNBits accuracy level per layer role
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._names: set[str] = set()
@@ -101,7 +102,7 @@ class DecoderGraph:
             N=rows,
             bits=w.bits,
             block_size=w.block,
-            accuracy_level=self.accuracy_level,
+            accuracy_level=self.accuracy[role_of(name)],
         )
         if w.offset is None:
             return y
@@ -156,12 +157,13 @@ def build_graph(
     config: LlamaConfig,
     weight: Callable[[str], Weight],
     kind: LinearKind,
-    accuracy_level: int = 4,
+    accuracy: Mapping[str, int] | None = None,
 ) -> onnx.ModelProto:
     """The whole decoder. `weight(name)` returns weights by GGUF name, already in the storage
-    wanted (BlockWeight for quantized builds, float arrays otherwise)."""
+    wanted (BlockWeight for quantized builds, float arrays otherwise); `accuracy` gives the
+    MatMulNBits accuracy level per layer role (default: the recommended plan, accuracy.py)."""
     c = config
-    g = DecoderGraph(c, accuracy_level)
+    g = DecoderGraph(c, accuracy_plan() if accuracy is None else accuracy)
     d = c.head_dim
     batch, seq, past, total, present = (
         "batch",

@@ -11,7 +11,7 @@ from typing import Any
 from llmchain_server.model.progress import Progress
 
 FORMAT = "llmchain-model/1"
-BUILDER = "llmchain-model-build/1"
+BUILDER = "llmchain-model-build/2"
 MANIFEST = "manifest.json"
 
 
