@@ -7,7 +7,12 @@ Measured: single-stream decode tokens/s and time to first token; aggregate token
 16 concurrent requests (llama-cpp-python serves one request at a time, as its server does, so its
 requests run back to back); model build time (ours), load time, peak RSS.
 
-    python bench/engine.py [--tokens 64] [--concurrency 1 4 8 16] [--out bench/results/engine.json]
+`--accuracy` runs ours once per MatMulNBits accuracy plan (model/accuracy.py: `int8`,
+`recommended`, `exact`), side by side, to show what each costs; `--no-llama` leaves llama.cpp
+out (then the first plan is the reference). The JSON names the CPU kernel family each side ran.
+
+    python bench/engine.py [--tokens 64] [--concurrency 1 4 8 16] [--accuracy recommended int8]
+                           [--no-llama] [--out bench/results/engine.json]
 """
 
 from __future__ import annotations
@@ -68,11 +73,12 @@ def peak_rss_mib() -> float:
 
 
 # -- our engine ----------------------------------------------------------------------------------
-def run_ours(tokens: int, levels: list[int], threads: int) -> dict[str, Any]:
+def run_ours(tokens: int, levels: list[int], threads: int, accuracy: str) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
     from tests.support.model import gguf_path
 
     from llmchain_server.engine import Engine, EngineSettings, SamplingParams
+    from llmchain_server.engine.cpu import cpu_kernels
 
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()  # in its own process: its memory is not the server's
@@ -87,6 +93,8 @@ def run_ours(tokens: int, levels: list[int], threads: int) -> dict[str, Any]:
                 str(gguf_path()),
                 "--quantization",
                 "int4",
+                "--accuracy",
+                accuracy,
                 "--out",
                 f"{tmp}/int4",
             ],
@@ -129,6 +137,8 @@ def run_ours(tokens: int, levels: list[int], threads: int) -> dict[str, Any]:
         )
 
     result = {
+        "accuracy": accuracy,
+        "cpu": cpu_kernels().to_json(),
         "buildSeconds": build_seconds,
         "loadSeconds": load_seconds,
         "promptTokens": statistics.mean(len(p) for p in prompts),
@@ -238,8 +248,10 @@ def measure(one: Any, levels: list[int], concurrent: bool) -> dict[str, Any]:
     return out
 
 
-def side(name: str, python: Path, args: argparse.Namespace) -> dict[str, Any]:
-    say(f"running {name} ({python})")
+def side(
+    name: str, python: Path, args: argparse.Namespace, accuracy: str = "recommended"
+) -> dict[str, Any]:
+    say(f"running {name} ({python}{', accuracy ' + accuracy if name == 'ours' else ''})")
     cmd = [
         str(python),
         __file__,
@@ -249,6 +261,8 @@ def side(name: str, python: Path, args: argparse.Namespace) -> dict[str, Any]:
         str(args.tokens),
         "--threads",
         str(args.threads),
+        "--accuracy",
+        accuracy,
         "--concurrency",
         *map(str, args.concurrency),
     ]
@@ -256,12 +270,12 @@ def side(name: str, python: Path, args: argparse.Namespace) -> dict[str, Any]:
     return json.loads(done.stdout)  # type: ignore[no-any-return]
 
 
-def table(ours: dict[str, Any], llama: dict[str, Any]) -> str:
+def table(ours: dict[str, Any], llama: dict[str, Any], names: tuple[str, str]) -> str:
     rows = [
         ("single-stream decode tokens/s", "singleStream", "decodeTokensPerSecond"),
         ("single-stream TTFT s", "singleStream", "ttftSeconds"),
     ]
-    lines = ["| measure | ours (int4 ONNX) | llama.cpp | ratio |", "| --- | --- | --- | --- |"]
+    lines = [f"| measure | {names[0]} | {names[1]} | ratio |", "| --- | --- | --- | --- |"]
     for label, group, key in rows:
         a, b = ours[group][key], llama[group][key]
         lines.append(f"| {label} | {a:.3f} | {b:.3f} | {a / b:.2f} |")
@@ -275,7 +289,11 @@ def table(ours: dict[str, Any], llama: dict[str, Any]) -> str:
         lines.append(
             f"| {label} | {ours[key]:.1f} | {llama[key]:.1f} | {ours[key] / llama[key]:.2f} |"
         )
-    lines.append(f"| model build s (ours only) | {ours['buildSeconds']:.1f} | - | - |")
+    if "buildSeconds" in llama:
+        a, b = ours["buildSeconds"], llama["buildSeconds"]
+        lines.append(f"| model build s | {a:.1f} | {b:.1f} | {a / b:.2f} |")
+    else:
+        lines.append(f"| model build s (ours only) | {ours['buildSeconds']:.1f} | - | - |")
     return "\n".join(lines)
 
 
@@ -285,28 +303,41 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "engine.json")
+    parser.add_argument("--accuracy", nargs="+", default=["recommended"])
+    parser.add_argument("--no-llama", action="store_true", help="compare accuracy plans only")
     parser.add_argument("--worker", choices=["ours", "llama"])
     args = parser.parse_args()
-    if args.worker:
-        run = run_ours if args.worker == "ours" else run_llama
-        print(json.dumps(run(args.tokens, args.concurrency, args.threads)))
+    if args.worker == "ours":
+        result = run_ours(args.tokens, args.concurrency, args.threads, args.accuracy[0])
+        print(json.dumps(result))
         return
-    if not BENCH_PYTHON.exists():
+    if args.worker == "llama":
+        print(json.dumps(run_llama(args.tokens, args.concurrency, args.threads)))
+        return
+    if not args.no_llama and not BENCH_PYTHON.exists():
         sys.exit(f"{BENCH_PYTHON} is missing: run hack/bench-env.sh first (builds llama.cpp)")
-    ours = side("ours", Path(sys.executable), args)
-    llama = side("llama", BENCH_PYTHON, args)
+    plans = {plan: side("ours", Path(sys.executable), args, plan) for plan in args.accuracy}
+    ours = plans[args.accuracy[0]]
+    llama = None if args.no_llama else side("llama", BENCH_PYTHON, args)
     result = {
         "benchmark": "engine",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "cpu": ours["cpu"],
         "newTokens": args.tokens,
         "threads": args.threads,
         "ours": ours,
+        "oursByAccuracy": plans,
         "llamaCpp": llama,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(table(ours, llama))
+    first = args.accuracy[0]
+    if llama is not None:
+        for plan, entry in plans.items():
+            print(table(entry, llama, (f"ours (int4, {plan})", "llama.cpp")))
+    for plan, entry in list(plans.items())[1:]:
+        print(table(entry, ours, (f"ours ({plan})", f"ours ({first})")))
     say(f"wrote {args.out}")
 
 
