@@ -78,6 +78,9 @@ bench-server: install ## HTTP end to end vs llama-cpp-python's server and llama-
 	hack/build-llama-server.sh
 	$(BIN)/python bench/server.py
 
+bench-fidelity: install ## Fidelity per precision, accuracy plan and CPU kernel family (AVX2 under qemu-user)
+	$(BIN)/python bench/fidelity.py --emulate-avx2
+
 goldens: install ## Re-record llama.cpp's goldens for the fidelity tests (bench venv)
 	hack/bench-env.sh
 	$(HOME)/.cache/llmchain/bench-venv/bin/python bench/llama_goldens.py
@@ -95,4 +98,4 @@ help: ## List the targets
 	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
 
 .PHONY: demo demo-down test install toolchain cluster-up cluster-down kubeconfig lint fmt test-unit \
-	test-integration test-e2e crds manifests bench bench-engine bench-server goldens model clean help
+	test-integration test-e2e crds manifests bench bench-engine bench-server bench-fidelity goldens model clean help

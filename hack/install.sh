@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up what the tests and the demo need on a fresh machine: the Python virtualenv (.venv) with
-# every package pinned by requirements/constraints.txt, and Debian's redis-server.
+# every package pinned by requirements/constraints.txt, Debian's redis-server, and Debian's
+# qemu-user (the fidelity tests run onnxruntime's AVX2 kernels under `qemu-x86_64 -cpu Haswell`).
 #   hack/install.sh            install
 #   hack/install.sh --relock   reinstall from pyproject.toml alone and rewrite the constraints
 set -euo pipefail
@@ -9,14 +10,19 @@ python=${PYTHON:-python3}
 say() { printf '[install] %s\n' "$*"; }
 SMOLLM2_VERSION=0.1.2
 
+sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+apt_updated=""
+apt_install() {
+  say "installing Debian's $1"
+  [ -n "$apt_updated" ] || { $sudo apt-get update -qq; apt_updated=1; }
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$1" >/dev/null
+}
 if ! command -v redis-server >/dev/null; then
-  say "installing Debian's redis-server"
-  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+  apt_install redis-server
   # Debian starts a system-wide instance; the tests start their own on free ports.
   $sudo systemctl disable --now redis-server >/dev/null 2>&1 || true
 fi
+command -v qemu-x86_64 >/dev/null || apt_install qemu-user
 
 if [ ! -x .venv/bin/python ]; then
   say "creating .venv with $($python --version)"

@@ -1,56 +1,73 @@
 """Fidelity against an implementation we did not write: llama.cpp's goldens
-(tests/golden/llama_cpp.json, recorded by bench/llama_goldens.py) over a fixed 727-token text.
+(tests/golden/llama_cpp.json, recorded by bench/llama_goldens.py) over a fixed 727-token text and
+three greedy continuations; the measures are in tests/support/fidelity.py.
 
-Thresholds come from measurement (see the issue note): llama.cpp itself computes Q4_1 dot products
-with 8-bit activations, so even our fp32 build agrees with it on ~96% of next tokens; the int4 and
-int8 builds run MatMulNBits with int8 activations (accuracy level 4), ~92%.
-KL is measured on llama.cpp's top-8: sum over its top-8 tokens of p (log p - log q)."""
+One set of thresholds holds on every CPU kernel family onnxruntime may pick (README, "Fidelity
+across CPUs"): the native one here, and the AVX2 kernels under qemu-user when the native family is
+another. They come from `bench/fidelity.py --emulate-avx2`, measured on AVX2 (emulated) and
+AVX-512 VNNI (native) with the headroom the closing note of issue #9 gives. Top-1 agreement over
+every position moves with near-ties (llama.cpp itself computes with int8 activations, and each
+kernel family sums in another order), so agreement is also held, tighter, over the positions where
+llama.cpp's choice is decisive, and KL, which near-ties barely move, is held everywhere."""
 
 from __future__ import annotations
 
-import json
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 import pytest
 
 from llmchain_server.engine import Engine, EngineSettings, SamplingParams
+from llmchain_server.engine.cpu import cpu_kernels
+from tests.support import fidelity
 from tests.support.cluster import ROOT
 
-GOLDEN = ROOT / "tests" / "golden"
-LLAMA = json.loads((GOLDEN / "llama_cpp.json").read_text())
-TEXT = (GOLDEN / "fidelity_text.txt").read_text()
-# quantization: (min top-1 agreement with llama.cpp, max mean top-8 KL against llama.cpp)
+# quantization: (min top-1 agreement, min decisive agreement, max mean top-8 KL), vs llama.cpp
 THRESHOLDS = {
-    "none": (0.95, 0.005),
-    "fp16": (0.95, 0.005),
-    "int8": (0.90, 0.02),
-    "int4": (0.90, 0.02),
+    "none": (0.95, 0.995, 0.003),
+    "fp16": (0.95, 0.995, 0.003),
+    "int8": (0.90, 0.99, 0.010),
+    "int4": (0.90, 0.99, 0.010),
 }
-Array = npt.NDArray[np.float64]
+# quantization: (min top-1 agreement, max KL), vs our own fp32 build on the same machine
+AGAINST_FP32 = {"fp16": (0.99, 1e-4), "int8": (0.91, 0.011), "int4": (0.91, 0.011)}
+MIN_COMPARED = 40  # continuation positions where fp32 is confident: the test cannot go vacuous
+
+_cache: dict[str, fidelity.LogProbs] = {}
 
 
-def log_softmax(x: npt.NDArray[np.float32]) -> Array:
-    y = x.astype(np.float64) - x.max(axis=-1, keepdims=True)
-    return y - np.log(np.exp(y).sum(axis=-1, keepdims=True))
+def logprobs(folder: Path) -> fidelity.LogProbs:
+    if str(folder) not in _cache:
+        _cache[str(folder)] = fidelity.logprobs(folder)
+    return _cache[str(folder)]
 
 
-_cache: dict[str, Array] = {}
+def check_against_llama(ours: fidelity.LogProbs, quantization: str, kernels: str) -> None:
+    m = fidelity.against_llama(ours)
+    print(
+        f"{quantization} on {kernels}: top-1 agreement {m['agreement']:.4f}, on "
+        f"{m['decisivePositions']} decisive positions {m['decisiveAgreement']:.4f}, "
+        f"top-8 KL {m['kl']:.4f}"
+    )
+    min_agreement, min_decisive, max_kl = THRESHOLDS[quantization]
+    assert m["agreement"] >= min_agreement
+    assert m["decisiveAgreement"] >= min_decisive
+    assert m["kl"] <= max_kl
 
 
-def text_logprobs(folder: Path) -> Array:
-    key = str(folder)
-    if key not in _cache:
-        engine = Engine(folder, EngineSettings(provider="cpu", max_batch=1, context=1024))
-        ids = engine.tokenizer.encode(TEXT)
-        _cache[key] = log_softmax(engine.runner.prefill(0, [ids], all_logits=True)[0])
-    return _cache[key]
+def check_continuations(ours: fidelity.LogProbs, fp32: fidelity.LogProbs) -> None:
+    c = fidelity.continuation_misses(ours, fp32)
+    print(f"continuations: {len(c['misses'])} misses in {c['compared']} confident positions")
+    assert c["compared"] >= MIN_COMPARED
+    assert c["misses"] == [], "continuation:position where llama.cpp's token was not predicted"
 
 
 def test_the_fixed_text_is_long_enough() -> None:
-    assert len(LLAMA["tokenIds"]) >= 500
+    assert len(fidelity.LLAMA["tokenIds"]) >= 500
 
 
 @pytest.mark.parametrize("quantization", ["int4", "none"])
@@ -60,8 +77,8 @@ def test_our_tokenizer_gives_llama_cpp_ids(
     engine_tokenizer = Engine(
         model_dirs(quantization), EngineSettings(provider="cpu", max_batch=1, context=64)
     ).tokenizer
-    assert engine_tokenizer.encode(TEXT) == LLAMA["tokenIds"]
-    for c in LLAMA["continuations"]:
+    assert engine_tokenizer.encode(fidelity.TEXT) == fidelity.LLAMA["tokenIds"]
+    for c in fidelity.LLAMA["continuations"]:
         assert engine_tokenizer.render_chat(c["messages"]) == c["prompt"]
         assert engine_tokenizer.encode(c["prompt"]) == c["promptIds"]
 
@@ -70,38 +87,84 @@ def test_our_tokenizer_gives_llama_cpp_ids(
 def test_next_token_agreement_and_kl_against_llama_cpp(
     model_dirs: Callable[[str], Path], quantization: str
 ) -> None:
-    ours = text_logprobs(model_dirs(quantization))
-    top = np.array([[t for t, _ in row] for row in LLAMA["top8"]])
-    theirs = np.array([[p for _, p in row] for row in LLAMA["top8"]])
-    agreement = float((ours.argmax(-1) == top[:, 0]).mean())
-    kl = float((np.exp(theirs) * (theirs - np.take_along_axis(ours, top, -1))).sum(-1).mean())
-    print(f"{quantization}: top-1 agreement {agreement:.4f}, top-8 KL {kl:.4f}")
-    min_agreement, max_kl = THRESHOLDS[quantization]
-    assert agreement >= min_agreement
-    assert kl <= max_kl
+    ours = logprobs(model_dirs(quantization))
+    check_against_llama(ours, quantization, cpu_kernels().family)
 
 
-@pytest.mark.parametrize("quantization", ["fp16", "int8", "int4"])
+@pytest.mark.parametrize("quantization", list(AGAINST_FP32))
 def test_against_our_own_fp32_build(model_dirs: Callable[[str], Path], quantization: str) -> None:
-    reference = text_logprobs(model_dirs("none"))
-    ours = text_logprobs(model_dirs(quantization))
-    kl = float((np.exp(reference) * (reference - ours)).sum(-1).mean())
-    agreement = float((ours.argmax(-1) == reference.argmax(-1)).mean())
-    print(f"{quantization} vs fp32: top-1 agreement {agreement:.4f}, KL {kl:.5f}")
-    assert kl <= (1e-4 if quantization == "fp16" else 0.02)
-    assert agreement >= (0.99 if quantization == "fp16" else 0.90)
+    m = fidelity.against_fp32(logprobs(model_dirs(quantization)), logprobs(model_dirs("none")))
+    print(f"{quantization} vs fp32: top-1 agreement {m['agreement']:.4f}, KL {m['kl']:.5f}")
+    min_agreement, max_kl = AGAINST_FP32[quantization]
+    assert m["agreement"] >= min_agreement
+    assert m["kl"] <= max_kl
 
 
-def test_exact_repack_int4_continues_like_llama_cpp(model_dirs: Callable[[str], Path]) -> None:
+@pytest.mark.parametrize("quantization", ["int4", "int8"])
+def test_continuations_follow_llama_cpp_where_fp32_is_confident(
+    model_dirs: Callable[[str], Path], quantization: str
+) -> None:
+    """Teacher-forced along llama.cpp's greedy continuations, at every position where our fp32
+    build prefers llama.cpp's token by fidelity.CONFIDENT nats or more. Near-ties are left out:
+    the France answer's first token is one ("The" vs "L", 0.08 nats in fp32)."""
+    check_continuations(logprobs(model_dirs(quantization)), logprobs(model_dirs("none")))
+
+
+def test_greedy_generation_follows_llama_cpp_until_a_near_tie(
+    model_dirs: Callable[[str], Path],
+) -> None:
+    """The engine's own decode path (KV cache, padded batch): free-running greedy tokens equal
+    llama.cpp's up to the first position where fp32 is not confident of llama.cpp's token, after
+    which two faithful implementations may part."""
+    fp32 = logprobs(model_dirs("none"))
     engine = Engine(model_dirs("int4"), EngineSettings(provider="cpu", max_batch=2, context=256))
     engine.start(warm_up=False)
+    compared = 0
     try:
-        for c in LLAMA["continuations"]:
-            expected = c["tokens"]
-            got = [
-                ch.token_id
-                for ch in engine.generate(c["promptIds"], SamplingParams(max_tokens=len(expected)))
-            ]
-            assert got[:8] == expected[:8], c["messages"][-1]["content"]
+        for i, c in enumerate(fidelity.LLAMA["continuations"]):
+            tokens = c["tokens"]
+            exact = fp32[f"continuation.{i}"].astype(np.float64)
+            others = exact.copy()
+            others[np.arange(len(tokens)), tokens] = -np.inf
+            margins = exact[np.arange(len(tokens)), tokens] - others.max(-1)
+            unsure = np.flatnonzero(margins < fidelity.CONFIDENT)
+            prefix = tokens[: int(unsure[0]) if len(unsure) else len(tokens)]
+            params = SamplingParams(max_tokens=max(1, len(prefix)))
+            got = [ch.token_id for ch in engine.generate(c["promptIds"], params)]
+            assert got[: len(prefix)] == prefix, c["messages"][-1]["content"]
+            compared += len(prefix)
     finally:
         engine.stop()
+    assert compared >= 3
+
+
+@pytest.mark.timeout(2400)
+def test_the_avx2_kernels_hold_the_same_thresholds(
+    model_dirs: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """The int4 build on onnxruntime's AVX2 kernels, under `qemu-x86_64 -cpu Haswell` (about 5
+    minutes on 2 cores): the same thresholds as the native family."""
+    native = cpu_kernels().family
+    if native == "avx2":
+        pytest.skip("the native kernels are AVX2: the tests above already measured them")
+    if shutil.which("qemu-x86_64") is None:
+        pytest.fail("qemu-x86_64 is missing: `make install` installs Debian's qemu-user")
+    out = tmp_path / "avx2.npz"
+    probe = "from llmchain_server.engine.cpu import cpu_kernels; print(cpu_kernels().family)"
+    emulator = ["qemu-x86_64", "-cpu", "Haswell", sys.executable]
+    seen = subprocess.run(
+        [*emulator, "-c", probe], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert seen.stdout.strip() == "avx2"
+    subprocess.run(
+        [*emulator, "-m", "tests.support.fidelity", str(model_dirs("int4")), str(out)],
+        cwd=ROOT,
+        stderr=subprocess.DEVNULL,  # qemu warns about every cpuid bit it cannot emulate
+        check=True,
+        timeout=2300,
+    )
+    emulated = fidelity.load(out)
+    check_against_llama(emulated, "int4", "avx2 (emulated)")
+    check_continuations(emulated, logprobs(model_dirs("none")))
+    ours = logprobs(model_dirs("int4"))
+    assert not np.array_equal(emulated["text"], ours["text"]), "emulation changed no kernel"
