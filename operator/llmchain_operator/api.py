@@ -132,6 +132,12 @@ class ModelSpec(Schema):
         description="Weight precision of the served ONNX model. int4 keeps GGUF 4-bit blocks "
         "exactly; int8 is Q(x) = round(S(x - Z)); none is fp32.",
     )
+    accuracy: Literal["recommended", "int8", "exact"] = Field(
+        "recommended",
+        description="How int4/int8 models compute on CPUs: int8 quantizes every layer's "
+        "activations to int8 (fastest, least faithful); exact keeps them fp32 (fp32 fidelity, "
+        "several times slower); recommended keeps fp32 for the attention's QKV projection only.",
+    )
     execution_provider: Literal["auto", "cuda", "tensorrt", "cpu"] = Field(
         "auto",
         description="onnxruntime execution provider: auto picks CUDA (or TensorRT) when the "

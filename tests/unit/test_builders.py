@@ -192,6 +192,7 @@ def test_model_digest_is_deterministic_and_follows_what_changes_the_bytes() -> N
     digest = model_digest(app(QA))
     assert digest.startswith("sha256:") and digest == model_digest(app(QA))
     assert model_digest(app(QA, model__quantization="int4")) != digest
+    assert model_digest(app(QA, model__accuracy="int8")) != digest
     assert model_digest(app(QA, model__executionProvider="cpu")) == digest
     other = copy.deepcopy(QA)
     other["metadata"]["name"] = "another-app"

@@ -68,6 +68,8 @@ def _build_args(app: LLMChainApp) -> list[str]:
     args += [
         "--quantization",
         app.spec.model.quantization,
+        "--accuracy",
+        app.spec.model.accuracy,
         "--out",
         model_dir(app),
         "--digest",
