@@ -73,7 +73,9 @@ def peak_rss_mib() -> float:
 
 
 # -- our engine ----------------------------------------------------------------------------------
-def run_ours(tokens: int, levels: list[int], threads: int, accuracy: str) -> dict[str, Any]:
+def run_ours(
+    tokens: int, levels: list[int], threads: int, accuracy: str, quantization: str
+) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT))
     from tests.support.model import gguf_path
 
@@ -92,11 +94,11 @@ def run_ours(tokens: int, levels: list[int], threads: int, accuracy: str) -> dic
                 "--source",
                 str(gguf_path()),
                 "--quantization",
-                "int4",
+                quantization,
                 "--accuracy",
                 accuracy,
                 "--out",
-                f"{tmp}/int4",
+                f"{tmp}/model",
             ],
             check=True,
             capture_output=True,
@@ -105,7 +107,7 @@ def run_ours(tokens: int, levels: list[int], threads: int, accuracy: str) -> dic
         build_seconds = time.perf_counter() - started
         started = time.perf_counter()
         engine = Engine(
-            Path(tmp) / "int4",
+            Path(tmp) / "model",
             EngineSettings(
                 provider="cpu", max_batch=max(levels), max_waiting=64, context=512, threads=threads
             ),
@@ -137,6 +139,7 @@ def run_ours(tokens: int, levels: list[int], threads: int, accuracy: str) -> dic
         )
 
     result = {
+        "quantization": quantization,
         "accuracy": accuracy,
         "cpu": cpu_kernels().to_json(),
         "buildSeconds": build_seconds,
@@ -251,7 +254,8 @@ def measure(one: Any, levels: list[int], concurrent: bool) -> dict[str, Any]:
 def side(
     name: str, python: Path, args: argparse.Namespace, accuracy: str = "recommended"
 ) -> dict[str, Any]:
-    say(f"running {name} ({python}{', accuracy ' + accuracy if name == 'ours' else ''})")
+    what = f", {args.quantization}, accuracy {accuracy}" if name == "ours" else ""
+    say(f"running {name} ({python}{what})")
     cmd = [
         str(python),
         __file__,
@@ -263,6 +267,8 @@ def side(
         str(args.threads),
         "--accuracy",
         accuracy,
+        "--quantization",
+        args.quantization,
         "--concurrency",
         *map(str, args.concurrency),
     ]
@@ -303,12 +309,17 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "engine.json")
-    parser.add_argument("--accuracy", nargs="+", default=["recommended"])
+    parser.add_argument(
+        "--accuracy", nargs="+", default=["recommended"], choices=["recommended", "int8", "exact"]
+    )
+    parser.add_argument("--quantization", default="int4", choices=["int4", "int8"])
     parser.add_argument("--no-llama", action="store_true", help="compare accuracy plans only")
     parser.add_argument("--worker", choices=["ours", "llama"])
     args = parser.parse_args()
     if args.worker == "ours":
-        result = run_ours(args.tokens, args.concurrency, args.threads, args.accuracy[0])
+        result = run_ours(
+            args.tokens, args.concurrency, args.threads, args.accuracy[0], args.quantization
+        )
         print(json.dumps(result))
         return
     if args.worker == "llama":
@@ -335,7 +346,7 @@ def main() -> None:
     first = args.accuracy[0]
     if llama is not None:
         for plan, entry in plans.items():
-            print(table(entry, llama, (f"ours (int4, {plan})", "llama.cpp")))
+            print(table(entry, llama, (f"ours ({args.quantization}, {plan})", "llama.cpp")))
     for plan, entry in list(plans.items())[1:]:
         print(table(entry, ours, (f"ours ({plan})", f"ours ({first})")))
     say(f"wrote {args.out}")

@@ -15,7 +15,7 @@ apt_updated=""
 apt_install() {
   say "installing Debian's $1"
   [ -n "$apt_updated" ] || { $sudo apt-get update -qq; apt_updated=1; }
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$1" >/dev/null
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$1" >/dev/null
 }
 if ! command -v redis-server >/dev/null; then
   apt_install redis-server

@@ -63,7 +63,7 @@ def test_metrics_name_the_provider_and_count_tokens(engine: Engine) -> None:
         "kernels": cpu_kernels().family,
     }
     assert engine.registry.get_sample_value("llmchain_model_info", labels) == 1
-    assert engine.kernels in ("avx2", "avx2vnni", "avx512", "avx512vnni")  # an x86-64 CI machine
+    assert engine.kernels == cpu_kernels().family != "unknown"
     assert engine.registry.get_sample_value("llmchain_engine_queue_depth") == 0
 
 

@@ -63,6 +63,14 @@ def test_int4_folder_has_graph_tokenizer_template_config_and_manifest(
     # The Q4_1 weights went in as 4-bit blocks (not dequantized): q blobs are half a byte/weight.
     qkv = next(i for i in graph.initializer if i.name == "blk.0/qkv.qweight")
     assert list(qkv.dims) == [960, 18, 16]
+    # The recommended accuracy plan: fp32 activations into the QKV projection, int8 elsewhere.
+    assert config["accuracy"]["plan"] == "recommended"
+    levels = {
+        n.name.rsplit("/", 1)[-1]: next(a.i for a in n.attribute if a.name == "accuracy_level")
+        for n in graph.node
+        if n.op_type == "MatMulNBits"
+    }
+    assert levels == {"qkv": 0, "attn_output": 4, "gate_up": 4, "ffn_down": 4, "lm_head": 4}
 
 
 def test_building_twice_gives_the_same_digest(
@@ -99,6 +107,10 @@ def test_a_folder_with_the_build_digest_is_reused(tmp_path: Path) -> None:
     assert again.stdout.strip() == first["digest"]
     assert (out / "model.onnx").stat().st_mtime_ns == stamp
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    # Another accuracy plan is another model, whatever digest the caller passes.
+    other = build_model(str(gguf_path()), out, "int8", build_digest="sha256:feed", accuracy="int8")
+    assert other["digest"] != first["digest"]
+    assert json.loads((out / "config.json").read_text())["accuracy"]["plan"] == "int8"
 
 
 def test_model_wait_sees_the_build_digest(tmp_path: Path) -> None:
@@ -269,6 +281,13 @@ def test_an_onnx_folder_source_is_copied_as_built(
     assert manifest["digest"] == verify(built)["digest"]
     with pytest.raises(BuildError, match="holds a 'int4' model; it is served as built"):
         build_model(str(built), tmp_path / "other", "int8")
+    with pytest.raises(BuildError, match="'recommended' accuracy plan; it is served as built"):
+        build_model(str(built), tmp_path / "exact", "int4", accuracy="exact")
+
+
+def test_fp_builds_record_no_accuracy_plan(model_dirs: Callable[[str], Path]) -> None:
+    config = json.loads((model_dirs("fp16") / "config.json").read_text())
+    assert config["accuracy"] is None
 
 
 def test_a_tampered_folder_fails_verification(tmp_path: Path) -> None:

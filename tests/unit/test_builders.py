@@ -192,7 +192,11 @@ def test_model_digest_is_deterministic_and_follows_what_changes_the_bytes() -> N
     digest = model_digest(app(QA))
     assert digest.startswith("sha256:") and digest == model_digest(app(QA))
     assert model_digest(app(QA, model__quantization="int4")) != digest
-    assert model_digest(app(QA, model__accuracy="int8")) != digest
+    assert model_digest(app(QA, model__accuracy="int8")) != digest  # QA is an int8 build
+    fp16 = app(QA, model__quantization="fp16")
+    assert model_digest(app(QA, model__quantization="fp16", model__accuracy="exact")) == (
+        model_digest(fp16)
+    )
     assert model_digest(app(QA, model__executionProvider="cpu")) == digest
     other = copy.deepcopy(QA)
     other["metadata"]["name"] = "another-app"

@@ -78,8 +78,8 @@ def stable_hash(value: Any, length: int = 64) -> str:
 
 
 def model_digest(app: LLMChainApp) -> str:
-    """Identity of the built model: source (with its checksum), quantization, accuracy plan,
-    build recipe.
+    """Identity of the built model: source (with its checksum), quantization, accuracy plan (of
+    int4/int8 builds), build recipe.
 
     Two apps (or two replicas) with the same digest serve the same bytes, so the build runs once
     per digest. The execution provider is not part of it: one model serves CPU and GPU alike.
@@ -88,9 +88,10 @@ def model_digest(app: LLMChainApp) -> str:
     inputs = {
         "source": model.source.model_dump(by_alias=True, exclude_none=True),
         "quantization": model.quantization,
-        "accuracy": model.accuracy,
         "recipe": MODEL_BUILD_RECIPE,
     }
+    if model.quantization in ("int4", "int8"):  # fp16 and fp32 builds have no accuracy plan
+        inputs["accuracy"] = model.accuracy
     return "sha256:" + stable_hash(inputs)
 
 

@@ -12,8 +12,8 @@ accumulation, which is enough to move near-ties (see README, "Fidelity across CP
 The features come from numpy's own cpuid/xgetbv probe, which, unlike /proc/cpuinfo, sees what
 this process sees: under `qemu-x86_64 -cpu Haswell` it reports AVX2 and no AVX-512, as
 onnxruntime does. numpy does not probe AVX-VNNI; that one flag is read from /proc/cpuinfo, and
-only when /proc/cpuinfo agrees with the probe that there is no AVX-512 (an emulated process sees
-the host's /proc/cpuinfo).
+only when /proc/cpuinfo agrees with the probe (an emulated process sees the host's
+/proc/cpuinfo).
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ AVX512 = ("AVX512F", "AVX512BW", "AVX512DQ", "AVX512VL")
 
 @dataclass(frozen=True)
 class CpuKernels:
-    family: str  # avx512vnni | avx512 | avx2vnni | avx2 | generic (no MatMulNBits kernels)
+    # x86-64: avx512vnni | avx512 | avx2vnni | avx2 | generic (no MatMulNBits kernels) | unknown
+    # (numpy's probe is missing); elsewhere the machine's name (aarch64, ...)
+    family: str
     model: str  # the CPU's model name, as /proc/cpuinfo gives it ("" when unknown)
     amx: bool  # AMX tiles present (reported for attribution; MatMulNBits does not use them)
     emulated: bool  # the probe and /proc/cpuinfo disagree: an emulator (qemu-user) runs us
@@ -67,15 +69,29 @@ def _proc_cpuinfo() -> tuple[str, set[str]]:
 
 
 def family(features: dict[str, bool], proc_flags: set[str], machine: str) -> str:
-    """MLAS's dispatch order for MatMulNBits, from the features this process sees."""
+    """MLAS's dispatch order for MatMulNBits, from the features this process sees. `proc_flags`
+    (for AVX-VNNI, which numpy does not probe) must be empty when they may not be this
+    process's (under an emulator)."""
     if machine.lower() not in ("x86_64", "amd64"):
         return machine.lower() or "unknown"
+    if not features:
+        return "unknown"
     if all(features.get(f) for f in AVX512):
         return "avx512vnni" if features.get("AVX512VNNI") else "avx512"
     if features.get("AVX2") and features.get("FMA3"):
-        trusted = "avx512f" not in proc_flags  # /proc/cpuinfo describes this process's CPU
-        return "avx2vnni" if trusted and "avx_vnni" in proc_flags else "avx2"
+        return "avx2vnni" if "avx_vnni" in proc_flags else "avx2"
     return "generic"
+
+
+# Features numpy probes and /proc/cpuinfo lists: a disagreement on any means an emulator (say
+# qemu-user with -cpu Haswell, which lacks all of them but AVX2) runs this process.
+_CROSS_CHECKED = (
+    ("AVX2", "avx2"),
+    ("AVX512F", "avx512f"),
+    ("GFNI", "gfni"),
+    ("VAES", "vaes"),
+    ("VPCLMULQDQ", "vpclmulqdq"),
+)
 
 
 @functools.cache
@@ -83,12 +99,12 @@ def cpu_kernels() -> CpuKernels:
     model, flags = _proc_cpuinfo()
     features = _probed_features()
     emulated = bool(features) and any(
-        features.get(probed, False) != (listed in flags)
-        for probed, listed in (("AVX2", "avx2"), ("AVX512F", "avx512f"))
+        features.get(probed, False) != (listed in flags) for probed, listed in _CROSS_CHECKED
     )
+    trusted = set() if emulated else flags
     return CpuKernels(
-        family=family(features, flags, platform.machine()),
+        family=family(features, trusted, platform.machine()),
         model=model,
-        amx="amx_tile" in flags and not emulated,
+        amx="amx_tile" in trusted,
         emulated=emulated,
     )

@@ -38,6 +38,9 @@ from llmchain_server.model.progress import Progress
 from llmchain_server.model.tokenizer_build import tokenizer_from_gguf
 from llmchain_server.model.weights import Weight
 
+QUANTIZED = ("int4", "int8")  # the builds with MatMulNBits layers, hence an accuracy plan
+Plan = tuple[str, dict[str, int]]  # the plan's name and each layer role's accuracy level
+
 # Token names that end a turn in common chat templates, stop tokens besides the declared EOS.
 _END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "</s>")
 
@@ -70,12 +73,13 @@ def build_model(
         levels = accuracy_plan(accuracy)
     except ValueError as e:
         raise BuildError(f"--accuracy: {e}") from None
+    plan = (accuracy, levels) if quantization in QUANTIZED else None
     progress = Progress("build")
     _refuse_foreign(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # One builder per output folder at a time (replicas sharing a volume wait for each other).
     with locked(out.parent / f".{out.name}.lock"):
-        reused = _reusable(out, quantization, build_digest)
+        reused = _reusable(out, quantization, plan, build_digest)
         if reused is not None:
             progress.say(f"reused {out} ({reused['digest']})")
             return reused
@@ -84,7 +88,7 @@ def build_model(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
-            fields = _build_into(tmp, fetched, quantization, (accuracy, levels), progress)
+            fields = _build_into(tmp, fetched, quantization, plan, progress)
             src = {"uri": redact(source) if is_url(source) else str(source), **fields["source"]}
             manifest = write_manifest(
                 tmp,
@@ -110,9 +114,13 @@ def _refuse_foreign(out: Path) -> None:
         )
 
 
-def _reusable(out: Path, quantization: str, build_digest: str | None) -> dict[str, Any] | None:
+def _reusable(
+    out: Path, quantization: str, plan: Plan | None, build_digest: str | None
+) -> dict[str, Any] | None:
     manifest = read_manifest(out)
     if manifest is None or manifest.get("quantization") != quantization:
+        return None
+    if _plan_of(out) != (plan[0] if plan else None):
         return None
     if build_digest is None or manifest.get("buildDigest") != build_digest:
         return None
@@ -153,13 +161,13 @@ def _build_into(
     tmp: Path,
     fetched: Fetched,
     quantization: str,
-    accuracy: tuple[str, dict[str, int]],
+    plan: Plan | None,
     progress: Progress,
 ) -> dict[str, Any]:
     kind, path = _resolve(fetched.path)
     progress.say(f"reading {kind} source {path.name}")
     if kind == "onnx":
-        return _copy_onnx(tmp, path, quantization)
+        return _copy_onnx(tmp, path, quantization, plan)
     generation = dict(DEFAULT_GENERATION)
     try:  # every reader names the file and the problem in a ValueError
         if kind == "gguf":
@@ -191,7 +199,7 @@ def _build_into(
             config,
             _counting(weights_for(weight, quantization), config, progress),
             linear_kind(quantization),
-            accuracy[1],
+            plan[1] if plan else None,
         )
     except (ValueError, KeyError, TypeError) as e:
         raise BuildError(f"cannot convert {path}: {type(e).__name__}: {e}") from None
@@ -213,10 +221,8 @@ def _build_into(
                 "addBos": add_bos,
                 "eosTokenIds": stops,
                 "quantization": quantization,
-                # The highest level any layer runs at (the engine pads single-row decodes to
-                # two rows when it is above 0), and the plan with each role's level.
-                "accuracyLevel": max(accuracy[1].values()),
-                "accuracy": {"plan": accuracy[0], "levels": accuracy[1]},
+                # int4/int8: the MatMulNBits accuracy plan, with each layer role's level
+                "accuracy": {"plan": plan[0], "levels": plan[1]} if plan else None,
                 "generation": generation,
             },
             indent=2,
@@ -270,7 +276,7 @@ def _counting(
     return counted
 
 
-def _copy_onnx(tmp: Path, folder: Path, quantization: str) -> dict[str, Any]:
+def _copy_onnx(tmp: Path, folder: Path, quantization: str, plan: Plan | None) -> dict[str, Any]:
     for needed in ("model.onnx", "tokenizer.json", "config.json"):
         if not (folder / needed).is_file():
             raise BuildError(
@@ -283,6 +289,12 @@ def _copy_onnx(tmp: Path, folder: Path, quantization: str) -> dict[str, Any]:
             f"ONNX folder {folder} holds a {config.get('quantization')!r} model; "
             f"it is served as built and cannot become {quantization!r}"
         )
+    built = _plan_of(folder)
+    if plan and built is not None and built != plan[0]:
+        raise BuildError(
+            f"ONNX folder {folder} was built with the {built!r} accuracy plan; "
+            f"it is served as built and cannot become {plan[0]!r}"
+        )
     for p in sorted(folder.iterdir()):
         if p.is_file() and p.name != "manifest.json":
             shutil.copy2(p, tmp / p.name)
@@ -291,6 +303,16 @@ def _copy_onnx(tmp: Path, folder: Path, quantization: str) -> dict[str, Any]:
         "source": {"kind": "onnx", "sha256": content_digest(files)},
         "parameters": _parameter_count(LlamaConfig.from_json(config["model"])),
     }
+
+
+def _plan_of(folder: Path) -> str | None:
+    """The accuracy plan a model folder was built with (None: not quantized, or built before
+    plans were recorded)."""
+    try:
+        accuracy = json.loads((folder / "config.json").read_text()).get("accuracy")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return accuracy.get("plan") if isinstance(accuracy, dict) else None
 
 
 def wait_for_model(
