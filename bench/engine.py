@@ -7,12 +7,14 @@ Measured: single-stream decode tokens/s and time to first token; aggregate token
 16 concurrent requests (llama-cpp-python serves one request at a time, as its server does, so its
 requests run back to back); model build time (ours), load time, peak RSS.
 
-`--accuracy` runs ours once per MatMulNBits accuracy plan (model/accuracy.py: `int8`,
-`recommended`, `exact`), side by side, to show what each costs; `--no-llama` leaves llama.cpp
-out (then the first plan is the reference). The JSON names the CPU kernel family each side ran.
+`--accuracy` runs ours once per accuracy plan (model/accuracy.py: `int8`, `recommended`, `exact`),
+side by side, to show what each costs, `--rounds N` N times alternately (medians reported);
+`--no-llama` leaves llama.cpp out (then the first plan is the reference). The JSON names the CPU
+kernel family each side ran.
 
     python bench/engine.py [--tokens 64] [--concurrency 1 4 8 16] [--accuracy recommended int8]
-                           [--no-llama] [--out bench/results/engine.json]
+                           [--quantization int4|int8] [--rounds N] [--no-llama]
+                           [--out bench/results/engine.json]
 """
 
 from __future__ import annotations
@@ -251,6 +253,20 @@ def measure(one: Any, levels: list[int], concurrent: bool) -> dict[str, Any]:
     return out
 
 
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of every number over runs of the same shape (other values from the first)."""
+    first = runs[0]
+    out: dict[str, Any] = {}
+    for key, value in first.items():
+        if isinstance(value, dict):
+            out[key] = median_of([r[key] for r in runs])
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = statistics.median(r[key] for r in runs)
+        else:
+            out[key] = value
+    return out
+
+
 def side(
     name: str, python: Path, args: argparse.Namespace, accuracy: str = "recommended"
 ) -> dict[str, Any]:
@@ -313,6 +329,7 @@ def main() -> None:
         "--accuracy", nargs="+", default=["recommended"], choices=["recommended", "int8", "exact"]
     )
     parser.add_argument("--quantization", default="int4", choices=["int4", "int8"])
+    parser.add_argument("--rounds", type=int, default=1, help="runs of ours per plan (median)")
     parser.add_argument("--no-llama", action="store_true", help="compare accuracy plans only")
     parser.add_argument("--worker", choices=["ours", "llama"])
     args = parser.parse_args()
@@ -327,7 +344,13 @@ def main() -> None:
         return
     if not args.no_llama and not BENCH_PYTHON.exists():
         sys.exit(f"{BENCH_PYTHON} is missing: run hack/bench-env.sh first (builds llama.cpp)")
-    plans = {plan: side("ours", Path(sys.executable), args, plan) for plan in args.accuracy}
+    # Rounds alternate the plans, so a noisy neighbour slows them alike; medians are reported.
+    rounds: dict[str, list[dict[str, Any]]] = {plan: [] for plan in args.accuracy}
+    for r in range(args.rounds):
+        for plan in args.accuracy:
+            say(f"round {r + 1} of {args.rounds}")
+            rounds[plan].append(side("ours", Path(sys.executable), args, plan))
+    plans = {plan: {**median_of(runs), "rounds": len(runs)} for plan, runs in rounds.items()}
     ours = plans[args.accuracy[0]]
     llama = None if args.no_llama else side("llama", BENCH_PYTHON, args)
     result = {

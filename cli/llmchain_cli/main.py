@@ -201,9 +201,9 @@ def model() -> None:
     type=click.Choice(["recommended", "int8", "exact"]),  # model.accuracy.PLANS, not imported
     default="recommended",
     show_default=True,
-    help="MatMulNBits accuracy plan of int4/int8 builds: 'int8' computes every layer with int8 "
-    "activations (fastest), 'exact' none (slow), 'recommended' all but the attention's QKV "
-    "projection.",
+    help="Accuracy plan of int4/int8 builds: 'int8' computes every layer with int8 activations "
+    "(fastest), 'exact' none (slow), 'recommended' all but the attention's QKV projection, which "
+    "runs dense in fp32.",
 )
 def build(
     source: str,

@@ -136,8 +136,8 @@ class ModelSpec(Schema):
         "recommended",
         description="How int4/int8 models compute on CPUs: int8 quantizes every layer's "
         "activations to int8 (fastest, least faithful); exact keeps them fp32 (several times "
-        "slower); recommended keeps fp32 for the attention's QKV projection only. Ignored by "
-        "fp16 and none builds.",
+        "slower); recommended keeps fp32 for the attention's QKV projection only (dense, a "
+        "little more memory). Ignored by fp16 and none builds.",
     )
     execution_provider: Literal["auto", "cuda", "tensorrt", "cpu"] = Field(
         "auto",

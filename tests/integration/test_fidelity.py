@@ -4,11 +4,13 @@ three greedy continuations; the measures are in tests/support/fidelity.py.
 
 One set of thresholds holds on every CPU kernel family onnxruntime may pick (README, "Fidelity
 across CPUs"): the native one here, and the AVX2 kernels under qemu-user when the native family is
-another. They come from `bench/fidelity.py --emulate-avx2`, measured on AVX2 (emulated) and
-AVX-512 VNNI (native) with the headroom the closing note of issue #9 gives. Top-1 agreement over
-every position moves with near-ties (llama.cpp itself computes with int8 activations, and each
-kernel family sums in another order), so agreement is also held, tighter, over the positions where
-llama.cpp's choice is decisive, and KL, which near-ties barely move, is held everywhere."""
+another. They come from `bench/fidelity.py --emulate-avx2` on AVX2 (emulated) and AVX-512 VNNI
+(native). Builds whose arithmetic differs only in the last bits (another kernel family, the QKV
+projection as MatMulNBits at level 0 or as a dense MatMul) measured int4/int8 top-1 agreement
+0.920-0.941 and KL 0.0075-0.0095: int8 rounding in every later layer turns last-bit differences
+into flipped near-ties. So the thresholds sit a band that wide below (agreement) or above (KL)
+the worst measured, and agreement is also held, tighter, over the positions where llama.cpp's
+choice is decisive, where near-ties cannot move it."""
 
 from __future__ import annotations
 
@@ -31,11 +33,11 @@ from tests.support.cluster import ROOT
 THRESHOLDS = {
     "none": (0.95, 0.995, 0.003),
     "fp16": (0.95, 0.995, 0.003),
-    "int8": (0.90, 0.99, 0.010),
-    "int4": (0.90, 0.99, 0.010),
+    "int8": (0.90, 0.99, 0.012),
+    "int4": (0.90, 0.99, 0.012),
 }
 # quantization: (min top-1 agreement, max KL), vs our own fp32 build on the same machine
-AGAINST_FP32 = {"fp16": (0.99, 1e-4), "int8": (0.91, 0.011), "int4": (0.91, 0.011)}
+AGAINST_FP32 = {"fp16": (0.99, 1e-4), "int8": (0.91, 0.012), "int4": (0.91, 0.012)}
 MIN_COMPARED = 40  # continuation positions where fp32 is confident: the test cannot go vacuous
 
 _cache: dict[str, fidelity.LogProbs] = {}

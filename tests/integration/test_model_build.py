@@ -61,16 +61,19 @@ def test_int4_folder_has_graph_tokenizer_template_config_and_manifest(
     assert "past_key_values.29.value" in inputs
     assert "present.0.key" in [o.name for o in graph.output]
     # The Q4_1 weights went in as 4-bit blocks (not dequantized): q blobs are half a byte/weight.
-    qkv = next(i for i in graph.initializer if i.name == "blk.0/qkv.qweight")
-    assert list(qkv.dims) == [960, 18, 16]
-    # The recommended accuracy plan: fp32 activations into the QKV projection, int8 elsewhere.
+    gate_up = next(i for i in graph.initializer if i.name == "blk.0/gate_up.qweight")
+    assert list(gate_up.dims) == [3072, 18, 16]
+    # The recommended accuracy plan: the QKV projection dense fp32 (the blocks' exact values),
+    # every other linear layer MatMulNBits with int8 activations.
     assert config["accuracy"]["plan"] == "recommended"
     levels = {
         n.name.rsplit("/", 1)[-1]: next(a.i for a in n.attribute if a.name == "accuracy_level")
         for n in graph.node
         if n.op_type == "MatMulNBits"
     }
-    assert levels == {"qkv": 0, "attn_output": 4, "gate_up": 4, "ffn_down": 4, "lm_head": 4}
+    assert levels == {"attn_output": 4, "gate_up": 4, "ffn_down": 4, "lm_head": 4}
+    qkv = next(i for i in graph.initializer if i.name == "blk.0/qkv.weight")
+    assert list(qkv.dims) == [576, 960] and qkv.data_type == onnx.TensorProto.FLOAT
 
 
 def test_building_twice_gives_the_same_digest(

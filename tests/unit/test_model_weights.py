@@ -76,14 +76,20 @@ def test_fusing_mixed_zero_points_keeps_values() -> None:
 
 
 @pytest.mark.parametrize(("kind", "bits"), [("Q4_1", 4), ("Q4_0", 4), ("Q8_0", 8)])
-def test_matmul_nbits_computes_with_the_carried_blocks(kind: str, bits: int) -> None:
-    """The graph's MatMulNBits (+ offset term) equals x @ W.T for the exact GGUF values."""
+@pytest.mark.parametrize(("role", "op"), [("gate_up", "MatMulNBits"), ("qkv", "MatMul")])
+def test_matmul_nbits_computes_with_the_carried_blocks(
+    kind: str, bits: int, role: str, op: str
+) -> None:
+    """The graph's MatMulNBits (+ offset term) at accuracy level 0, and the dense MatMul the
+    recommended plan gives the QKV projection, equal x @ W.T for the exact GGUF values."""
     qtype = getattr(gguf.GGMLQuantizationType, kind)
     w = _blocks(gguf.quants.quantize(X, qtype), qtype)
     assert w.bits == bits
     config = LlamaConfig(1, 128, 128, 2, 2, 10, 16, 1e4, 1e-5, True)
-    g = DecoderGraph(config, accuracy_plan("exact"))
-    y = g.linear("x", w, "blk.0/qkv", "blocks")
+    plan = {**accuracy_plan("exact"), "qkv": "dense"}
+    g = DecoderGraph(config, plan)
+    y = g.linear("x", w, f"blk.0/{role}", "blocks")
+    assert g.nodes[0].op_type == op
     g.nodes[-1].output[0] = "y"
     graph = helper.make_graph(
         g.nodes,

@@ -39,7 +39,7 @@ from llmchain_server.model.tokenizer_build import tokenizer_from_gguf
 from llmchain_server.model.weights import Weight
 
 QUANTIZED = ("int4", "int8")  # the builds with MatMulNBits layers, hence an accuracy plan
-Plan = tuple[str, dict[str, int]]  # the plan's name and each layer role's accuracy level
+Plan = tuple[str, dict[str, str]]  # the plan's name and each layer role's mode
 
 # Token names that end a turn in common chat templates, stop tokens besides the declared EOS.
 _END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "</s>")
@@ -221,8 +221,8 @@ def _build_into(
                 "addBos": add_bos,
                 "eosTokenIds": stops,
                 "quantization": quantization,
-                # int4/int8: the MatMulNBits accuracy plan, with each layer role's level
-                "accuracy": {"plan": plan[0], "levels": plan[1]} if plan else None,
+                # int4/int8: the accuracy plan, with each layer role's mode
+                "accuracy": {"plan": plan[0], "modes": plan[1]} if plan else None,
                 "generation": generation,
             },
             indent=2,

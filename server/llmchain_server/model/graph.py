@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from llmchain_server.model.accuracy import accuracy_plan, role_of
+from llmchain_server.model.accuracy import MODES, accuracy_plan, role_of
 from llmchain_server.model.architecture import LlamaConfig
 from llmchain_server.model.weights import BlockWeight, Floats, Weight
 
@@ -41,9 +41,9 @@ def _zero_points(w: BlockWeight) -> np.ndarray:
 class DecoderGraph:
     """Accumulates nodes and initializers; one instance builds one model."""
 
-    def __init__(self, config: LlamaConfig, accuracy: Mapping[str, int]) -> None:
+    def __init__(self, config: LlamaConfig, accuracy: Mapping[str, str]) -> None:
         self.config = config
-        self.accuracy = dict(accuracy)  # MatMulNBits accuracy level per layer role
+        self.accuracy = dict(accuracy)  # how each layer role computes (accuracy.MODES)
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._names: set[str] = set()
@@ -75,8 +75,10 @@ class DecoderGraph:
     # -- layers -----------------------------------------------------------------------------
     def linear(self, x: str, w: Weight, name: str, kind: LinearKind) -> str:
         """x @ w.T for a [N, K] weight, in the storage the build asked for."""
-        if isinstance(w, BlockWeight):
+        if isinstance(w, BlockWeight) and self.accuracy[role_of(name)] != "dense":
             return self._matmul_nbits(x, w, name)
+        if isinstance(w, BlockWeight):  # dense: the blocks' exact values, in fp32
+            w = w.dequantize()
         wt = np.ascontiguousarray(np.asarray(w, dtype=np.float32).T)
         if kind == "float16":
             stored = self.const(f"{name}.weight", wt.astype(np.float16))
@@ -102,7 +104,7 @@ class DecoderGraph:
             N=rows,
             bits=w.bits,
             block_size=w.block,
-            accuracy_level=self.accuracy[role_of(name)],
+            accuracy_level=MODES[self.accuracy[role_of(name)]],
         )
         if w.offset is None:
             return y
@@ -157,11 +159,11 @@ def build_graph(
     config: LlamaConfig,
     weight: Callable[[str], Weight],
     kind: LinearKind,
-    accuracy: Mapping[str, int] | None = None,
+    accuracy: Mapping[str, str] | None = None,
 ) -> onnx.ModelProto:
     """The whole decoder. `weight(name)` returns weights by GGUF name, already in the storage
-    wanted (BlockWeight for quantized builds, float arrays otherwise); `accuracy` gives the
-    MatMulNBits accuracy level per layer role (default: the recommended plan, accuracy.py)."""
+    wanted (BlockWeight for quantized builds, float arrays otherwise); `accuracy` says how each
+    layer role computes (default: the recommended plan, accuracy.py)."""
     c = config
     g = DecoderGraph(c, accuracy_plan() if accuracy is None else accuracy)
     d = c.head_dim
