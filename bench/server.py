@@ -36,6 +36,8 @@ sys.path.insert(0, str(ROOT))
 from tests.support.model import gguf_path  # noqa: E402
 from tests.support.redis import RedisServer, free_port  # noqa: E402
 
+from llmchain_server.engine.cpu import cpu_kernels  # noqa: E402
+
 BENCH_PYTHON = Path.home() / ".cache" / "llmchain" / "bench-venv" / "bin" / "python"
 LLAMA_SERVER = Path.home() / ".cache" / "llmchain" / "bench-bin" / "llama-server"
 TOKENS = 64
@@ -316,6 +318,7 @@ def main() -> None:
         "benchmark": "server",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "cpu": cpu_kernels().to_json(),  # the kernel family our server ran (same machine)
         "newTokens": TOKENS,
         **sides,
     }
