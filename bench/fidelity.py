@@ -31,39 +31,25 @@ from tests.support.model import GGUF_SHA256, gguf_path  # noqa: E402
 from llmchain_server.engine.cpu import cpu_kernels  # noqa: E402
 from llmchain_server.model import build_model  # noqa: E402
 
-EMULATOR = ["qemu-x86_64", "-cpu", "Haswell"]
-
 
 def say(message: str) -> None:
     print(f"[fidelity {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def run_worker(folder: Path, out: Path, emulated: bool) -> tuple[fidelity.LogProbs, float]:
-    cmd = [sys.executable, "-m", "tests.support.fidelity", str(folder), str(out)]
+    args = ["-m", "tests.support.fidelity", str(folder), str(out)]
     started = time.perf_counter()
-    subprocess.run(
-        (EMULATOR if emulated else []) + cmd,
-        cwd=ROOT,
-        check=True,
-        stderr=subprocess.DEVNULL if emulated else None,  # qemu warns about every cpuid bit
-        timeout=3600,
-    )
+    if emulated:
+        fidelity.emulate(args, timeout=3600)
+    else:
+        subprocess.run([sys.executable, *args], cwd=ROOT, check=True, timeout=3600)
     return fidelity.load(out), time.perf_counter() - started
 
 
-def kernels_seen(emulated: bool) -> dict[str, Any]:
-    if not emulated:
-        return cpu_kernels().to_json()
+def emulated_kernels() -> dict[str, Any]:
     code = "import json; from llmchain_server.engine.cpu import cpu_kernels as k; "
     code += "print(json.dumps(k().to_json()))"
-    done = subprocess.run(
-        [*EMULATOR, sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    return json.loads(done.stdout)  # type: ignore[no-any-return]
+    return json.loads(fidelity.emulate(["-c", code], timeout=300))  # type: ignore[no-any-return]
 
 
 def main() -> None:
@@ -75,7 +61,7 @@ def main() -> None:
     parser.add_argument("--emulated-plans", nargs="+", default=["int8", "recommended"])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "fidelity.json")
     args = parser.parse_args()
-    if args.emulate_avx2 and not shutil.which(EMULATOR[0]):
+    if args.emulate_avx2 and not shutil.which(fidelity.EMULATOR[0]):
         sys.exit("qemu-x86_64 is missing: apt-get install qemu-user")
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,8 +84,11 @@ def main() -> None:
         ]
         if args.emulate_avx2:
             runs += [(q, p, True) for q in args.emulated_quantizations for p in args.emulated_plans]
+        seen_by = {False: cpu_kernels().to_json()}
+        if args.emulate_avx2:
+            seen_by[True] = emulated_kernels()
         for q, plan, emulated in runs:
-            seen = kernels_seen(emulated)
+            seen = seen_by[emulated]
             say(f"running {q} ({plan}) on {seen['kernels']}{' (emulated)' if emulated else ''}")
             ours, seconds = run_worker(folder(q, plan), Path(tmp) / "out.npz", emulated)
             row = {

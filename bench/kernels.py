@@ -25,25 +25,27 @@ import numpy.typing as npt
 
 ROOT = Path(__file__).resolve().parents[1]
 K, N, BLOCK = 576, 960, 32
-EMULATOR = ["qemu-x86_64", "-cpu", "Haswell"]
-Array = npt.NDArray[np.float64]
+Array = npt.NDArray[np.float64]  # float64 references
 
 
-def weights(bits: int, rng: np.random.Generator) -> tuple[Any, Any, Any, int]:
+def weights(bits: int) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float32], int]:
+    """Random blocks (q, scales) and the zero point: 0 for 4 bits (the Q4_1 repack), 128 for 8."""
+    rng = np.random.default_rng(bits)
     q = rng.integers(0, 2**bits, size=(N, K), dtype=np.uint8)
     scales = (rng.random((N, K // BLOCK), dtype=np.float32) * 0.02 + 0.001).astype(np.float32)
-    zero = 0 if bits == 4 else 128
-    return q, scales, np.float32(zero), zero
+    return q, scales, 0 if bits == 4 else 128
 
 
-def model(bits: int, level: int, rng: np.random.Generator) -> tuple[bytes, Array]:
+def model(
+    q: npt.NDArray[np.uint8], scales: npt.NDArray[np.float32], zero: int, level: int
+) -> bytes:
     from onnx import TensorProto, helper, numpy_helper
 
-    q, scales, _, zero = weights(bits, rng)
+    bits = 4 if zero == 0 else 8
     blocks = q.reshape(N, K // BLOCK, BLOCK)
     packed = blocks if bits == 8 else (blocks[..., 0::2] | (blocks[..., 1::2] << 4))
     zp_count = N * (K // BLOCK) if bits == 8 else N * ((K // BLOCK + 1) // 2)
-    zp = np.full(zp_count, zero if bits == 8 else 0, np.uint8)
+    zp = np.full(zp_count, zero, np.uint8)
     node = helper.make_node(
         "MatMulNBits",
         ["a", "b", "scales", "zp"],
@@ -70,8 +72,7 @@ def model(bits: int, level: int, rng: np.random.Generator) -> tuple[bytes, Array
         graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
     )
     m.ir_version = 10
-    dense = (blocks.astype(np.float64) - zero) * scales[..., None].astype(np.float64)
-    return m.SerializeToString(), dense.reshape(N, K)
+    return m.SerializeToString()
 
 
 def int8_reference(a: Array, dense_q: Array, scales: Array) -> Array:
@@ -102,38 +103,37 @@ def main() -> None:
     if args.worker:
         run(*args.worker)
         return
-    sys.path.insert(0, str(ROOT / "server"))
+    sys.path.insert(0, str(ROOT))
+    from tests.support.fidelity import EMULATOR, emulate
+
     from llmchain_server.engine.cpu import cpu_kernels
 
-    emulate = shutil.which(EMULATOR[0]) is not None
     native = cpu_kernels().family
+    families = [native] + (["avx2"] if native != "avx2" and shutil.which(EMULATOR[0]) else [])
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
+        path, a_path = Path(tmp) / "m.onnx", Path(tmp) / "a.npy"
         for bits in (4, 8):
+            q, scales, zero = weights(bits)
+            signed = q.astype(np.float64) - zero
+            dense = signed * np.repeat(scales.astype(np.float64), BLOCK, axis=1)
             for level in (4, 0):
-                rng = np.random.default_rng(bits)
-                onnx_bytes, dense = model(bits, level, rng)
-                q, scales, _, zero = weights(bits, np.random.default_rng(bits))
-                path = Path(tmp) / "m.onnx"
-                path.write_bytes(onnx_bytes)
+                path.write_bytes(model(q, scales, zero, level))
                 for m in args.rows:
                     a = np.random.default_rng(m).standard_normal((m, K)).astype(np.float32)
                     a[:, ::97] *= 20  # a few outlier channels, as real activations have
-                    np.save(Path(tmp) / "a.npy", a)
+                    np.save(a_path, a)
                     exact = a.astype(np.float64) @ dense.T
-                    int8 = int8_reference(a.astype(np.float64), q.astype(np.float64) - zero, scales)
+                    int8 = int8_reference(a.astype(np.float64), signed, scales)
                     outs = {}
-                    for family, prefix in [(native, []), ("avx2", EMULATOR if emulate else None)]:
-                        if prefix is None or (family == native and prefix):
-                            continue
-                        cmd = [*prefix, sys.executable, __file__, "--worker", str(path)]
-                        subprocess.run(
-                            [*cmd, str(Path(tmp) / "a.npy"), str(Path(tmp) / f"{family}.npy")],
-                            check=True,
-                            stderr=subprocess.DEVNULL,
-                            timeout=600,
-                        )
-                        outs[family] = np.load(Path(tmp) / f"{family}.npy").astype(np.float64)
+                    for family in families:
+                        out = Path(tmp) / f"{family}.npy"
+                        worker = [__file__, "--worker", str(path), str(a_path), str(out)]
+                        if family == native:
+                            subprocess.run([sys.executable, *worker], check=True, timeout=600)
+                        else:
+                            emulate(worker, timeout=600)
+                        outs[family] = np.load(out).astype(np.float64)
                     scale = float(np.abs(exact).max())
                     row: dict[str, Any] = {"bits": bits, "level": level, "rows": m}
                     for family, y in outs.items():

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import platform
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,7 +25,6 @@ import pytest
 from llmchain_server.engine import Engine, EngineSettings, SamplingParams
 from llmchain_server.engine.cpu import cpu_kernels
 from tests.support import fidelity
-from tests.support.cluster import ROOT
 
 # quantization: (min top-1 agreement, min decisive agreement, max mean top-8 KL), vs llama.cpp
 THRESHOLDS = {
@@ -126,11 +123,7 @@ def test_greedy_generation_follows_llama_cpp_until_a_near_tie(
     try:
         for i, c in enumerate(fidelity.LLAMA["continuations"]):
             tokens = c["tokens"]
-            exact = fp32[f"continuation.{i}"].astype(np.float64)
-            others = exact.copy()
-            others[np.arange(len(tokens)), tokens] = -np.inf
-            margins = exact[np.arange(len(tokens)), tokens] - others.max(-1)
-            unsure = np.flatnonzero(margins < fidelity.CONFIDENT)
+            unsure = np.flatnonzero(fidelity.confidence(fp32, i) < fidelity.CONFIDENT)
             prefix = tokens[: int(unsure[0]) if len(unsure) else len(tokens)]
             params = SamplingParams(max_tokens=max(1, len(prefix)))
             got = [ch.token_id for ch in engine.generate(c["promptIds"], params)]
@@ -152,26 +145,15 @@ def test_the_avx2_kernels_hold_the_same_thresholds(
         pytest.skip(f"onnxruntime's x86 kernels do not run on {platform.machine()}")
     if native in ("avx2", "avx2vnni"):
         pytest.skip(f"the native kernels ({native}) are the 256-bit ones the tests above measured")
-    if shutil.which("qemu-x86_64") is None:
+    if shutil.which(fidelity.EMULATOR[0]) is None:
         pytest.fail("qemu-x86_64 is missing: `make install` installs Debian's qemu-user")
-    emulator = ["qemu-x86_64", "-cpu", "Haswell", sys.executable]
     probe = "from llmchain_server.engine.cpu import cpu_kernels; print(cpu_kernels().family)"
-    seen = emulate([*emulator, "-c", probe], timeout=300)
+    seen = fidelity.emulate(["-c", probe], timeout=300)
     assert seen.strip() == "avx2", f"qemu-x86_64 -cpu Haswell shows {seen!r} (qemu >= 7.2?)"
     out = tmp_path / "avx2.npz"
-    emulate([*emulator, "-m", "tests.support.fidelity", str(model_dirs("int4")), str(out)], 2000)
+    fidelity.emulate(["-m", "tests.support.fidelity", str(model_dirs("int4")), str(out)], 2000)
     emulated = fidelity.load(out)
     check_against_llama(emulated, "int4", "avx2 (emulated)")
     check_continuations(emulated, logprobs(model_dirs("none")))
     ours = logprobs(model_dirs("int4"))
     assert not np.array_equal(emulated["text"], ours["text"]), "emulation changed no kernel"
-
-
-def emulate(cmd: list[str], timeout: float) -> str:
-    """Run under qemu-user; on failure, raise with the program's own stderr (without qemu's
-    warnings about every cpuid bit it cannot emulate)."""
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    if done.returncode:
-        errors = [ln for ln in done.stderr.splitlines() if "TCG doesn't support" not in ln]
-        raise AssertionError(f"{cmd[4:]} failed ({done.returncode}):\n" + "\n".join(errors))
-    return done.stdout

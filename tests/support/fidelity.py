@@ -11,6 +11,7 @@ benchmark can run it under `qemu-x86_64 -cpu Haswell` (onnxruntime then takes it
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-GOLDEN = Path(__file__).resolve().parents[1] / "golden"
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = ROOT / "tests" / "golden"
 LLAMA: dict[str, Any] = json.loads((GOLDEN / "llama_cpp.json").read_text())
 TEXT = (GOLDEN / "fidelity_text.txt").read_text()
 
@@ -87,21 +89,43 @@ def against_fp32(ours: LogProbs, fp32: LogProbs) -> dict[str, float]:
     }
 
 
+def confidence(fp32: LogProbs, i: int) -> Array:
+    """For each token of golden continuation i: by how many nats our fp32 build prefers it over
+    every other token (negative where fp32 would have chosen another)."""
+    tokens = np.array(LLAMA["continuations"][i]["tokens"])
+    rows = np.arange(len(tokens))
+    exact = fp32[f"continuation.{i}"].astype(np.float64)
+    others = exact.copy()
+    others[rows, tokens] = -np.inf
+    margins: Array = exact[rows, tokens] - others.max(-1)
+    return margins
+
+
 def continuation_misses(ours: LogProbs, fp32: LogProbs) -> dict[str, Any]:
     """Along each golden continuation (teacher-forced): the positions where our fp32 build is
     CONFIDENT of llama.cpp's token, and those of them where `ours` predicts another token."""
     compared, misses = 0, []
     for i, c in enumerate(LLAMA["continuations"]):
-        tokens = np.array(c["tokens"])
-        rows = np.arange(len(tokens))
-        exact = fp32[f"continuation.{i}"].astype(np.float64)
-        others = exact.copy()
-        others[rows, tokens] = -np.inf
-        confident = exact[rows, tokens] - others.max(-1) >= CONFIDENT
-        wrong = ours[f"continuation.{i}"].argmax(-1) != tokens
+        confident = confidence(fp32, i) >= CONFIDENT
+        wrong = ours[f"continuation.{i}"].argmax(-1) != np.array(c["tokens"])
         compared += int(confident.sum())
         misses += [f"{i}:{t}" for t in np.flatnonzero(confident & wrong)]
     return {"compared": compared, "misses": misses}
+
+
+EMULATOR = ["qemu-x86_64", "-cpu", "Haswell"]
+"""onnxruntime's AVX2 kernels on any x86-64 machine: qemu-user (Debian's qemu-user >= 7.2)."""
+
+
+def emulate(args: list[str], timeout: float) -> str:
+    """`python ARGS` under EMULATOR from the repository root; its stdout. On failure, raises with
+    the program's own stderr, without qemu's warning about every cpuid bit it cannot emulate."""
+    cmd = [*EMULATOR, sys.executable, *args]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    if done.returncode:
+        errors = [ln for ln in done.stderr.splitlines() if "TCG doesn't support" not in ln]
+        raise RuntimeError(f"{args} failed under qemu ({done.returncode}):\n" + "\n".join(errors))
+    return done.stdout
 
 
 def save(arrays: LogProbs, path: Path) -> None:

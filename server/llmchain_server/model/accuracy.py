@@ -9,14 +9,15 @@ order, and the int8 rounding of every later layer amplifies that into flipped ne
 "Fidelity across CPUs", and `bench/kernels.py`).
 
 The recommended plan computes the attention's fused QKV projection in fp32 as a dense MatMul over
-the blocks' exact values (dequantized once, at build time: +50 MiB of weights for this 135M model)
-and every other layer at level 4. Measured on the fixed fidelity text (`bench/fidelity.py`, AMD
-EPYC Zen 5: AVX-512 VNNI native, AVX2 under qemu-user), against level 4 everywhere: top-1
-agreement with llama.cpp 0.9065 -> 0.9257 (AVX-512 VNNI) and 0.9037 -> 0.9216 (AVX2), top-8 KL
-0.0101 -> 0.0079 and 0.0107 -> 0.0084. The QKV projection was the layer whose int8 activations
-cost the most fidelity for the least compute; as MatMulNBits at level 0 it cost int8 builds half
-their single-stream speed, as a dense MatMul 0.9-1.0x (`bench/engine.py --accuracy int8
-recommended --rounds 3`). The output head at level 0 would cost ~10x (8-bit, no fused kernel).
+the blocks' exact values (dequantized once, at build time: model.onnx grows by 51 MiB for int4,
+43 MiB for int8) and every other layer at level 4. Measured on the fixed fidelity text
+(`bench/fidelity.py`; AMD EPYC, 2 cores, AVX-512 VNNI native, AVX2 under qemu-user), against
+level 4 everywhere: top-1 agreement with llama.cpp 0.9065 -> 0.9257 (AVX-512 VNNI) and
+0.9037 -> 0.9216 (AVX2), top-8 KL 0.0101 -> 0.0079 and 0.0107 -> 0.0084. The QKV projection was
+the layer whose int8 activations cost the most fidelity for the least compute; as MatMulNBits at
+level 0 it cost int8 builds half their single-stream speed, as a dense MatMul 0.9-1.0x
+(`bench/engine.py --accuracy int8 recommended --rounds 3`). The 8-bit output head at level 0 (no
+fused kernel) decoded 8-11x slower in a one-off run on a loaded machine.
 """
 
 from __future__ import annotations
