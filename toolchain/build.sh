@@ -2,6 +2,7 @@
 # Builds the local control-plane toolchain from Go modules (see DESIGN.md, "Local control plane").
 #
 #   toolchain/build.sh [COMPONENT ...]      components: kubernetes etcd kwok helm promtool crds
+#                                            containerd cni coredns
 #
 # Each component is pinned by the wrapper module toolchain/<component>/go.mod (+ go.sum). Results
 # are cached outside the checkout in $LLMCHAIN_TOOLCHAIN_CACHE (default ~/.cache/llmchain/toolchain)
@@ -15,7 +16,7 @@ root=$(cd "$here/.." && pwd)
 cache=${LLMCHAIN_TOOLCHAIN_CACHE:-$HOME/.cache/llmchain/toolchain}
 links=$root/.toolchain
 export CGO_ENABLED=0 GOFLAGS=-mod=mod
-all_components=(kubernetes etcd kwok helm promtool crds)
+all_components=(kubernetes etcd kwok helm promtool crds containerd cni coredns)
 
 log() { printf '[toolchain %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 die() { printf '[toolchain] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -38,6 +39,7 @@ recipe=2
 cache_key() { # COMPONENT VERSION
   local sum
   sum=$({ cat "$here/$1"/go.mod "$here/$1"/go.sum 2>/dev/null; go version; ldflags_for "$1" "$2"
+          tags_for "$1"; outdir_for "$1"
           echo "recipe $recipe"; } \
     | sha256sum | cut -c1-12)
   printf '%s-%s-%s' "$1" "$2" "$sum"
@@ -78,7 +80,22 @@ ldflags_for() { # COMPONENT VERSION
     kwok) printf '%s' "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${2#v}" ;;
     # Prometheus 3.x publishes its Go module as v0.3MM.P for release 3.MM.P.
     promtool) printf '%s' "-s -w -X github.com/prometheus/common/version.Version=3.${2#v0.3}" ;;
+    containerd) printf '%s' "-s -w -X github.com/containerd/containerd/v2/version.Version=$2" ;;
     *) printf '%s' "-s -w" ;;
+  esac
+}
+
+# Where a component's binaries go: CNI plugins (bridge, loopback, ...) stay off PATH, whose
+# `bridge` is iproute2's.
+outdir_for() { # COMPONENT
+  case $1 in cni) printf 'cni' ;; *) printf 'bin' ;; esac
+}
+
+# Build tags: containerd without the snapshotters that need cgo or kernel features we never use.
+tags_for() { # COMPONENT
+  case $1 in
+    containerd) printf '%s' "no_btrfs no_devmapper no_zfs" ;;
+    *) printf '' ;;
   esac
 }
 
@@ -90,18 +107,23 @@ main_module_of() {
     helm) echo helm.sh/helm/v3 ;;
     promtool) echo github.com/prometheus/prometheus ;;
     crds) echo github.com/prometheus-operator/prometheus-operator ;;
+    containerd) echo github.com/containerd/containerd/v2 ;;
+    cni) echo github.com/containernetworking/plugins ;;
+    coredns) echo github.com/coredns/coredns ;;
     *) die "unknown component '$1' (known: ${all_components[*]})" ;;
   esac
 }
 
 build_binaries() { # COMPONENT VERSION DEST LOG
-  local component=$1 version=$2 dest=$3 logfile=$4 tools
+  local component=$1 version=$2 dest=$3 logfile=$4 tools out
   tools=$(tools_of "$here/$component")
   [ -n "$tools" ] || die "$component: no 'tool' lines in toolchain/$component/go.mod"
-  mkdir -p "$dest/bin"
+  out=$dest/$(outdir_for "$component")
+  mkdir -p "$out"
   log "$component $version: building $(for t in $tools; do printf '%s ' "${t##*/}"; done | sed 's/^v3 $/etcd /')(log: $logfile)"
   (cd "$here/$component" && run_logged "$component" "$logfile" \
-    go build -trimpath -ldflags "$(ldflags_for "$component" "$version")" -o "$dest/bin/" $tools)
+    go build -trimpath -tags "$(tags_for "$component")" -ldflags "$(ldflags_for "$component" "$version")" \
+      -o "$out/" $tools)
   # go names a binary after its package path (go.etcd.io/etcd/server/v3 -> server).
   if [ "$component" = etcd ]; then mv "$dest/bin/server" "$dest/bin/etcd"; fi
 }
@@ -152,7 +174,7 @@ build_component() { # COMPONENT
     [ -L "$link" ] || continue
     case $(readlink "$link") in "$cache/$component-"*) rm -f "$link" ;; esac
   done
-  for kind in bin crds; do
+  for kind in bin cni crds; do
     [ -d "$dest/$kind" ] || continue
     mkdir -p "$links/$kind"
     for f in "$dest/$kind"/*; do ln -sfn "$f" "$links/$kind/$(basename "$f")"; done

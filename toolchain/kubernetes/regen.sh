@@ -11,7 +11,7 @@ upstream_mod=$(go mod download -json "k8s.io/kubernetes@$version" \
 {
   sed -n '1,/^require/{/^require/!p}' go.mod
   printf 'require k8s.io/kubernetes %s\n\ntool (\n' "$version"
-  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
     printf '\tk8s.io/kubernetes/cmd/%s\n' "$cmd"
   done
   printf ')\n\nreplace (\n'
