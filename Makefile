@@ -16,8 +16,8 @@ demo-down: ## Stop everything the demo started (the pod's processes, the operato
 	-@$(BIN)/python hack/demo_pod.py --stop
 	@hack/cluster.sh down
 
-test: install toolchain ## Set up everything and run every test tier (what CI runs)
-	$(BIN)/pytest tests/unit tests/integration tests/e2e
+test: install toolchain images ## Set up everything and run every test tier (what CI runs)
+	$(BIN)/pytest tests/unit tests/integration tests/e2e tests/e2e_real
 
 ##@ Setup
 install: $(VENV)/.installed ## Create .venv with pinned Python dependencies; install redis-server if missing
@@ -26,11 +26,14 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt hack/install.sh
 	@hack/install.sh
 	@touch $@
 
-toolchain: ## Build kube-apiserver & co., etcd, kwok, helm, promtool and upstream CRDs from Go modules (cached)
+toolchain: ## Build the control plane, the real node (kubelet, containerd, CNI, CoreDNS), etcd, kwok, helm, promtool, CRDs from Go modules (cached)
 	@toolchain/build.sh
 
+images: install toolchain ## Build the images (server, operator, redis, model, pause, CoreDNS) daemonlessly (cached by input hash)
+	@hack/images.sh build
+
 ##@ Local cluster
-cluster-up: toolchain ## Start the local cluster (apiserver, etcd, controller-manager, scheduler, KWOK, fake GPU nodes)
+cluster-up: toolchain images ## Start the local cluster (control plane, the real node with CoreDNS, KWOK fake GPU nodes)
 	@hack/cluster.sh up
 
 cluster-down: ## Stop the local cluster and every process it started
@@ -53,11 +56,14 @@ fmt: install ## Format the code with ruff
 test-unit: install ## Run tests/unit only (seconds)
 	$(BIN)/pytest tests/unit
 
-test-integration: install toolchain ## Run tests/integration only
+test-integration: install toolchain images ## Run tests/integration only
 	$(BIN)/pytest tests/integration
 
-test-e2e: install toolchain ## Run tests/e2e only
+test-e2e: install toolchain images ## Run tests/e2e only
 	$(BIN)/pytest tests/e2e
+
+test-e2e-real: install toolchain images ## Run tests/e2e_real only (real pods on the real node)
+	$(BIN)/pytest tests/e2e_real
 
 crds: install ## Generate crds/ (and the chart's copy) from the pydantic API models
 	$(BIN)/llmchain crd > crds/llmchainapps.llmchain.io.yaml
@@ -97,5 +103,5 @@ help: ## List the targets
 	  /^[a-zA-Z0-9_-]+:.*?##/ { printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2 } \
 	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
 
-.PHONY: demo demo-down test install toolchain cluster-up cluster-down kubeconfig lint fmt test-unit \
-	test-integration test-e2e crds manifests bench bench-engine bench-server bench-fidelity goldens model clean help
+.PHONY: demo demo-down test install toolchain images cluster-up cluster-down kubeconfig lint fmt test-unit \
+	test-integration test-e2e test-e2e-real crds manifests bench bench-engine bench-server bench-fidelity goldens model clean help

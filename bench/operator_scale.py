@@ -28,7 +28,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.cluster import Cluster, start_cluster  # noqa: E402
+from tests.support.cluster import Cluster, create_namespace, start_cluster  # noqa: E402
 from tests.support.operator import OperatorProcess, install_operator_identity  # noqa: E402
 
 QA: dict[str, Any] = yaml.safe_load((ROOT / "examples/01-qa-chain/app.yaml").read_text())
@@ -52,7 +52,8 @@ def fresh_namespace(cluster: Cluster, name: str) -> None:
     cluster.kubectl(
         "delete", "namespace", name, "--ignore-not-found", "--wait=true", "--timeout=300s"
     )
-    cluster.kubectl("create", "namespace", name)
+    # The operator's pods are never run: KWOK's fake nodes turn them Ready.
+    create_namespace(cluster, name, fake_nodes=True)
 
 
 def count_ready_apps(cluster: Cluster, namespace: str) -> int:

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The local cluster for tests and the demo: kube-apiserver, etcd, kube-controller-manager,
 # kube-scheduler and the KWOK controller, all as local processes from the binaries that
-# `make toolchain` built (kwokctl's binary runtime), plus fake nodes (two with nvidia.com/gpu).
+# `make toolchain` built (kwokctl's binary runtime); a real node (hack/node.sh: kubelet,
+# containerd, kube-proxy in a network namespace of its own) with CoreDNS, where CPU pods run;
+# and fake KWOK nodes (two with nvidia.com/gpu), tainted so only pods that tolerate
+# kwok.x-k8s.io/node=fake land there (GPU scheduling and scale tests).
 #
 #   hack/cluster.sh up          start it (idempotent: a running cluster is left as it is)
 #   hack/cluster.sh down        stop every process it started (kwokctl stops them by PID file)
@@ -31,7 +34,15 @@ need_toolchain() {
 kubectl() { "$bin/kubectl" --kubeconfig "$kubeconfig" "$@"; }
 
 is_up() {
-  [ -f "$kubeconfig" ] && kubectl get --raw /readyz >/dev/null 2>&1
+  [ -f "$kubeconfig" ] && kubectl get --raw /readyz >/dev/null 2>&1 && "$root/hack/node.sh" status
+}
+
+# kwokctl's settings (hack/kwokctl.yaml) with this cluster's veth address and certificate folder.
+write_kwokctl_config() {
+  local host_ip
+  host_ip=$("$root/hack/node.sh" env | sed -n 's/^HOST_IP=//p')
+  sed -e "s|@HOST_IP@|$host_ip|g" -e "s|@PKI@|$KWOK_WORKDIR/clusters/$name/pki|g" \
+    "$root/hack/kwokctl.yaml" > "$KWOK_WORKDIR/kwokctl.yaml"
 }
 
 # kwokctl reads its binaries from these variables; nothing is downloaded.
@@ -67,8 +78,8 @@ metadata:
 YAML
       [ "$gpus" -gt 0 ] && printf '    nvidia.com/gpu.present: "true"\n'
       [ "${node%%-*}" = edge ] && printf '    node-role.llmchain.io/edge: "true"\n'
-      printf 'spec:\n'
-      [ "$gpus" -gt 0 ] && printf '  taints: [{key: nvidia.com/gpu, value: present, effect: NoSchedule}]\n'
+      printf 'spec:\n  taints:\n  - {key: kwok.x-k8s.io/node, value: fake, effect: NoSchedule}\n'
+      [ "$gpus" -gt 0 ] && printf '  - {key: nvidia.com/gpu, value: present, effect: NoSchedule}\n'
       cat <<YAML
 status:
   allocatable: {cpu: "1000", memory: 4Ti, pods: "2000", nvidia.com/gpu: "$gpus"}
@@ -79,6 +90,15 @@ YAML
   done
 }
 
+apply_coredns() {
+  local image
+  image=$(sed -n 's/^coredns=//p' "$root/.images/refs.env")
+  sed "s|@IMAGE@|$image|" "$root/hack/coredns.yaml" \
+    | kubectl apply --server-side --field-manager=llmchain-cluster -f - >/dev/null
+  kubectl -n kube-system rollout status deployment/coredns --timeout=120s >/dev/null \
+    || die "CoreDNS did not become ready: $(kubectl -n kube-system get pods -l k8s-app=kube-dns -o wide 2>&1)"
+}
+
 up() {
   need_toolchain
   if is_up; then
@@ -86,13 +106,17 @@ up() {
     return
   fi
   kwokctl_env
+  "$root/hack/node.sh" check
   mkdir -p "$KWOK_WORKDIR"
-  # A stopped or half-created cluster from an earlier run is removed first.
+  # A stopped, half-created or killed cluster from an earlier run is removed first.
   "$bin/kwokctl" delete cluster --name "$name" >/dev/null 2>&1 || true
+  "$root/hack/node.sh" clean
+  "$root/hack/node.sh" net-up
+  write_kwokctl_config
   say "starting kube-apiserver $KWOK_KUBE_VERSION, etcd $KWOK_ETCD_VERSION, controller-manager, scheduler, kwok"
   local start=$SECONDS
   "$bin/kwokctl" create cluster --name "$name" --runtime binary \
-    --kube-authorization=true --kube-admission=true --config "$root/hack/kwokctl.yaml" \
+    --kube-authorization=true --kube-admission=true --config "$KWOK_WORKDIR/kwokctl.yaml" \
     --kubeconfig "$kubeconfig" --wait 5m --timeout 10m \
     >"$KWOK_WORKDIR/create.log" 2>&1 &
   local pid=$!
@@ -105,12 +129,15 @@ up() {
     die "cluster did not start; log: $KWOK_WORKDIR/create.log (component logs: $("$bin/kwokctl" get components --name "$name" >/dev/null 2>&1; echo "$KWOK_WORKDIR/clusters/$name/logs"))"
   fi
   apply_nodes
+  "$root/hack/node.sh" up
+  apply_coredns
   kubectl wait --for=condition=Ready node --all --timeout=120s >/dev/null
   say "up in $((SECONDS - start))s; kubeconfig: $kubeconfig"
 }
 
 down() {
   "$root/hack/operator.sh" stop 2>/dev/null || true
+  "$root/hack/node.sh" down
   if [ ! -d "$KWOK_WORKDIR/clusters/$name" ]; then
     say "not running"
     return
@@ -122,11 +149,11 @@ down() {
   say "stopped"
 }
 
-# One line per process the cluster started, from kwokctl's PID files.
+# One line per process the cluster started: kwokctl's PID files, then the real node's.
 processes() {
   local pidfile pid
   printf '%-24s %-8s %s\n' COMPONENT PID STATE
-  for pidfile in "$KWOK_WORKDIR/clusters/$name/pids"/*.pid; do
+  for pidfile in "$KWOK_WORKDIR/clusters/$name/pids"/*.pid "$KWOK_WORKDIR/node/pids"/{containerd,kubelet,kube-proxy}.pid; do
     [ -f "$pidfile" ] || { say "not running"; return 1; }
     pid=$(cat "$pidfile")
     if kill -0 "$pid" 2>/dev/null && [ "$(ps -o stat= -p "$pid" | cut -c1)" != Z ]; then

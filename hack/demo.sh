@@ -19,7 +19,12 @@ step "The operator (CRD, RBAC, leader election)"
 "$root/hack/operator.sh" start
 
 step "An LLMChainApp: examples/01-qa-chain in namespace demo (restricted Pod Security)"
+# Until the demo runs the app on the real node, its pods go to the KWOK fake nodes (the
+# annotations tests/support/cluster.py explains) and the pod is re-run below as local processes.
 kubectl create namespace demo --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl annotate namespace demo --overwrite >/dev/null \
+  'scheduler.alpha.kubernetes.io/node-selector=type=kwok' \
+  'scheduler.alpha.kubernetes.io/defaultTolerations=[{"key":"kwok.x-k8s.io/node","operator":"Equal","value":"fake","effect":"NoSchedule"}]'
 kubectl label namespace demo pod-security.kubernetes.io/enforce=restricted --overwrite >/dev/null
 kubectl -n demo apply -f "$root/examples/01-qa-chain/app.yaml"
 printf 'waiting for Ready'

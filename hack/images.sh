@@ -10,7 +10,7 @@
 #
 #   hack/images.sh build [NAME ...]   build (cached by the hash of each image's inputs)
 #   hack/images.sh refs               print NAME=REFERENCE for every built image
-#   hack/images.sh archive NAME       print the path of NAME's docker-archive tarball
+#   hack/images.sh archive NAME       print the path of the tarball of NAME's last build
 #
 # The Dockerfiles are built as they are with Debian's buildah (`bud --isolation chroot`: RUN
 # needs no container runtime); their public FROM is an ARG default, replaced here by the base.
@@ -237,6 +237,9 @@ write_refs() {
 case ${1:-} in
   build) shift; build "$@" ;;
   refs) write_refs; cat "$refs" ;;
-  archive) archive_of "${2:?usage: $0 archive NAME}"; echo ;;
+  archive)
+    r=$(sed -n "s/^${2:?usage: $0 archive NAME}=//p" "$refs" 2>/dev/null)
+    [ -n "$r" ] || die "image '$2' is not built: run 'make images'"
+    printf '%s/%s-%s.tar\n' "$cache" "$2" "${r##*:}" ;;
   *) echo "usage: $0 build [NAME ...] | refs | archive NAME" >&2; exit 2 ;;
 esac

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Sets up what the tests and the demo need on a fresh machine: the Python virtualenv (.venv) with
-# every package pinned by requirements/constraints.txt, Debian's redis-server, and Debian's
-# qemu-user (the fidelity tests run onnxruntime's AVX2 kernels under `qemu-x86_64 -cpu Haswell`).
+# every package pinned by requirements/constraints.txt, Debian's redis-server, Debian's qemu-user
+# (the fidelity tests run onnxruntime's AVX2 kernels under `qemu-x86_64 -cpu Haswell`), and the
+# Debian packages of the local real node and its images: runc and nftables (the node), buildah
+# and mmdebstrap (hack/images.sh).
 #   hack/install.sh            install
 #   hack/install.sh --relock   reinstall from pyproject.toml alone and rewrite the constraints
 set -euo pipefail
@@ -23,6 +25,9 @@ if ! command -v redis-server >/dev/null; then
   $sudo systemctl disable --now redis-server >/dev/null 2>&1 || true
 fi
 command -v qemu-x86_64 >/dev/null || apt_install qemu-user
+for tool in runc:runc nft:nftables buildah:buildah mmdebstrap:mmdebstrap; do
+  command -v "${tool%%:*}" >/dev/null || apt_install "${tool##*:}"
+done
 
 if [ ! -x .venv/bin/python ]; then
   say "creating .venv with $($python --version)"

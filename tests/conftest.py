@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import ROOT, Cluster, start_cluster, stop_cluster
+from tests.support.cluster import ROOT, Cluster, create_namespace, start_cluster, stop_cluster
 from tests.support.model import GGUF_SHA256, gguf_path
 from tests.support.operator import OperatorProcess, install_operator_identity
 from tests.support.redis import RedisServer
 
-TIERS = ("unit", "integration", "e2e")
+TIERS = ("unit", "integration", "e2e", "e2e_real")
 # Short periods so tests see resyncs, lease expiry and API discovery within seconds.
 OPERATOR_ENV = {
     "LLMCHAIN_RESYNC_SECONDS": "5",
@@ -67,12 +67,24 @@ def cluster() -> Iterator[Cluster]:
 
 
 @pytest.fixture
+def real_namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace whose pods run on the real node under the `restricted` Pod Security
+    level, deleted (without waiting) afterwards."""
+    stem = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"r-{stem}-{secrets.token_hex(3)}"
+    labels = {"llmchain.io/test": "true", "pod-security.kubernetes.io/enforce": "restricted"}
+    create_namespace(cluster, name, fake_nodes=False, labels=labels)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
 def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace named after the test, deleted (without waiting) afterwards."""
+    """A fresh namespace named after the test, its pods on the KWOK fake nodes, deleted (without
+    waiting) afterwards."""
     stem = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     name = f"t-{stem}-{secrets.token_hex(3)}"
-    cluster.kubectl("create", "namespace", name)
-    cluster.kubectl("label", "namespace", name, "llmchain.io/test=true")
+    create_namespace(cluster, name, fake_nodes=True, labels={"llmchain.io/test": "true"})
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 

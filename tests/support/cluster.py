@@ -87,3 +87,30 @@ def wait_for(
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or condition!r}: {last!r}")
+
+
+# Pods of a namespace created with these annotations go to the KWOK fake nodes only (the
+# PodNodeSelector and PodTolerationRestriction admission plugins add the selector and the
+# toleration to every pod): fake pods turn Ready without running, for tests of what the operator
+# renders, GPU scheduling and scale. Other namespaces' pods run on the real node.
+FAKE_NODES_TAINT = {
+    "key": "kwok.x-k8s.io/node",
+    "operator": "Equal",
+    "value": "fake",
+    "effect": "NoSchedule",
+}
+FAKE_NODES_ANNOTATIONS = {
+    "scheduler.alpha.kubernetes.io/node-selector": "type=kwok",
+    "scheduler.alpha.kubernetes.io/defaultTolerations": json.dumps([FAKE_NODES_TAINT]),
+}
+
+
+def create_namespace(
+    cluster: Cluster, name: str, *, fake_nodes: bool, labels: dict[str, str] | None = None
+) -> None:
+    """Create namespace `name`; with fake_nodes, its pods are scheduled onto KWOK nodes only."""
+    metadata: dict[str, Any] = {"name": name, "labels": labels or {}}
+    if fake_nodes:
+        metadata["annotations"] = FAKE_NODES_ANNOTATIONS
+    manifest = {"apiVersion": "v1", "kind": "Namespace", "metadata": metadata}
+    cluster.kubectl("create", "-f", "-", input=json.dumps(manifest))

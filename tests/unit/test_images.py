@@ -26,6 +26,9 @@ def test_neither_runtime_is_a_base_dependency() -> None:
 def test_each_image_installs_one_flavour_and_runs_as_the_pod_user() -> None:
     for image, extra in (("server", "cpu"), ("server-gpu", "gpu")):
         text = (ROOT / "images" / image / "Dockerfile").read_text()
-        installs = re.findall(r'pip install (?:\$PIP_INSTALL_ARGS )?-c requirements/constraints.txt "\.\[(\w+)\]"', text)
+        installs = re.findall(
+            r'pip install (?:\$PIP_INSTALL_ARGS )?-c requirements/constraints.txt "\.\[(\w+)\]"',
+            text,
+        )
         assert installs == [extra], image
         assert "USER 10001:10001" in text

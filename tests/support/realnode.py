@@ -1,0 +1,124 @@
+"""The local cluster's real node (hack/node.sh) and the images built for it (hack/images.sh), as
+the tests see them: addresses, image references, pods that really run, and what exists on the
+host."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from tests.support.cluster import ROOT, Cluster, wait_for
+
+NODE_SCRIPT = ROOT / "hack" / "node.sh"
+NODE_NAME = "real-node-0"
+
+# What the `restricted` Pod Security level asks of every container.
+RESTRICTED_CONTAINER: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+RESTRICTED_POD: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": 10001,
+    "runAsGroup": 10001,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def node_env(cluster_dir: Path | None = None) -> dict[str, str]:
+    """NAME=VALUE lines of `hack/node.sh env`: the node's names and addresses."""
+    out = subprocess.run(
+        [str(NODE_SCRIPT), "env"], check=True, capture_output=True, text=True, env=_env(cluster_dir)
+    ).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def leftovers(cluster_dir: Path | None = None) -> str:
+    """What of the node exists on the host (processes, netns, veth, route, cgroups, mounts)."""
+    return subprocess.run(
+        [str(NODE_SCRIPT), "leftovers"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=_env(cluster_dir),
+    ).stdout.strip()
+
+
+def _env(cluster_dir: Path | None) -> dict[str, str]:
+    env = dict(os.environ)
+    if cluster_dir is not None:
+        env["LLMCHAIN_CLUSTER_DIR"] = str(cluster_dir)
+    return env
+
+
+def image(name: str) -> str:
+    """The reference of an image hack/images.sh built (server, operator, redis, model, ...)."""
+    refs = dict(
+        line.split("=", 1)
+        for line in (ROOT / ".images" / "refs.env").read_text().splitlines()
+        if "=" in line
+    )
+    return refs[name]
+
+
+def pod_manifest(
+    name: str,
+    command: list[str],
+    *,
+    image_name: str = "server",
+    restart: str = "Never",
+    extra: dict[str, Any] | None = None,
+    container: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A pod that passes the restricted Pod Security level, running `command`."""
+    spec: dict[str, Any] = {
+        "restartPolicy": restart,
+        "securityContext": RESTRICTED_POD,
+        "terminationGracePeriodSeconds": 2,
+        "containers": [
+            {
+                "name": "main",
+                "image": image(image_name),
+                "imagePullPolicy": "Never",
+                "command": command,
+                "securityContext": RESTRICTED_CONTAINER,
+                **(container or {}),
+            }
+        ],
+        **(extra or {}),
+    }
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
+
+
+def run_pod(
+    cluster: Cluster, namespace: str, manifest: dict[str, Any], timeout: float = 120
+) -> tuple[dict[str, Any], str]:
+    """Create a pod that runs to completion; return it (succeeded) and its logs."""
+    cluster.kubectl("-n", namespace, "create", "-f", "-", input=json.dumps(manifest))
+    name = manifest["metadata"]["name"]
+
+    def finished() -> dict[str, Any] | None:
+        pod: dict[str, Any] = cluster.get("-n", namespace, "pod", name)
+        return pod if pod["status"].get("phase") in ("Succeeded", "Failed") else None
+
+    pod = wait_for(finished, timeout=timeout, what=f"pod {namespace}/{name} to finish")
+    logs = cluster.kubectl("-n", namespace, "logs", name).stdout
+    assert pod["status"]["phase"] == "Succeeded", f"{name} failed: {logs}"
+    return pod, logs
+
+
+def start_pod(
+    cluster: Cluster, namespace: str, manifest: dict[str, Any], timeout: float = 120
+) -> dict[str, Any]:
+    """Create a long-running pod and wait until it is Ready; return it."""
+    cluster.kubectl("-n", namespace, "create", "-f", "-", input=json.dumps(manifest))
+    name = manifest["metadata"]["name"]
+    cluster.kubectl(
+        "-n", namespace, "wait", "--for=condition=Ready", f"pod/{name}", f"--timeout={timeout}s"
+    )
+    pod: dict[str, Any] = cluster.get("-n", namespace, "pod", name)
+    return pod
