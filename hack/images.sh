@@ -8,7 +8,8 @@
 #   redis     images/redis/Dockerfile (the cache sidecar and conversation memory)
 #   model     images/model/Dockerfile (the SmolLM2 GGUF for model.source.image)
 #
-#   hack/images.sh build [NAME ...]   build (cached by the hash of each image's inputs)
+#   hack/images.sh build [NAME ...]   build (cached by the hash of each image's inputs) and
+#                                     import them into the local cluster's node when it runs
 #   hack/images.sh refs               print NAME=REFERENCE for every built image
 #   hack/images.sh archive NAME       print the path of the tarball of NAME's last build
 #
@@ -224,6 +225,8 @@ build() {
   for n in "${names[@]}"; do build_image "$n"; done
   write_refs
   say "done in $((SECONDS - start))s"
+  # A running local cluster gets the new images at once (like `kind load`).
+  if "$root/hack/node.sh" status 2>/dev/null; then "$root/hack/node.sh" load; fi
 }
 
 write_refs() {

@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# Runs the operator on the local cluster as a local process with its own least-privilege
-# identity (the chart's RBAC), never as cluster-admin. No container runs on KWOK, so this is how
-# the demo (and the e2e tests, through tests/support/operator.py) run it.
+# Runs the operator on the local cluster: in the cluster from its image (`install`: the Helm
+# chart, two replicas, one leading, on the real node), or as a local process with its own
+# least-privilege identity (the chart's RBAC), never as cluster-admin (`start`: what the e2e
+# tests of the rendered objects use, through tests/support/operator.py).
 #
+#   hack/operator.sh install        helm upgrade --install the chart with the images built here
+#   hack/operator.sh uninstall      helm uninstall it (waits for its pods to go)
 #   hack/operator.sh identity OUT   apply CRD + RBAC, write a kubeconfig with the SA's token to OUT
 #   hack/operator.sh start          start `llmchain operator` in the background (idempotent)
 #   hack/operator.sh stop           stop it (by PID)
+#
+# Both take the same leader lease (llmchain-system/llmchain-operator): never two acting at once.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 state=${LLMCHAIN_CLUSTER_DIR:-$root/.cluster}
@@ -57,6 +62,33 @@ start() {
   echo "operator did not become live; log: $state/operator.log" >&2; exit 1
 }
 
+helm() { "$root/.toolchain/bin/helm" --kubeconfig "$admin" "$@"; }
+release=llmchain
+
+# The chart with the images hack/images.sh built (and the node has imported); extra arguments go
+# to helm (e.g. --set replicaCount=1).
+install() {
+  local refs=$root/.images/refs.env operator server redis
+  [ -f "$refs" ] || { echo "no images: run 'make images'" >&2; exit 1; }
+  operator=$(sed -n 's/^operator=//p' "$refs"); server=$(sed -n 's/^server=//p' "$refs")
+  redis=$(sed -n 's/^redis=//p' "$refs")
+  kubectl apply -f "$root/crds" >/dev/null
+  kubectl apply -f "$root/deploy/namespace.yaml" >/dev/null
+  helm upgrade --install "$release" "$root/charts/llmchain-operator" -n llmchain-system \
+    --set image.repository="${operator%:*}" --set image.tag="${operator##*:}" \
+    --set image.pullPolicy=Never --set defaults.serverImage="$server" \
+    --set defaults.cacheImage="$redis" --set defaults.memoryImage="$redis" \
+    --wait --timeout 180s "$@" >/dev/null
+  say "installed: $(kubectl -n llmchain-system get pods -l app.kubernetes.io/instance=$release \
+    -o jsonpath='{range .items[*]}{.metadata.name} on {.spec.nodeName}; {end}')"
+}
+
+uninstall() {
+  helm status "$release" -n llmchain-system >/dev/null 2>&1 || return 0
+  helm uninstall "$release" -n llmchain-system --wait --timeout 120s >/dev/null
+  say "uninstalled"
+}
+
 stop() {
   local pidfile=$state/operator.pid pid
   [ -f "$pidfile" ] || return 0
@@ -71,8 +103,10 @@ stop() {
 }
 
 case ${1:-} in
+  install) shift; install "$@" ;;
+  uninstall) uninstall ;;
   identity) identity "${2:?usage: $0 identity OUT}" ;;
   start) start ;;
   stop) stop ;;
-  *) echo "usage: $0 identity OUT|start|stop" >&2; exit 2 ;;
+  *) echo "usage: $0 install [HELM ARGS]|uninstall|identity OUT|start|stop" >&2; exit 2 ;;
 esac

@@ -59,8 +59,10 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     handle, started = start_cluster()
-    # A demo operator (`make demo`) would hold the leader lease and act instead of the tests' own.
+    # A demo operator (`make demo`, local or in the cluster) would hold the leader lease and act
+    # instead of the tests' own.
     subprocess.run([str(ROOT / "hack" / "operator.sh"), "stop"], check=True, timeout=60)
+    subprocess.run([str(ROOT / "hack" / "operator.sh"), "uninstall"], check=True, timeout=180)
     yield handle
     if started and os.environ.get("LLMCHAIN_KEEP_CLUSTER") != "1":
         stop_cluster()
@@ -98,11 +100,13 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def operator(
     cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    """One `llmchain operator` process for the session, running as its ServiceAccount."""
+    """One `llmchain operator` process per test module, running as its ServiceAccount; stopped
+    (releasing the leader lease) before the next module, which may run the operator in the
+    cluster instead."""
     workdir = tmp_path_factory.mktemp("operator")
     process = OperatorProcess(
         install_operator_identity(cluster, workdir), workdir, env=OPERATOR_ENV

@@ -249,10 +249,13 @@ class Cache(Schema):
     enabled: bool = Field(True, description="Run the cache sidecar.")
     ttl_seconds: int = Field(3600, ge=1, le=7 * 86400, description="Seconds an entry lives.")
     max_memory: Quantity = Field("256Mi", description="Memory of the cache; LRU beyond it.")
-    image: str = Field(
-        "docker.io/valkey/valkey:8.1-alpine",
+    image: str | None = Field(
+        None,
+        min_length=1,
         max_length=512,
-        description="Cache image; any Redis-protocol server (default Valkey, BSD licence).",
+        description="Cache image: any Redis-protocol server whose entrypoint is its server binary "
+        "(it is given flags only). Default: the operator's (Valkey, BSD licence; Helm value "
+        "defaults.cacheImage).",
     )
     include_sampled: bool = Field(
         False,

@@ -10,6 +10,7 @@ import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import kopf
 
@@ -72,9 +73,11 @@ def run_operator(
         main.enable_webhook(webhook_server(webhook_port, webhook_host, webhook_cert_dir))
     stop = threading.Event()
     lost = threading.Event()
+    # Given, not detected: kopf's detection asks the password database for the user name, and a
+    # container's uid (10001) has no entry there.
+    identity = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     if leader_election:
         settings = Settings.from_env()
-        identity = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         lease_seconds = int(os.environ.get("LLMCHAIN_LEASE_SECONDS", "15"))
         elector = LeaderElector(
             Kube.from_environment(settings.field_manager),
@@ -98,10 +101,19 @@ def run_operator(
             stop.set()
 
         main.BACKGROUND.append(guard)
+
+    @kopf.on.cleanup()
+    async def release_stop_flag(**_: Any) -> None:
+        # kopf watches `stop` from a thread of asyncio's default executor; when a signal stops
+        # the operator instead, that thread would wait forever and asyncio's shutdown would
+        # join it forever: the leader would never return to release its lease.
+        stop.set()
+
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces,
         standalone=True,
+        identity=identity,
         liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz",
         stop_flag=stop,
     )

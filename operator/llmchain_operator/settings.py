@@ -16,6 +16,7 @@ class Settings:
     server_image: str = f"docker.io/llmchain/llmchain-server:{__version__}"
     server_gpu_image: str = f"docker.io/llmchain/llmchain-server-gpu:{__version__}"
     memory_image: str = "docker.io/valkey/valkey:8.1-alpine"
+    cache_image: str = "docker.io/valkey/valkey:8.1-alpine"
     cluster_domain: str = "cluster.local"
     field_manager: str = "llmchain-operator"
     discovery_seconds: float = 60.0
@@ -27,6 +28,7 @@ class Settings:
             server_image=env.get("LLMCHAIN_SERVER_IMAGE", defaults.server_image),
             server_gpu_image=env.get("LLMCHAIN_SERVER_GPU_IMAGE", defaults.server_gpu_image),
             memory_image=env.get("LLMCHAIN_MEMORY_IMAGE", defaults.memory_image),
+            cache_image=env.get("LLMCHAIN_CACHE_IMAGE", defaults.cache_image),
             cluster_domain=env.get("LLMCHAIN_CLUSTER_DOMAIN", defaults.cluster_domain),
             field_manager=env.get("LLMCHAIN_FIELD_MANAGER", defaults.field_manager),
             discovery_seconds=float(

@@ -120,6 +120,12 @@ def test_only_the_leader_acts_and_a_killed_leader_hands_over(
         handover = time.monotonic() - killed_at
         assert leader_gauge(standby) == 1
         assert handover < 30, f"hand-over took {handover:.1f}s"
+        # A SIGTERMed leader stops at once and hands its lease back (no wait for expiry).
+        stopping = time.monotonic()
+        standby.stop()
+        assert time.monotonic() - stopping < 10, "the leader took long to stop"
+        lease = cluster.get("-n", "llmchain-system", "lease", "llmchain-operator")
+        assert lease["spec"]["holderIdentity"] == ""
     finally:
         standby.stop()  # releases the lease
         operator.start()

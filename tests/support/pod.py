@@ -89,8 +89,8 @@ class LocalPod:
         args = [self._rewrite(a, mounts, env) for a in args]
         ports = {str(k): str(v) for k, v in self.ports.items()}
         args = [ports.get(a, a) if i and args[i - 1] == "--port" else a for i, a in enumerate(args)]
-        if args[0] == "valkey-server":
-            args[0] = shutil.which("redis-server") or "redis-server"
+        if container["name"] == "cache":  # the image's entrypoint is its server binary
+            args = [shutil.which("redis-server") or "redis-server", *args]
         elif args[0] == "llmchain":
             args = [sys.executable, "-m", "llmchain_cli", *args[1:]]
         return args, env

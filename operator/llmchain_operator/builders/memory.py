@@ -52,8 +52,8 @@ def build_memory_deployment(app: LLMChainApp, settings: Settings) -> Manifest | 
     container = {
         "name": "memory",
         "image": settings.memory_image,
+        # Flags only: the image's entrypoint is its server binary (see the cache sidecar).
         "args": [
-            "valkey-server",
             "--port",
             str(CACHE_PORT),
             "--save",

@@ -52,15 +52,16 @@ def build_chain_configmap(app: LLMChainApp) -> Manifest:
     }
 
 
-def _cache_sidecar(app: LLMChainApp) -> Manifest:
-    """The response cache as a native sidecar (an init container that keeps running)."""
+def _cache_sidecar(app: LLMChainApp, settings: Settings) -> Manifest:
+    """The response cache as a native sidecar (an init container that keeps running). Only
+    flags are passed: the image's entrypoint is its server binary (valkey-server in Valkey's
+    image, whose entrypoint script also takes bare flags; redis-server in ours)."""
     cache = app.spec.cache
     return {
         "name": "cache",
-        "image": cache.image,
+        "image": cache.image or settings.cache_image,
         "restartPolicy": "Always",
         "args": [
-            "valkey-server",
             "--port",
             str(CACHE_PORT),
             "--bind",
@@ -74,8 +75,10 @@ def _cache_sidecar(app: LLMChainApp) -> Manifest:
             "--appendonly",
             "no",
         ],
+        # No probe: the cache listens on the pod's loopback only (its entries are users'
+        # answers), which the kubelet's probes cannot reach, and the server treats it as
+        # fail-open; the kubelet restarts it if its process exits.
         "ports": [{"name": "cache", "containerPort": CACHE_PORT}],
-        "readinessProbe": {"tcpSocket": {"port": CACHE_PORT}, "periodSeconds": 5},
         "resources": {
             "requests": {"cpu": "50m", "memory": cache.max_memory},
             "limits": {"memory": _with_headroom(cache.max_memory)},
@@ -252,7 +255,7 @@ def build_deployment(app: LLMChainApp, settings: Settings) -> Manifest:
         "llmchain.io/model-digest": model_digest(app),
     }
     init = [
-        *([_cache_sidecar(app)] if app.spec.cache.enabled else []),
+        *([_cache_sidecar(app, settings)] if app.spec.cache.enabled else []),
         *model_init_containers(app, settings),
     ]
     tolerations = [t.model_dump(by_alias=True, exclude_none=True) for t in serving.tolerations]
