@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import kopf
+from kopf._core.engines.peering import Identity
 
 from llmchain_operator import main, metrics
 from llmchain_operator.kube import Kube
@@ -113,7 +114,7 @@ def run_operator(
         clusterwide=not namespaces,
         namespaces=namespaces,
         standalone=True,
-        identity=identity,
+        identity=Identity(identity),
         liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz",
         stop_flag=stop,
     )
