@@ -165,6 +165,7 @@ build_image() { # NAME
   if { [ "$name" = base ] && buildah inspect --type image "$ref" >/dev/null 2>&1; } \
      || { [ "$name" != base ] && [ -f "$archive" ]; }; then
     say "$name: cached ($ref)"
+    [ "$name" = base ] || record_ref "$name" "$ref"
     return
   fi
   mkdir -p "$cache/logs"; logfile=$cache/logs/$name-$(image_key "$name").log
@@ -207,6 +208,7 @@ build_image() { # NAME
     [ "$old" = "$ref" ] || buildah rmi "$old" >/dev/null 2>&1 || true
   done
   find "$cache" -maxdepth 1 -name "$name-*.tar" ! -path "$archive" -delete
+  [ "$name" = base ] || record_ref "$name" "$ref"
   say "$name: built in $((SECONDS - start))s ($ref)"
 }
 
@@ -223,23 +225,22 @@ build() {
   local names=("$@") n start=$SECONDS
   [ ${#names[@]} -gt 0 ] || names=("${all_images[@]}")
   for n in "${names[@]}"; do build_image "$n"; done
-  write_refs
   say "done in $((SECONDS - start))s"
   # A running local cluster gets the new images at once (like `kind load`).
   if "$root/hack/node.sh" status 2>/dev/null; then "$root/hack/node.sh" load; fi
 }
 
-write_refs() {
-  local n
-  for n in "${all_images[@]}"; do
-    [ "$n" != base ] && [ -f "$(archive_of "$n")" ] && printf '%s=%s\n' "$n" "$(ref_of "$n")"
-  done > "$refs.tmp" || true
+# .images/refs.env names the last build of each image (NAME=REFERENCE), which is what the node
+# imports and the cluster's manifests use, even after the sources change again.
+record_ref() { # NAME REF
+  mkdir -p "$(dirname "$refs")"
+  { grep -v "^$1=" "$refs" 2>/dev/null || true; printf '%s=%s\n' "$1" "$2"; } > "$refs.tmp"
   mv "$refs.tmp" "$refs"
 }
 
 case ${1:-} in
   build) shift; build "$@" ;;
-  refs) write_refs; cat "$refs" ;;
+  refs) cat "$refs" ;;
   archive)
     r=$(sed -n "s/^${2:?usage: $0 archive NAME}=//p" "$refs" 2>/dev/null)
     [ -n "$r" ] || die "image '$2' is not built: run 'make images'"

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests.support.cluster import ROOT, Cluster, wait_for
+from tests.support.cluster import ROOT, TOOLBIN, Cluster, wait_for
 
 NODE_SCRIPT = ROOT / "hack" / "node.sh"
 NODE_NAME = "real-node-0"
@@ -122,3 +122,40 @@ def start_pod(
     )
     pod: dict[str, Any] = cluster.get("-n", namespace, "pod", name)
     return pod
+
+
+class PortForward:
+    """`kubectl port-forward TARGET :PORT` for the duration of a `with` block; `.url` is the
+    local address."""
+
+    def __init__(self, cluster: Cluster, namespace: str, target: str, port: int) -> None:
+        self.args = [
+            str(TOOLBIN / "kubectl"),
+            "-n",
+            namespace,
+            "port-forward",
+            "--address",
+            "127.0.0.1",
+            target,
+            f":{port}",
+        ]
+        self.env = cluster.env
+        self.process: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def __enter__(self) -> PortForward:
+        self.process = subprocess.Popen(
+            self.args, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()  # Forwarding from 127.0.0.1:PORT -> PORT
+        if "127.0.0.1:" not in line:
+            self.process.kill()
+            raise AssertionError(f"port-forward failed: {line}{self.process.stderr.read()}")  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{line.split('127.0.0.1:')[1].split()[0]}"
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)

@@ -269,3 +269,25 @@ def test_hash_values_never_read_as_numbers_in_yaml() -> None:
     assert pod_annotations["llmchain.io/model-digest"].startswith("sha256:")
     job = next(o for k, o in gpu.items() if k.startswith("Job/"))
     assert job["metadata"]["labels"]["llmchain.io/model-digest"].startswith("sha256-")
+
+
+def test_quantities_are_read_as_kubernetes_reads_them() -> None:
+    from llmchain_operator.builders.common import quantity_bytes
+
+    assert quantity_bytes("1Gi") == 2**30
+    assert quantity_bytes("80Mi") == 80 * 2**20
+    assert quantity_bytes("1.5G") == 1.5e9
+    assert quantity_bytes("500m") == 0.5
+    assert quantity_bytes("2") == 2
+
+
+def test_the_model_build_gets_room_above_a_small_server_memory_limit() -> None:
+    """Building peaks at 1.5-1.7 GiB (measured): a 1Gi server limit would OOM-kill it."""
+    small = app(QA, serving__resources={"limits": {"memory": "1Gi"}})
+    build = next(c for c in pod_spec(small)["initContainers"] if c["name"] == "model")
+    assert build["resources"]["limits"] == {"memory": "2Gi"}
+    large = app(QA, serving__resources={"limits": {"memory": "3Gi"}})
+    build = next(c for c in pod_spec(large)["initContainers"] if c["name"] == "model")
+    assert build["resources"]["limits"] == {"memory": "3Gi"}
+    unlimited = next(c for c in pod_spec(app(QA))["initContainers"] if c["name"] == "model")
+    assert "limits" not in unlimited["resources"]

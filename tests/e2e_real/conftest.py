@@ -1,0 +1,41 @@
+"""Fixtures of the real-pod tier: the operator installed in the cluster from its image (Helm),
+and the model file server examples/01 downloads from."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.cluster import ROOT, Cluster
+from tests.support.model import GGUF_SHA256
+from tests.support.realnode import image
+
+OPERATOR_SCRIPT = ROOT / "hack" / "operator.sh"
+MODEL_FILES = ROOT / "tests" / "e2e_real" / "manifests" / "model-files.yaml"
+
+
+@pytest.fixture(scope="module")
+def incluster_operator(cluster: Cluster) -> Iterator[str]:
+    """`helm install` of the chart with the images built here (two replicas, one leading);
+    uninstalled after the module. Yields the namespace."""
+    subprocess.run([str(OPERATOR_SCRIPT), "install"], check=True, timeout=300)
+    yield "llmchain-system"
+    subprocess.run([str(OPERATOR_SCRIPT), "uninstall"], check=True, timeout=300)
+
+
+@pytest.fixture(scope="session")
+def model_files(cluster: Cluster) -> str:
+    """http://models.llmchain.local/: the GGUF, copied from the model image and checked by its
+    sha256 by the file server's init container. Returns the GGUF's URL."""
+    manifest = (
+        MODEL_FILES.read_text()
+        .replace("@MODEL_IMAGE@", image("model"))
+        .replace("@SHA256@", GGUF_SHA256)
+    )
+    cluster.kubectl("apply", "-f", "-", input=manifest)
+    cluster.kubectl(
+        "-n", "llmchain-hosts", "rollout", "status", "deployment/models", "--timeout=120s"
+    )
+    return "http://models.llmchain.local/SmolLM2-135M-Instruct.Q4_1.gguf"
