@@ -9,11 +9,10 @@ TOOLBIN := $(CURDIR)/.toolchain/bin
 export PATH := $(TOOLBIN):$(CURDIR)/$(BIN):$(PATH)
 
 ##@ Newcomer
-demo: install toolchain cluster-up ## Set up everything and run the demo: cluster, operator, the app's pod for real, answers
+demo: install toolchain images cluster-up ## Set up everything and run the demo: cluster, operator in it, the app's real pods, answers
 	@hack/demo.sh
 
-demo-down: ## Stop everything the demo started (the pod's processes, the operator, the cluster)
-	-@$(BIN)/python hack/demo_pod.py --stop
+demo-down: ## Stop everything the demo started (the app, the operator, the cluster and its node)
 	@hack/cluster.sh down
 
 test: install toolchain images ## Set up everything and run every test tier (what CI runs)

@@ -13,7 +13,7 @@ from tests.support.model import GGUF_SHA256
 from tests.support.realnode import image
 
 OPERATOR_SCRIPT = ROOT / "hack" / "operator.sh"
-MODEL_FILES = ROOT / "tests" / "e2e_real" / "manifests" / "model-files.yaml"
+MODEL_FILES = ROOT / "hack" / "model-files.yaml"
 
 
 @pytest.fixture(scope="module")
