@@ -86,6 +86,10 @@ install() {
 uninstall() {
   helm status "$release" -n llmchain-system >/dev/null 2>&1 || return 0
   helm uninstall "$release" -n llmchain-system --wait --timeout 120s >/dev/null
+  # Its ReplicaSet and pods go after the Deployment (the garbage collector); a reinstall while
+  # they go would create a ReplicaSet of the same name whose pods the collector then deletes.
+  kubectl -n llmchain-system wait --for=delete replicaset,pod -l "app.kubernetes.io/instance=$release" \
+    --timeout=120s >/dev/null 2>&1 || true
   say "uninstalled"
 }
 

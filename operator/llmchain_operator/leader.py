@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,10 +40,12 @@ class LeaderElector:
     _observed: tuple[str, float] = ("", 0.0)  # (record fingerprint, monotonic time seen)
     _lease: dict[str, Any] = field(default_factory=dict)
 
-    async def acquire(self) -> None:
-        """Return once this replica holds the Lease."""
+    async def acquire(self, stop: threading.Event | None = None) -> bool:
+        """Return True once this replica holds the Lease, False if `stop` is set first."""
         announced = False
         while not await self._try_acquire_or_renew():
+            if stop is not None and stop.is_set():
+                return False
             if not announced:
                 holder = self._lease.get("spec", {}).get("holderIdentity")
                 log.info(
@@ -55,6 +58,7 @@ class LeaderElector:
             await asyncio.sleep(self.retry_every)
         metrics.IS_LEADER.set(1)
         log.info("Acquired the leader lease %s/%s as %s", self.namespace, self.name, self.identity)
+        return True
 
     async def keep(self) -> None:
         """Renew until renewal fails for a whole lease period; then return (leadership lost)."""

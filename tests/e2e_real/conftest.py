@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.cluster import ROOT, Cluster
+from tests.support.cluster import ROOT, Cluster, wait_for
 from tests.support.model import GGUF_SHA256
 from tests.support.realnode import image
 
@@ -18,9 +18,34 @@ MODEL_FILES = ROOT / "hack" / "model-files.yaml"
 
 @pytest.fixture(scope="module")
 def incluster_operator(cluster: Cluster) -> Iterator[str]:
-    """`helm install` of the chart with the images built here (two replicas, one leading);
-    uninstalled after the module. Yields the namespace."""
+    """A fresh `helm install` of the chart with the images built here (two replicas, one
+    leading); uninstalled after the module. Yields the namespace."""
+    subprocess.run([str(OPERATOR_SCRIPT), "uninstall"], check=True, timeout=300)
     subprocess.run([str(OPERATOR_SCRIPT), "install"], check=True, timeout=300)
+
+    def leading() -> bool:
+        pods = cluster.get(
+            "-n", "llmchain-system", "pods", "-l", "app.kubernetes.io/instance=llmchain"
+        )
+        names = [
+            p["metadata"]["name"]
+            for p in pods["items"]
+            if not p["metadata"].get("deletionTimestamp")
+            and any(c.get("ready") for c in p["status"].get("containerStatuses", []))
+        ]
+        lease = cluster.kubectl(
+            "-n",
+            "llmchain-system",
+            "get",
+            "lease",
+            "llmchain-operator",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+            check=False,
+        ).stdout
+        return len(names) == 2 and any(lease.startswith(f"{n}-") for n in names)
+
+    wait_for(leading, timeout=120, what="two operator pods, one holding the lease")
     yield "llmchain-system"
     subprocess.run([str(OPERATOR_SCRIPT), "uninstall"], check=True, timeout=300)
 

@@ -159,3 +159,25 @@ class PortForward:
         if self.process is not None:
             self.process.terminate()
             self.process.wait(timeout=10)
+
+
+def sigkill_container(pod: dict[str, Any], container: str) -> int:
+    """SIGKILL a container's main process from the host (a real crash, no graceful stop): its
+    host PID comes from the node's containerd. Returns the PID."""
+    import signal
+
+    status = next(
+        s
+        for s in [
+            *pod["status"].get("initContainerStatuses", []),
+            *pod["status"].get("containerStatuses", []),
+        ]
+        if s["name"] == container
+    )
+    container_id = status["containerID"].removeprefix("containerd://")
+    tasks = subprocess.run(
+        [str(NODE_SCRIPT), "ctr", "tasks", "ls"], check=True, capture_output=True, text=True
+    ).stdout
+    pid = next(int(line.split()[1]) for line in tasks.splitlines() if line.startswith(container_id))
+    os.kill(pid, signal.SIGKILL)
+    return pid
