@@ -160,7 +160,7 @@ clean() {
   remove_network
   # Runtime state only: the content store (imported images) is kept for the next start.
   rm -rf "$state/containerd/state" "$state/run" "$state/log" "$state/cni-ipam" \
-    "$state/varlog"
+    "$state/varlog" "$state/volumes"
 }
 
 # --- network and cgroups ------------------------------------------------------------------------

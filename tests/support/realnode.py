@@ -181,3 +181,29 @@ def sigkill_container(pod: dict[str, Any], container: str) -> int:
     pid = next(int(line.split()[1]) for line in tasks.splitlines() if line.startswith(container_id))
     os.kill(pid, signal.SIGKILL)
     return pid
+
+
+def host_path_volume(cluster: Cluster, namespace: str, claim: str, size: str = "2Gi") -> str:
+    """A PersistentVolume on the real node's disk (under the node's state folder, which
+    `cluster-down` removes), bound in advance to `claim`: the local cluster has no dynamic
+    provisioner. Owned by uid 10001, the pods' user (hostPath ignores fsGroup). Returns its
+    name."""
+    folder = Path(node_env()["STATE"]) / "volumes" / f"{namespace}-{claim}"
+    folder.mkdir(parents=True, exist_ok=True)
+    os.chown(folder, 10001, 10001)
+    name = f"pv-{namespace}-{claim}"[:63]
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": name, "labels": {"llmchain.io/test": "true"}},
+        "spec": {
+            "capacity": {"storage": size},
+            "accessModes": ["ReadWriteOnce", "ReadOnlyMany"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": "",
+            "hostPath": {"path": str(folder), "type": "Directory"},
+            "claimRef": {"namespace": namespace, "name": claim},
+        },
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    return name

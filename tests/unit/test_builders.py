@@ -289,5 +289,6 @@ def test_the_model_build_gets_room_above_a_small_server_memory_limit() -> None:
     large = app(QA, serving__resources={"limits": {"memory": "3Gi"}})
     build = next(c for c in pod_spec(large)["initContainers"] if c["name"] == "model")
     assert build["resources"]["limits"] == {"memory": "3Gi"}
-    unlimited = next(c for c in pod_spec(app(QA))["initContainers"] if c["name"] == "model")
+    no_limits = app(QA, serving__resources={"requests": {"cpu": "1"}})
+    unlimited = next(c for c in pod_spec(no_limits)["initContainers"] if c["name"] == "model")
     assert "limits" not in unlimited["resources"]

@@ -53,7 +53,12 @@ def build_memory_deployment(app: LLMChainApp, settings: Settings) -> Manifest | 
         "name": "memory",
         "image": settings.memory_image,
         # Flags only: the image's entrypoint is its server binary (see the cache sidecar).
+        # Protected mode off, as the official images' entrypoints do: without a configuration
+        # file it refuses every client but loopback; the NetworkPolicy admits only the app's
+        # server pods.
         "args": [
+            "--protected-mode",
+            "no",
             "--port",
             str(CACHE_PORT),
             "--save",
