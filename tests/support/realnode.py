@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -164,8 +165,6 @@ class PortForward:
 def sigkill_container(pod: dict[str, Any], container: str) -> int:
     """SIGKILL a container's main process from the host (a real crash, no graceful stop): its
     host PID comes from the node's containerd. Returns the PID."""
-    import signal
-
     status = next(
         s
         for s in [
