@@ -138,7 +138,7 @@ print("\n".join([*p["project"]["dependencies"], *p["project"]["optional-dependen
       --volume "$dir:/wheels" --volume /etc/ssl/certs:/etc/ssl/certs:ro "${pipenv[@]}" "$ctr" -- \
       sh -c 'python3 -m venv /tmp/pip && /tmp/pip/bin/pip download --disable-pip-version-check \
         --only-binary=:all: -c /wheels/constraints.txt -r /wheels/requirements.txt -d /wheels' \
-      || { buildah rm "$ctr" >/dev/null; exit 1; }
+      >&2 || { buildah rm "$ctr" >/dev/null; exit 1; }  # stdout is this function's answer
     buildah rm "$ctr" >/dev/null
     touch "$dir/.complete"
   fi
