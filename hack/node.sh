@@ -367,7 +367,7 @@ start_daemon() { # NAME CMD...
   echo $! > "$state/pids/$name.pid"
 }
 
-holder_pid() {
+containerd_pid() {  # it lives in both of the node's namespaces
   local pid
   pid=$(cat "$state/pids/containerd.pid" 2>/dev/null) || return 1
   kill -0 "$pid" 2>/dev/null || return 1
@@ -376,7 +376,7 @@ holder_pid() {
 
 node_exec() {
   local pid
-  pid=$(holder_pid) || die "the node is not running"
+  pid=$(containerd_pid) || die "the node is not running"
   nsenter -t "$pid" -n -m -- "$@"
 }
 

@@ -8,7 +8,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from tests.support.cluster import CLUSTER_SCRIPT
+from tests.support.cluster import CLUSTER_SCRIPT, Cluster
 from tests.support.realnode import leftovers, node_env
 
 KERNEL_SETTINGS = (
@@ -75,23 +75,9 @@ def test_sigkilled_cluster_comes_back_up_and_down_leaves_nothing(tmp_path: Path)
 
     started = _cluster("up", env)
     assert "Ready" in started.stdout
-    kubeconfig = cluster_dir / "kubeconfig.yaml"
-    nodes = subprocess.run(
-        [
-            str(CLUSTER_SCRIPT.parents[1] / ".toolchain/bin/kubectl"),
-            "--kubeconfig",
-            str(kubeconfig),
-            "get",
-            "node",
-            "real-node-0",
-            "-o",
-            'jsonpath={.status.conditions[?(@.type=="Ready")].status}',
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert nodes == "True"
+    node = Cluster(cluster_dir / "kubeconfig.yaml").get("node", "real-node-0")
+    ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}
+    assert ready["Ready"] == "True"
 
     _cluster("down", env)
     assert leftovers(cluster_dir) == ""
