@@ -24,13 +24,14 @@ from llmchain_server.engine.sampling import SamplingParams
 from llmchain_server.engine.scheduler import EngineStats, QueueFull, Scheduler
 from llmchain_server.engine.session import cpu_threads, create_session
 from llmchain_server.engine.tokenizer import ModelTokenizer
+from llmchain_server.errors import PromptTooLong
 from llmchain_server.model.build import DEFAULT_GENERATION
 from llmchain_server.model.manifest import verify
 
 log = logging.getLogger(__name__)
 
 
-class ContextLengthError(ValueError):
+class ContextLengthError(PromptTooLong, ValueError):
     """The prompt plus the requested tokens do not fit the context."""
 
 

@@ -13,15 +13,16 @@ from dataclasses import dataclass
 from llmchain_server.engine.request import Generation
 from llmchain_server.engine.runner import Logits, ModelRunner
 from llmchain_server.engine.sampling import sample
+from llmchain_server.errors import Draining, Overloaded
 
 log = logging.getLogger(__name__)
 
 
-class QueueFull(RuntimeError):
+class QueueFull(Overloaded, RuntimeError):
     """The engine's waiting queue is full; try again later."""
 
 
-class EngineStopped(RuntimeError):
+class EngineStopped(Draining, RuntimeError):
     """The engine is shutting down and takes no more requests."""
 
 
