@@ -136,7 +136,7 @@ def serve(
     "--without-api",
     "missing",
     multiple=True,
-    type=click.Choice(["monitoring.coreos.com", "keda.sh"]),
+    type=click.Choice(["monitoring.coreos.com", "keda.sh"]),  # kinds.OPTIONAL_API_GROUPS (tested)
     help="Render as for a cluster without this optional API group (repeatable).",
 )
 def render(file: TextIO, namespace: str | None, missing: tuple[str, ...]) -> None:
@@ -145,7 +145,7 @@ def render(file: TextIO, namespace: str | None, missing: tuple[str, ...]) -> Non
     Offline, without a cluster, like `helm template`: review them in a GitOps pull request.
     FILE may hold several YAML documents; `-` reads standard input.
     """
-    from llmchain_operator.builders import OPTIONAL_API_GROUPS
+    from llmchain_operator.kinds import OPTIONAL_API_GROUPS
     from llmchain_operator.render import RenderError
     from llmchain_operator.render import render as render_text
     from llmchain_operator.settings import Settings

@@ -2,8 +2,9 @@
 
 It wraps the official `kubernetes` client's blocking REST calls in `asyncio.to_thread`, so
 kopf's event loop never stalls, and speaks server-side apply (PATCH application/apply-patch+yaml)
-under one field manager. Paths are built from a table of the kinds the operator manages, so no
-discovery round-trip is needed per call; optional API groups are discovered once per TTL.
+under one field manager. Paths are built from the table of kinds the operator handles
+(kinds.py), so no discovery round-trip is needed per call; optional API groups are discovered
+once per TTL.
 """
 
 from __future__ import annotations
@@ -19,38 +20,9 @@ from typing import Any
 
 import kubernetes
 
+from llmchain_operator.kinds import OPTIONAL_CRDS, kind_of
+
 Manifest = dict[str, Any]
-
-# kind -> (API group/version, plural, namespaced)
-KINDS: dict[str, tuple[str, str, bool]] = {
-    "ServiceAccount": ("v1", "serviceaccounts", True),
-    "ConfigMap": ("v1", "configmaps", True),
-    "Secret": ("v1", "secrets", True),
-    "Service": ("v1", "services", True),
-    "PersistentVolumeClaim": ("v1", "persistentvolumeclaims", True),
-    "Event": ("v1", "events", True),
-    "Deployment": ("apps/v1", "deployments", True),
-    "Job": ("batch/v1", "jobs", True),
-    "PodDisruptionBudget": ("policy/v1", "poddisruptionbudgets", True),
-    "NetworkPolicy": ("networking.k8s.io/v1", "networkpolicies", True),
-    "HorizontalPodAutoscaler": ("autoscaling/v2", "horizontalpodautoscalers", True),
-    "ScaledObject": ("keda.sh/v1alpha1", "scaledobjects", True),
-    "ServiceMonitor": ("monitoring.coreos.com/v1", "servicemonitors", True),
-    "PrometheusRule": ("monitoring.coreos.com/v1", "prometheusrules", True),
-    "LLMChainApp": ("llmchain.io/v1alpha1", "llmchainapps", True),
-    "Lease": ("coordination.k8s.io/v1", "leases", True),
-}
-
-
-# Optional API groups and the CRDs the operator uses from each.
-OPTIONAL_CRDS: dict[str, tuple[str, ...]] = {
-    "monitoring.coreos.com": (
-        "servicemonitors.monitoring.coreos.com",
-        "prometheusrules.monitoring.coreos.com",
-    ),
-    "keda.sh": ("scaledobjects.keda.sh",),
-}
-
 
 class ApiError(Exception):
     """An API server answer other than success; `status` is the HTTP code."""
@@ -63,12 +35,11 @@ class ApiError(Exception):
 
 
 def _path(kind: str, namespace: str | None, name: str | None = None, sub: str = "") -> str:
-    api_version, plural, namespaced = KINDS[kind]
-    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
-    path = prefix
-    if namespaced and namespace:
+    row = kind_of(kind)
+    path = "/api/v1" if row.api_version == "v1" else f"/apis/{row.api_version}"
+    if namespace:
         path += f"/namespaces/{namespace}"
-    path += f"/{plural}"
+    path += f"/{row.plural}"
     if name:
         path += f"/{name}"
     if sub:
@@ -176,7 +147,7 @@ class Kube:
         query = [("labelSelector", selector)] if selector else []
         result = await self.call("GET", _path(kind, namespace), query=query)
         items: list[Manifest] = result.get("items", [])
-        api_version = KINDS[kind][0]
+        api_version = kind_of(kind).api_version
         # List items come without kind and apiVersion; give them theirs.
         return [{"apiVersion": api_version, "kind": kind, **item} for item in items]
 
@@ -198,8 +169,7 @@ class Kube:
 
     @staticmethod
     def group_of(kind: str) -> str:
-        api_version = KINDS[kind][0]
-        return api_version.split("/")[0] if "/" in api_version else ""
+        return kind_of(kind).group
 
     async def event(self, regarding: Manifest, type_: str, reason: str, message: str) -> None:
         """Post a core/v1 Event about an object (best effort: a failure is only logged)."""

@@ -16,6 +16,7 @@ import kopf
 from llmchain_operator import metrics
 from llmchain_operator.api import GROUP, PLURAL, VERSION
 from llmchain_operator.builders.common import MANAGED_BY
+from llmchain_operator.kinds import WATCHED
 from llmchain_operator.kube import ApiError, Kube
 from llmchain_operator.reconcile import Reconciler, RetryLater, validation_problems
 from llmchain_operator.settings import Settings
@@ -29,20 +30,6 @@ BACKGROUND: list[Callable[[], Coroutine[Any, Any, None]]] = []
 """Coroutines started with the operator (the leader-lease guard), cancelled at cleanup."""
 RESYNC_SECONDS = float(os.environ.get("LLMCHAIN_RESYNC_SECONDS", "300"))
 RESYNC_CONCURRENCY = 8
-
-# Children whose changes (drift, deletion, status) trigger a reconcile of their owner.
-WATCHED_CHILDREN = (
-    ("apps", "v1", "deployments"),
-    ("batch", "v1", "jobs"),
-    ("", "v1", "configmaps"),
-    ("", "v1", "services"),
-    ("", "v1", "serviceaccounts"),
-    ("", "v1", "persistentvolumeclaims"),
-    ("policy", "v1", "poddisruptionbudgets"),
-    ("networking.k8s.io", "v1", "networkpolicies"),
-    ("autoscaling", "v2", "horizontalpodautoscalers"),
-)
-
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
@@ -168,5 +155,6 @@ async def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
             )
 
 
-for _group, _version, _plural in WATCHED_CHILDREN:
-    kopf.on.event(_group, _version, _plural, labels=MANAGED)(child_changed)
+# Children whose changes (drift, deletion, status) trigger a reconcile of their owner.
+for _kind in WATCHED:
+    kopf.on.event(_kind.group, _kind.version, _kind.plural, labels=MANAGED)(child_changed)

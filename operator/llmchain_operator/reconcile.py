@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from llmchain_operator import metrics
 from llmchain_operator.api import KIND, LLMChainApp
-from llmchain_operator.builders import OPTIONAL_API_GROUPS, build_children
+from llmchain_operator.builders import build_children
 from llmchain_operator.builders.common import (
     MANAGED_BY,
     model_digest,
@@ -29,6 +29,7 @@ from llmchain_operator.builders.common import (
 )
 from llmchain_operator.builders.model import build_job_name, builds_in_job
 from llmchain_operator.builders.network import endpoint
+from llmchain_operator.kinds import CHILDREN, OPTIONAL_API_GROUPS, kind_of
 from llmchain_operator.kube import ApiError, Kube
 from llmchain_operator.settings import Settings
 from llmchain_operator.status import (
@@ -42,23 +43,6 @@ from llmchain_server.config import template_problems
 
 Manifest = dict[str, Any]
 HANDOVER_MANAGER_SUFFIX = "-handover"
-
-# Kinds a reconcile may create; prune looks for leftovers among them.
-PRUNABLE = (
-    "ConfigMap",
-    "Service",
-    "PersistentVolumeClaim",
-    "Deployment",
-    "Job",
-    "NetworkPolicy",
-    "HorizontalPodAutoscaler",
-    "PodDisruptionBudget",
-    "ServiceAccount",
-    "ScaledObject",
-    "ServiceMonitor",
-    "PrometheusRule",
-)
-
 
 class RetryLater(Exception):
     """The API server refused for a reason that may pass (conflict, throttling, 5xx)."""
@@ -272,7 +256,7 @@ class Reconciler:
         try:
             return await self.kube.apply(obj)
         except ApiError as error:
-            if error.status == 404 and self.kube.group_of(obj["kind"]) in OPTIONAL_API_GROUPS:
+            if error.status == 404 and kind_of(obj["kind"]).optional:
                 self.kube.forget_groups()  # its CRD went away since the last discovery
                 raise RetryLater(f"{obj['kind']} is no longer served") from None
             if error.status in (409, 429) or error.status >= 500:
@@ -290,10 +274,10 @@ class Reconciler:
         selector = (
             f"app.kubernetes.io/instance={meta['name']},app.kubernetes.io/managed-by={MANAGED_BY}"
         )
-        for kind in PRUNABLE:
-            group = self.kube.group_of(kind)
-            if group in OPTIONAL_API_GROUPS and group not in groups:
+        for row in CHILDREN:
+            if row.optional and row.group not in groups:
                 continue
+            kind = row.kind
             for obj in await self.kube.list(kind, meta["namespace"], selector):
                 owners = obj["metadata"].get("ownerReferences", [])
                 if any(o.get("uid") == uid for o in owners) and _key(obj) not in desired:

@@ -9,7 +9,8 @@ import yaml
 from pydantic import ValidationError
 
 from llmchain_operator.api import KIND, LLMChainApp
-from llmchain_operator.builders import OPTIONAL_API_GROUPS, build_children
+from llmchain_operator.builders import build_children
+from llmchain_operator.kinds import OPTIONAL_API_GROUPS
 from llmchain_operator.settings import Settings
 from llmchain_server.config import template_problems
 

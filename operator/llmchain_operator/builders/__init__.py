@@ -26,9 +26,8 @@ from llmchain_operator.builders.network import (
     build_service_account,
 )
 from llmchain_operator.builders.workload import build_chain_configmap, build_deployment
+from llmchain_operator.kinds import OPTIONAL_API_GROUPS, kind_of
 from llmchain_operator.settings import Settings
-
-OPTIONAL_API_GROUPS = ("monitoring.coreos.com", "keda.sh")
 
 
 @dataclass(frozen=True)
@@ -64,8 +63,8 @@ def build_children(
     for obj in candidates:
         if obj is None:
             continue
-        group = obj["apiVersion"].split("/")[0] if "/" in obj["apiVersion"] else ""
-        if group in OPTIONAL_API_GROUPS and group not in available_groups:
+        kind = kind_of(obj["kind"])  # every child kind has its row in kinds.KINDS
+        if kind.optional and kind.group not in available_groups:
             skipped.append(obj)
         else:
             objects.append(obj)
