@@ -24,6 +24,7 @@ from llmchain_operator.kinds import OPTIONAL_CRDS, kind_of
 
 Manifest = dict[str, Any]
 
+
 class ApiError(Exception):
     """An API server answer other than success; `status` is the HTTP code."""
 

@@ -18,8 +18,9 @@ from llmchain_operator.api import GROUP, PLURAL, VERSION
 from llmchain_operator.builders.common import MANAGED_BY
 from llmchain_operator.kinds import WATCHED
 from llmchain_operator.kube import ApiError, Kube
-from llmchain_operator.reconcile import Reconciler, RetryLater, validation_problems
+from llmchain_operator.reconcile import Reconciler, RetryLater
 from llmchain_operator.settings import Settings
+from llmchain_operator.validation import validate
 
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 
@@ -30,6 +31,7 @@ BACKGROUND: list[Callable[[], Coroutine[Any, Any, None]]] = []
 """Coroutines started with the operator (the leader-lease guard), cancelled at cleanup."""
 RESYNC_SECONDS = float(os.environ.get("LLMCHAIN_RESYNC_SECONDS", "300"))
 RESYNC_CONCURRENCY = 8
+
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
@@ -55,7 +57,7 @@ async def validate_app(body: kopf.Body, **_: Any) -> None:
     failurePolicy is Ignore: without a reachable webhook an app is admitted, and the operator
     reports the same problems as Degraded instead.
     """
-    _app, problems = validation_problems(dict(body))
+    problems = validate(body).problems
     if problems:
         raise kopf.AdmissionError("; ".join(problems), code=422)
 

@@ -17,8 +17,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
 from llmchain_operator import metrics
 from llmchain_operator.api import KIND, LLMChainApp
 from llmchain_operator.builders import build_children
@@ -39,10 +37,11 @@ from llmchain_operator.status import (
     merge_conditions,
     skipped_message,
 )
-from llmchain_server.config import template_problems
+from llmchain_operator.validation import validate
 
 Manifest = dict[str, Any]
 HANDOVER_MANAGER_SUFFIX = "-handover"
+
 
 class RetryLater(Exception):
     """The API server refused for a reason that may pass (conflict, throttling, 5xx)."""
@@ -54,21 +53,6 @@ def _key(obj: Manifest) -> tuple[str, str]:
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def validation_problems(body: Manifest) -> tuple[LLMChainApp | None, list[str]]:
-    """Parse the resource; problems name their field (`spec.serving.replicas: ...`)."""
-    raw = {
-        "apiVersion": body.get("apiVersion"),
-        "kind": body.get("kind"),
-        "metadata": dict(body.get("metadata", {})),
-        "spec": body.get("spec", {}),
-    }
-    try:
-        app = LLMChainApp.model_validate(raw)
-    except ValidationError as error:
-        return None, [".".join(str(p) for p in e["loc"]) + f": {e['msg']}" for e in error.errors()]
-    return app, template_problems(app.spec.chain)
 
 
 def owner_reference(body: Manifest) -> Manifest:
@@ -147,7 +131,8 @@ class Reconciler:
     async def _reconcile(self, body: Manifest) -> str:
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
-        app, problems = validation_problems(body)
+        validated = validate(body)
+        app, problems = validated.app, list(validated.problems)
         if app is not None:
             problems += await self._missing_secrets(app)
         if app is None or problems:

@@ -6,24 +6,16 @@ from collections.abc import Collection, Iterable
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
 
 from llmchain_operator.api import KIND, LLMChainApp
 from llmchain_operator.builders import build_children
 from llmchain_operator.kinds import OPTIONAL_API_GROUPS
 from llmchain_operator.settings import Settings
-from llmchain_server.config import template_problems
+from llmchain_operator.validation import validate
 
 
 class RenderError(ValueError):
     """An input document is not a valid LLMChainApp; the message names the field."""
-
-
-def _field(loc: tuple[int | str, ...]) -> str:
-    path = ""
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return path.lstrip(".")
 
 
 def parse_apps(documents: Iterable[Any], namespace: str | None = None) -> list[LLMChainApp]:
@@ -33,14 +25,10 @@ def parse_apps(documents: Iterable[Any], namespace: str | None = None) -> list[L
         if not isinstance(doc, dict) or doc.get("kind") != KIND:
             continue
         name = (doc.get("metadata") or {}).get("name", f"document {index}")
-        try:
-            app = LLMChainApp.model_validate(doc)
-        except ValidationError as error:
-            details = "; ".join(f"{_field(e['loc'])}: {e['msg']}" for e in error.errors())
-            raise RenderError(f"{KIND} {name}: {details}") from None
-        problems = template_problems(app.spec.chain)
-        if problems:
-            raise RenderError(f"{KIND} {name}: " + "; ".join(problems))
+        validated = validate(doc)
+        if validated.app is None or validated.problems:
+            raise RenderError(f"{KIND} {name}: " + "; ".join(validated.problems))
+        app = validated.app
         if namespace or not app.metadata.get("namespace"):
             app.metadata["namespace"] = namespace or "default"
         apps.append(app)
