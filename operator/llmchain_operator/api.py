@@ -12,7 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, JsonValue
 
-from llmchain_server.config import Chain, Schema, SecretKeyRef, nested
+from llmchain_server import config
+from llmchain_server.config import Schema, nested
 
 GROUP = "llmchain.io"
 VERSION = "v1alpha1"
@@ -35,6 +36,26 @@ def rules(*triples: tuple[str, str, str]) -> ConfigDict:
             entry["fieldPath"] = field_path
         validations.append(entry)
     return ConfigDict(json_schema_extra={"x-kubernetes-validations": validations})
+
+
+# --- references ----------------------------------------------------------------------------
+
+
+class SecretKeyRef(Schema):
+    """A key of a Secret in the app's namespace."""
+
+    name: str = Field(
+        description="Name of the Secret.",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+    )
+    key: str = Field(
+        description="Key within the Secret.",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+    )
 
 
 # --- model ---------------------------------------------------------------------------------
@@ -327,6 +348,46 @@ class Monitoring(Schema):
     dashboard: bool = Field(
         True, description="Create a ConfigMap with a Grafana dashboard (sidecar-discoverable)."
     )
+
+
+# --- the chain -----------------------------------------------------------------------------
+
+
+class Memory(config.Memory):
+    """Conversation memory, kept per session id in a Redis shared by all replicas."""
+
+    store: Literal["managed", "external"] = Field(
+        "managed",
+        description="managed: a small Redis Deployment the operator runs for this app. "
+        "external: the Redis whose URL is in redisUrlSecretRef.",
+    )
+    redis_url_secret_ref: SecretKeyRef | None = Field(
+        None, description="Secret key holding the external Redis URL (store: external)."
+    )
+
+    model_config = rules(
+        (
+            "(self.store == 'external') == has(self.redisUrlSecretRef)",
+            "redisUrlSecretRef is required with store: external and not allowed with store: "
+            "managed",
+            ".redisUrlSecretRef",
+        )
+    )
+
+
+class Chain(config.Chain):
+    """A sequential chain: each step's output is a variable for the steps after it."""
+
+    memory: Memory | None = Field(
+        None, description="Conversation memory; omitted: every request stands alone."
+    )
+
+    def for_server(self) -> config.Chain:
+        """The chain as the server reads it: without where the memory store runs (the operator
+        turns that into the server's memory URL)."""
+        return config.Chain.model_validate(
+            self.model_dump(exclude={"memory": {"store", "redis_url_secret_ref"}})
+        )
 
 
 # --- the resource --------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The chain config schema: what a chain is made of (inputs, steps, memory).
 
-The operator renders it into the chain ConfigMap and embeds it in the LLMChainApp CRD as
-`spec.chain`; the chain server reads it back with `ChainConfig.model_validate`. It is the one
+The operator embeds it in the LLMChainApp CRD as `spec.chain` (adding what only the operator
+uses: where the memory store runs) and renders it into the chain ConfigMap; the chain server
+reads it back with `ChainConfig.model_validate`. Besides the contract module, it is the one
 module of the server the operator may import, so it depends on nothing else of the server.
 
 Field names are snake_case in Python and camelCase on the wire (`maxTokens`), as Kubernetes
@@ -34,23 +35,6 @@ class Schema(BaseModel):
 def nested(model: type[BaseModel], description: str) -> Any:
     """A sub-object field that defaults to its model's defaults (`{}` in the CRD)."""
     return Field(default_factory=model, description=description, json_schema_extra={"default": {}})
-
-
-class SecretKeyRef(Schema):
-    """A key of a Secret in the app's namespace."""
-
-    name: str = Field(
-        description="Name of the Secret.",
-        min_length=1,
-        max_length=253,
-        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
-    )
-    key: str = Field(
-        description="Key within the Secret.",
-        min_length=1,
-        max_length=253,
-        pattern=r"^[-._a-zA-Z0-9]+$",
-    )
 
 
 class Generation(Schema):
@@ -149,27 +133,6 @@ class Memory(Schema):
     window: int = Field(5, ge=1, le=100, description="Turns of history kept per session.")
     ttl_seconds: int = Field(
         3600, ge=60, le=30 * 86400, description="Seconds an idle session's history is kept."
-    )
-    store: Literal["managed", "external"] = Field(
-        "managed",
-        description="managed: a small Redis Deployment the operator runs for this app. "
-        "external: the Redis whose URL is in redisUrlSecretRef.",
-    )
-    redis_url_secret_ref: SecretKeyRef | None = Field(
-        None, description="Secret key holding the external Redis URL (store: external)."
-    )
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "(self.store == 'external') == has(self.redisUrlSecretRef)",
-                    "message": "redisUrlSecretRef is required with store: external and "
-                    "not allowed with store: managed",
-                    "fieldPath": ".redisUrlSecretRef",
-                }
-            ]
-        }
     )
 
 

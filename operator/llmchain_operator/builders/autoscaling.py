@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from llmchain_operator.api import LLMChainApp
 from llmchain_operator.builders.common import Manifest, app_name, app_namespace, metadata
-from llmchain_operator.builders.metrics_contract import INFLIGHT
+from llmchain_server.contract import INFLIGHT
 
 SCALE_UP_POLICY = {"type": "Pods", "value": 4, "periodSeconds": 60}
 

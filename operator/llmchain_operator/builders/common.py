@@ -7,20 +7,12 @@ import json
 from typing import Any
 
 from llmchain_operator.api import LLMChainApp
+from llmchain_server import contract
 
 Manifest = dict[str, Any]
 
 MANAGED_BY = "llmchain-operator"
 PART_OF = "llmchain"
-HTTP_PORT = 8000
-CACHE_PORT = 6379
-MODEL_DIR = "/models"
-CHAIN_DIR = "/etc/llmchain/chain"
-CHAIN_FILE = "chain.yaml"
-API_KEY_DIR = "/etc/llmchain/api-key"
-
-MODEL_BUILD_RECIPE = "llmchain-model-build/2"
-"""Bumped when the model build changes its output: part of the model digest."""
 
 
 def app_name(app: LLMChainApp) -> str:
@@ -88,7 +80,7 @@ def model_digest(app: LLMChainApp) -> str:
     inputs = {
         "source": model.source.model_dump(by_alias=True, exclude_none=True),
         "quantization": model.quantization,
-        "recipe": MODEL_BUILD_RECIPE,
+        "recipe": contract.MODEL_BUILD_RECIPE,  # a new builder version builds anew
     }
     if model.quantization in ("int4", "int8"):  # fp16 and fp32 builds have no accuracy plan
         inputs["accuracy"] = model.accuracy

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from llmchain_operator.api import LLMChainApp
 from llmchain_operator.builders.common import (
-    CACHE_PORT,
     Manifest,
     app_name,
     app_namespace,
@@ -16,6 +15,8 @@ from llmchain_operator.builders.common import (
     selector_labels,
 )
 from llmchain_operator.settings import Settings
+from llmchain_server import contract
+from llmchain_server.contract import CACHE_PORT
 
 
 def memory_name(app: LLMChainApp) -> str:
@@ -28,7 +29,7 @@ def manages_memory(app: LLMChainApp) -> bool:
 
 
 def memory_url_env(app: LLMChainApp) -> list[Manifest]:
-    """LLMCHAIN_MEMORY_URL for the server container (referenced by `--memory-url`)."""
+    """The memory URL variable of the server container (referenced by `--memory-url`)."""
     memory = app.spec.chain.memory
     if memory is None:
         return []
@@ -36,12 +37,12 @@ def memory_url_env(app: LLMChainApp) -> list[Manifest]:
         ref = memory.redis_url_secret_ref
         return [
             {
-                "name": "LLMCHAIN_MEMORY_URL",
+                "name": contract.ENV_MEMORY_URL,
                 "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
             }
         ]
     url = f"redis://{memory_name(app)}.{app_namespace(app)}.svc:{CACHE_PORT}/0"
-    return [{"name": "LLMCHAIN_MEMORY_URL", "value": url}]
+    return [{"name": contract.ENV_MEMORY_URL, "value": url}]
 
 
 def build_memory_deployment(app: LLMChainApp, settings: Settings) -> Manifest | None:

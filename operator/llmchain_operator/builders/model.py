@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from llmchain_operator.api import LLMChainApp
 from llmchain_operator.builders.common import (
-    MODEL_DIR,
     Manifest,
     app_name,
     build_labels,
@@ -17,6 +16,8 @@ from llmchain_operator.builders.common import (
     short_digest,
 )
 from llmchain_operator.settings import Settings
+from llmchain_server import contract
+from llmchain_server.contract import MODEL_DIR
 
 BUILD_MEMORY = "2Gi"
 """The model build's memory limit when the server has a smaller one (see _builder_resources)."""
@@ -62,21 +63,21 @@ def _source_copy_container(app: LLMChainApp) -> Manifest | None:
 
 def _build_args(app: LLMChainApp) -> list[str]:
     source = app.spec.model.source
-    args = ["llmchain", "model", "build"]
+    args = [contract.COMMAND, *contract.MODEL_BUILD]
     if source.url is not None:
-        args += ["--source", source.url.url, "--sha256", source.url.sha256]
+        args += [contract.FLAG_SOURCE, source.url.url, contract.FLAG_SHA256, source.url.sha256]
     elif source.pvc is not None:
-        args += ["--source", f"{SOURCE_DIR}/{source.pvc.path.strip('/')}".rstrip("/")]
+        args += [contract.FLAG_SOURCE, f"{SOURCE_DIR}/{source.pvc.path.strip('/')}".rstrip("/")]
     elif source.image is not None:
-        args += ["--source", COPIED_SOURCE]
+        args += [contract.FLAG_SOURCE, COPIED_SOURCE]
     args += [
-        "--quantization",
+        contract.FLAG_QUANTIZATION,
         app.spec.model.quantization,
-        "--accuracy",
+        contract.FLAG_ACCURACY,
         app.spec.model.accuracy,
-        "--out",
+        contract.FLAG_OUT,
         model_dir(app),
-        "--digest",
+        contract.FLAG_DIGEST,
         model_digest(app),
     ]
     return args
@@ -148,14 +149,13 @@ def model_init_containers(app: LLMChainApp, settings: Settings) -> list[Manifest
             "name": "model",
             "image": settings.server_image,
             "args": [
-                "llmchain",
-                "model",
-                "wait",
-                "--dir",
+                contract.COMMAND,
+                *contract.MODEL_WAIT,
+                contract.FLAG_DIR,
                 model_dir(app),
-                "--digest",
+                contract.FLAG_DIGEST,
                 model_digest(app),
-                "--timeout",
+                contract.FLAG_TIMEOUT,
                 "3600",
             ],
             "volumeMounts": [{"name": "models", "mountPath": MODEL_DIR, "readOnly": True}],

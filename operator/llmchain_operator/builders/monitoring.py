@@ -12,7 +12,7 @@ from llmchain_operator.builders.common import (
     metadata,
     selector_labels,
 )
-from llmchain_operator.builders.metrics_contract import (
+from llmchain_server.contract import (
     CACHE_HITS,
     CACHE_MISSES,
     GENERATED_TOKENS,

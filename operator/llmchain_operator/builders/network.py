@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from llmchain_operator.api import LLMChainApp
 from llmchain_operator.builders.common import (
-    CACHE_PORT,
-    HTTP_PORT,
     Manifest,
     app_name,
     app_namespace,
@@ -14,6 +12,7 @@ from llmchain_operator.builders.common import (
 )
 from llmchain_operator.builders.memory import manages_memory, memory_name
 from llmchain_operator.settings import Settings
+from llmchain_server.contract import CACHE_PORT, HTTP_PORT
 
 SERVICE_PORT = 80
 

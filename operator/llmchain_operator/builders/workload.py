@@ -6,11 +6,6 @@ import yaml
 
 from llmchain_operator.api import LLMChainApp
 from llmchain_operator.builders.common import (
-    API_KEY_DIR,
-    CACHE_PORT,
-    CHAIN_DIR,
-    CHAIN_FILE,
-    HTTP_PORT,
     Manifest,
     app_name,
     build_labels,
@@ -25,7 +20,9 @@ from llmchain_operator.builders.common import (
 from llmchain_operator.builders.memory import memory_url_env
 from llmchain_operator.builders.model import model_dir, model_init_containers, model_volumes
 from llmchain_operator.settings import Settings
+from llmchain_server import contract
 from llmchain_server.config import ChainConfig
+from llmchain_server.contract import API_KEY_DIR, CACHE_PORT, CHAIN_DIR, CHAIN_FILE, HTTP_PORT
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
@@ -39,7 +36,7 @@ def chain_configmap_name(app: LLMChainApp) -> str:
 
 
 def render_chain_config(app: LLMChainApp) -> str:
-    config = ChainConfig(name=app_name(app), chain=app.spec.chain)
+    config = ChainConfig(name=app_name(app), chain=app.spec.chain.for_server())
     return yaml.safe_dump(config.model_dump(by_alias=True, exclude_none=True), sort_keys=False)
 
 
@@ -107,43 +104,43 @@ def _with_headroom(quantity: str) -> str:
 
 def _server_args(app: LLMChainApp) -> list[str]:
     args = [
-        "llmchain",
-        "serve",
-        "--model",
+        contract.COMMAND,
+        *contract.SERVE,
+        contract.FLAG_MODEL,
         model_dir(app),
-        "--chain",
+        contract.FLAG_CHAIN,
         f"{CHAIN_DIR}/{CHAIN_FILE}",
-        "--host",
+        contract.FLAG_HOST,
         "0.0.0.0",
-        "--port",
+        contract.FLAG_PORT,
         str(HTTP_PORT),
     ]
     if app.spec.cache.enabled:
-        args += ["--redis-url", f"redis://127.0.0.1:{CACHE_PORT}/0"]
+        args += [contract.FLAG_REDIS_URL, f"redis://127.0.0.1:{CACHE_PORT}/0"]
     if app.spec.chain.memory is not None:
-        args += ["--memory-url", "$(LLMCHAIN_MEMORY_URL)"]
+        args += [contract.FLAG_MEMORY_URL, f"$({contract.ENV_MEMORY_URL})"]
     return args
 
 
 def _server_env(app: LLMChainApp) -> list[Manifest]:
     serving = app.spec.serving
     env: list[Manifest] = [
-        {"name": "LLMCHAIN_EXECUTION_PROVIDER", "value": app.spec.model.execution_provider},
+        {"name": contract.ENV_EXECUTION_PROVIDER, "value": app.spec.model.execution_provider},
         # The model id OpenAI clients send: the app's name, not the model folder's digest.
-        {"name": "LLMCHAIN_MODEL_NAME", "value": app_name(app)},
+        {"name": contract.ENV_MODEL_NAME, "value": app_name(app)},
         # In-flight requests get the termination grace period less the preStop pause and a
         # margin for the process to exit.
         {
-            "name": "LLMCHAIN_GRACE_SECONDS",
+            "name": contract.ENV_GRACE_SECONDS,
             "value": str(max(1, serving.termination_grace_period_seconds - PRE_STOP_SECONDS - 5)),
         },
-        {"name": "LLMCHAIN_MODEL_DIGEST", "value": model_digest(app)},
-        {"name": "LLMCHAIN_MAX_BATCH_SIZE", "value": str(serving.max_batch_size)},
-        {"name": "LLMCHAIN_MAX_CONCURRENCY", "value": str(serving.max_concurrency)},
-        {"name": "LLMCHAIN_CACHE_TTL_SECONDS", "value": str(app.spec.cache.ttl_seconds)},
-        {"name": "LLMCHAIN_CACHE_SAMPLED", "value": str(app.spec.cache.include_sampled).lower()},
+        {"name": contract.ENV_MODEL_DIGEST, "value": model_digest(app)},
+        {"name": contract.ENV_MAX_BATCH_SIZE, "value": str(serving.max_batch_size)},
+        {"name": contract.ENV_MAX_CONCURRENCY, "value": str(serving.max_concurrency)},
+        {"name": contract.ENV_CACHE_TTL_SECONDS, "value": str(app.spec.cache.ttl_seconds)},
+        {"name": contract.ENV_CACHE_SAMPLED, "value": str(app.spec.cache.include_sampled).lower()},
         {
-            "name": "LLMCHAIN_CPU_LIMIT",
+            "name": contract.ENV_CPU_LIMIT,
             "valueFrom": {
                 "resourceFieldRef": {
                     "containerName": "server",
@@ -157,7 +154,7 @@ def _server_env(app: LLMChainApp) -> list[Manifest]:
     if serving.api_key_secret_ref is not None:
         env.append(
             {
-                "name": "LLMCHAIN_API_KEY_FILE",
+                "name": contract.ENV_API_KEY_FILE,
                 "value": f"{API_KEY_DIR}/{serving.api_key_secret_ref.key}",
             }
         )
@@ -193,13 +190,13 @@ def _server_container(app: LLMChainApp, settings: Settings) -> Manifest:
         "env": _server_env(app),
         "ports": [{"name": "http", "containerPort": HTTP_PORT}],
         "startupProbe": {
-            "httpGet": {**http, "path": "/readyz"},
+            "httpGet": {**http, "path": contract.READY_PATH},
             "periodSeconds": 5,
             "failureThreshold": 120,
         },
-        "readinessProbe": {"httpGet": {**http, "path": "/readyz"}, "periodSeconds": 5},
+        "readinessProbe": {"httpGet": {**http, "path": contract.READY_PATH}, "periodSeconds": 5},
         "livenessProbe": {
-            "httpGet": {**http, "path": "/healthz"},
+            "httpGet": {**http, "path": contract.LIVE_PATH},
             "periodSeconds": 10,
             "failureThreshold": 3,
         },

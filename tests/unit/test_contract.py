@@ -1,0 +1,86 @@
+"""The operator-server agreement (llmchain_server.contract): what the operator renders into pods
+is what the server's command line takes, and the build recipe is part of the model digest."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+import pytest
+import yaml
+
+from llmchain_cli.main import cli
+from llmchain_operator.builders import build_children
+from llmchain_operator.builders.common import model_digest
+from llmchain_operator.settings import Settings
+from llmchain_server import contract
+from llmchain_server.config import ChainConfig
+from llmchain_server.model import manifest
+from tests.unit.test_builders import GPU, QA, app
+
+APPS = {
+    "gpu-keda-memory": app(GPU),
+    "build-job": app(QA, model__volume={"size": "2Gi"}),
+    "init-build": app(QA),
+}
+
+
+def containers(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    found = []
+    for obj in objects:
+        spec = obj.get("spec", {}).get("template", {}).get("spec", {})
+        found += spec.get("initContainers", []) + spec.get("containers", [])
+    return found
+
+
+def subcommand(args: list[str]) -> click.Command:
+    command: click.Command = cli
+    for word in args[1:]:
+        if not isinstance(command, click.Group) or word not in command.commands:
+            break
+        command = command.commands[word]
+    return command
+
+
+@pytest.mark.parametrize("name", APPS)
+def test_every_flag_the_operator_renders_is_one_the_cli_takes(name: str) -> None:
+    ran = 0
+    for container in containers(build_children(APPS[name], Settings()).objects):
+        args = container.get("args", [])
+        if not args or args[0] != contract.COMMAND:
+            continue
+        command = subcommand(args)
+        taken = {opt for param in command.params for opt in getattr(param, "opts", [])}
+        flags = {a for a in args if a.startswith("--")}
+        assert flags <= taken, f"{container['name']}: {sorted(flags - taken)} not taken"
+        ran += 1
+    assert ran, "no container runs the llmchain command"
+
+
+@pytest.mark.parametrize("name", APPS)
+def test_every_variable_the_operator_sets_is_a_contract_name(name: str) -> None:
+    names = {v for k, v in vars(contract).items() if k.startswith("ENV_")}
+    for container in containers(build_children(APPS[name], Settings()).objects):
+        if container.get("args", [""])[0] != contract.COMMAND:
+            continue
+        for variable in container.get("env", []):
+            assert variable["name"] in names | {"HOME"}, variable["name"]
+
+
+def test_the_chain_configmap_is_what_the_server_reads() -> None:
+    for obj in build_children(APPS["gpu-keda-memory"], Settings()).objects:
+        if obj["kind"] == "ConfigMap" and contract.CHAIN_FILE in obj.get("data", {}):
+            config = ChainConfig.model_validate(yaml.safe_load(obj["data"][contract.CHAIN_FILE]))
+            assert config.chain.memory is not None  # store and its Secret stay operator-side
+            return
+    raise AssertionError("no chain ConfigMap")
+
+
+def test_a_new_builder_version_changes_the_model_digest(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = model_digest(app(QA))
+    monkeypatch.setattr(contract, "MODEL_BUILD_RECIPE", "llmchain-model-build/999")
+    assert model_digest(app(QA)) != before
+
+
+def test_the_builder_records_the_contract_recipe() -> None:
+    assert manifest.BUILDER == contract.MODEL_BUILD_RECIPE
