@@ -1,0 +1,376 @@
+"""The Reconciler against FakeKube (an in-memory fake of the API client, tests/support):
+pruning, the replica hand-over to an autoscaler, de-duplicated events, skipped status writes.
+
+Each test drives the public surface only: `Reconciler(kube, settings)`, `reconcile(body)`,
+`reconcile_named(namespace, name)`, and looks at what the fake recorded. The app's body is read
+back from the fake before each reconcile, so the status the last reconcile wrote is in it, as it
+is in the body kopf hands over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from llmchain_operator.kube import ApiError
+from llmchain_operator.reconcile import Reconciler, RetryLater
+from llmchain_operator.settings import Settings
+from tests.support.fake_kube import FakeKube
+
+ROOT = Path(__file__).resolve().parents[2]
+QA: dict[str, Any] = yaml.safe_load((ROOT / "examples/01-qa-chain/app.yaml").read_text())
+NS = "apps"
+NAME = "qa-chain"
+MANAGER = Settings().field_manager
+HANDOVER = MANAGER + "-handover"
+HPA = {"minReplicas": 1, "maxReplicas": 6}
+MEMORY = {"window": 3, "store": "managed"}
+Spec = dict[str, Any]
+
+
+def setup(
+    *changes: Callable[[Spec], None], groups: set[str] | None = None
+) -> tuple[FakeKube, Reconciler]:
+    """A fake cluster holding example 01 (as `qa-chain` in `apps`, changed by `changes`)."""
+    kube = FakeKube(field_manager=MANAGER)
+    if groups is not None:
+        kube.groups = groups
+    app = copy.deepcopy(QA)
+    app["metadata"].update(namespace=NS, uid="uid-qa-chain")
+    for change in changes:
+        change(app["spec"])
+    kube.put(app)
+    return kube, Reconciler(kube=kube, settings=Settings())  # type: ignore[arg-type]
+
+
+def reconcile(kube: FakeKube, reconciler: Reconciler) -> None:
+    """One reconcile of the app as the fake holds it now (status of the last one included)."""
+    body = kube.object("LLMChainApp", NS, NAME)
+    assert body is not None
+    asyncio.run(reconciler.reconcile(body))
+
+
+def edit(kube: FakeKube, *changes: Callable[[Spec], None]) -> None:
+    """Change the app's spec, as `kubectl apply` would (its generation moves)."""
+    app = kube.object("LLMChainApp", NS, NAME)
+    assert app is not None
+    for change in changes:
+        change(app["spec"])
+    kube.put(app)
+
+
+def set_(path: str, value: Any) -> Callable[[Spec], None]:
+    """A spec change: set the dotted `path` (`serving.replicas`) to `value`."""
+
+    def change(spec: Spec) -> None:
+        *parents, last = path.split(".")
+        for key in parents:
+            spec = spec.setdefault(key, {})
+        spec[last] = copy.deepcopy(value)
+
+    return change
+
+
+def drop(path: str) -> Callable[[Spec], None]:
+    def change(spec: Spec) -> None:
+        *parents, last = path.split(".")
+        for key in parents:
+            spec = spec[key]
+        del spec[last]
+
+    return change
+
+
+def conditions(kube: FakeKube) -> dict[str, dict[str, Any]]:
+    app = kube.object("LLMChainApp", NS, NAME)
+    assert app is not None
+    return {c["type"]: c for c in app.get("status", {}).get("conditions", [])}
+
+
+def replica_owners(kube: FakeKube) -> set[str]:
+    deployment = kube.object("Deployment", NS, NAME)
+    assert deployment is not None
+    return {
+        entry["manager"]
+        for entry in deployment["metadata"].get("managedFields", [])
+        if "f:replicas" in entry["fieldsV1"].get("f:spec", {})
+    }
+
+
+def a_child(kind: str, name: str, owner_uid: str | None) -> dict[str, Any]:
+    """An object labelled like the app's children, owned by `owner_uid` (or by nothing)."""
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": NS,
+        "labels": {
+            "app.kubernetes.io/instance": NAME,
+            "app.kubernetes.io/managed-by": MANAGER,
+        },
+    }
+    if owner_uid:
+        meta["ownerReferences"] = [
+            {"apiVersion": "llmchain.io/v1alpha1", "kind": "LLMChainApp", "uid": owner_uid}
+        ]
+    return {"apiVersion": "v1", "kind": kind, "metadata": meta, "data": {}}
+
+
+# --- pruning ----------------------------------------------------------------------------------
+
+
+def test_switching_autoscaling_off_deletes_the_autoscaler_and_nothing_else() -> None:
+    kube, reconciler = setup(set_("autoscaling", HPA))
+    reconcile(kube, reconciler)
+    assert kube.names("HorizontalPodAutoscaler") == {NAME}
+    assert kube.calls_to("delete") == []
+
+    edit(kube, drop("autoscaling"))
+    reconcile(kube, reconciler)
+    assert kube.calls_to("delete") == [("delete", "HorizontalPodAutoscaler", NS, NAME)]
+    assert kube.names("HorizontalPodAutoscaler") == set()
+
+
+def test_removing_memory_deletes_the_memory_store_and_nothing_else() -> None:
+    kube, reconciler = setup(set_("chain.memory", MEMORY))
+    reconcile(kube, reconciler)
+    memory = f"{NAME}-memory"
+    assert memory in kube.names("Deployment") and memory in kube.names("Service")
+    kube.calls.clear()
+
+    edit(kube, drop("chain.memory"))
+    reconcile(kube, reconciler)
+    assert sorted(kube.calls_to("delete")) == [
+        ("delete", "Deployment", NS, memory),
+        ("delete", "NetworkPolicy", NS, memory),  # the policy that let only the servers in
+        ("delete", "Service", NS, memory),
+    ]
+    assert kube.names("Deployment") == {NAME}
+
+
+def test_prune_never_deletes_what_another_app_or_nobody_owns() -> None:
+    kube, reconciler = setup(set_("autoscaling", HPA))
+    kube.put(a_child("ConfigMap", "same-labels-other-owner", owner_uid="uid-of-another-app"))
+    kube.put(a_child("ConfigMap", "same-labels-no-owner", owner_uid=None))
+    reconcile(kube, reconciler)
+    edit(kube, drop("autoscaling"))  # so the second reconcile prunes too
+    kube.put(a_child("ConfigMap", "an-owned-leftover", owner_uid="uid-qa-chain"))  # the control
+    reconcile(kube, reconciler)
+
+    assert sorted(kube.calls_to("delete")) == [
+        ("delete", "ConfigMap", NS, "an-owned-leftover"),
+        ("delete", "HorizontalPodAutoscaler", NS, NAME),
+    ]
+    assert {"same-labels-other-owner", "same-labels-no-owner"} <= kube.names("ConfigMap")
+
+
+def test_prune_is_skipped_while_the_desired_children_stay_the_same() -> None:
+    kube, reconciler = setup()
+    reconcile(kube, reconciler)
+    assert kube.calls_to("list"), "the first reconcile looks for leftovers"
+    kube.calls.clear()
+
+    reconcile(kube, reconciler)  # a resync
+    edit(kube, set_("chain.steps", [{"name": "answer", "prompt": "Q: {{ question }}\nA:"}]))
+    reconcile(kube, reconciler)  # a change that leaves the same set of children
+    assert kube.calls_to("list") == []
+    assert kube.calls_to("delete") == []
+    assert kube.calls_to("apply"), "the changed prompt was applied"
+
+
+def test_prune_does_not_list_kinds_whose_api_is_not_installed() -> None:
+    kube, reconciler = setup(groups=set())
+    reconcile(kube, reconciler)
+    listed = {call[1] for call in kube.calls_to("list")}
+    assert {"Deployment", "ConfigMap", "HorizontalPodAutoscaler"} <= listed
+    assert listed.isdisjoint({"ServiceMonitor", "PrometheusRule", "ScaledObject"})
+
+
+# --- the replica hand-over to an autoscaler ----------------------------------------------------
+
+
+def test_switching_autoscaling_on_hands_the_replica_count_over_before_dropping_it() -> None:
+    kube, reconciler = setup(set_("serving.replicas", 3))
+    reconcile(kube, reconciler)
+    assert replica_owners(kube) == {MANAGER}
+    kube.calls.clear()
+    kube.applied.clear()
+
+    edit(kube, set_("autoscaling", HPA))
+    reconcile(kube, reconciler)
+    deployment_calls = [c for c in kube.calls if c[1:4] == ("Deployment", NS, NAME)]
+    assert deployment_calls == [
+        ("get", "Deployment", NS, NAME),
+        ("apply", "Deployment", NS, NAME, HANDOVER),
+        ("apply", "Deployment", NS, NAME, MANAGER),
+    ]
+    handover, main = [body for _, body in kube.applied if body["kind"] == "Deployment"]
+    assert handover["spec"] == {"replicas": 3}
+    assert "replicas" not in main["spec"]
+    deployment = kube.object("Deployment", NS, NAME)
+    assert deployment is not None and deployment["spec"]["replicas"] == 3  # kept, not reset
+    assert replica_owners(kube) == {HANDOVER}
+
+
+def test_the_hand_over_happens_once_per_switch_on() -> None:
+    kube, reconciler = setup(set_("serving.replicas", 3))
+    reconcile(kube, reconciler)
+    edit(kube, set_("autoscaling", HPA))
+    reconcile(kube, reconciler)
+    kube.calls.clear()
+
+    reconcile(kube, reconciler)  # a resync: no second look at the Deployment
+    assert ("get", "Deployment", NS, NAME) not in kube.calls
+    assert [c for c in kube.calls_to("apply") if c[4] == HANDOVER] == []
+
+    edit(kube, drop("autoscaling"))
+    reconcile(kube, reconciler)
+    assert replica_owners(kube) == {MANAGER, HANDOVER}  # replicas applied again
+    kube.calls.clear()
+    edit(kube, set_("autoscaling", HPA))
+    reconcile(kube, reconciler)
+    assert ("get", "Deployment", NS, NAME) in kube.calls
+    assert ("apply", "Deployment", NS, NAME, HANDOVER) in kube.calls
+    assert replica_owners(kube) == {HANDOVER}
+
+
+def test_an_app_autoscaled_from_the_start_needs_no_hand_over() -> None:
+    kube, reconciler = setup(set_("autoscaling", HPA))
+    reconcile(kube, reconciler)
+    assert [c for c in kube.calls_to("apply") if c[4] == HANDOVER] == []
+    assert replica_owners(kube) == set()
+
+
+# --- events, posted once per piece of news ----------------------------------------------------
+
+
+def test_a_missing_optional_api_is_reported_once_until_it_is_news_again() -> None:
+    keda = {**HPA, "engine": "keda", "prometheusAddress": "http://prometheus:9090"}
+    kube, reconciler = setup(set_("autoscaling", keda), groups=set())
+    reconcile(kube, reconciler)
+    reconcile(kube, reconciler)
+    assert [(e["type"], e["reason"]) for e in kube.events] == [("Warning", "APINotInstalled")]
+    message = kube.events[0]["message"]
+    assert "ScaledObject qa-chain" in message and "ServiceMonitor qa-chain" in message
+    assert conditions(kube)["OptionalAPIs"]["message"] == message
+
+    kube.groups = {"monitoring.coreos.com", "keda.sh"}  # installed: nothing to report
+    reconcile(kube, reconciler)
+    assert len(kube.events) == 1
+    assert {"ScaledObject", "ServiceMonitor"} <= {c[1] for c in kube.calls_to("apply")}
+
+    kube.groups = set()  # removed again: news again
+    reconcile(kube, reconciler)
+    assert [e["reason"] for e in kube.events] == ["APINotInstalled", "APINotInstalled"]
+
+
+def test_an_invalid_spec_is_reported_once_per_distinct_problem() -> None:
+    kube, reconciler = setup(
+        set_("chain.steps", [{"name": "answer", "prompt": "Q: {{ questoin }}\nA:"}])
+    )
+    reconcile(kube, reconciler)
+    reconcile(kube, reconciler)
+    assert [(e["type"], e["reason"]) for e in kube.events] == [("Warning", "InvalidSpec")]
+    assert "undeclared variable 'questoin'" in kube.events[0]["message"]
+    degraded = conditions(kube)["Degraded"]
+    assert (degraded["status"], degraded["reason"]) == ("True", "InvalidSpec")
+    assert kube.calls_to("apply") == []
+
+    edit(
+        kube,
+        set_("chain.steps", QA["spec"]["chain"]["steps"]),
+        set_("serving.apiKeySecretRef", {"name": "qa-keys", "key": "key"}),
+    )
+    reconcile(kube, reconciler)
+    reconcile(kube, reconciler)
+    assert [e["reason"] for e in kube.events] == ["InvalidSpec", "InvalidSpec"]
+    assert kube.events[1]["message"] == "spec.serving.apiKeySecretRef: Secret qa-keys not found"
+
+
+def test_an_invalid_spec_leaves_the_running_children_alone() -> None:
+    kube, reconciler = setup(set_("autoscaling", HPA))
+    reconcile(kube, reconciler)
+    kube.calls.clear()
+
+    edit(kube, set_("serving.apiKeySecretRef", {"name": "qa-keys", "key": "key"}))
+    reconcile(kube, reconciler)
+    assert [c[0] for c in kube.calls if c[0] in ("apply", "delete", "list")] == []
+    assert kube.names("HorizontalPodAutoscaler") == {NAME}
+    assert conditions(kube)["Ready"]["reason"] == "InvalidSpec"
+
+
+# --- status writes ----------------------------------------------------------------------------
+
+
+def test_status_is_not_written_again_when_nothing_changed() -> None:
+    kube, reconciler = setup()
+    reconcile(kube, reconciler)
+    assert kube.calls_to("patch_status") == [("patch_status", "LLMChainApp", NS, NAME)]
+    kube.calls.clear()
+
+    reconcile(kube, reconciler)
+    assert kube.calls_to("patch_status") == []
+
+
+def test_status_is_written_when_the_deployment_reports_progress() -> None:
+    kube, reconciler = setup()
+    reconcile(kube, reconciler)
+    kube.set_status(
+        "Deployment",
+        NS,
+        NAME,
+        {"observedGeneration": 1, "replicas": 1, "readyReplicas": 1, "updatedReplicas": 1},
+    )
+    kube.calls.clear()
+
+    reconcile(kube, reconciler)
+    assert kube.calls_to("patch_status") == [("patch_status", "LLMChainApp", NS, NAME)]
+    app = kube.object("LLMChainApp", NS, NAME)
+    assert app is not None and app["status"]["readyReplicas"] == 1
+    assert conditions(kube)["Ready"]["status"] == "True"
+    kube.calls.clear()
+    reconcile(kube, reconciler)
+    assert kube.calls_to("patch_status") == []
+
+
+# --- reconcile by name (from a child's event), and API errors ---------------------------------
+
+
+def test_reconcile_named_reads_the_app_afresh_and_skips_a_deleted_one() -> None:
+    kube, reconciler = setup()
+    asyncio.run(reconciler.reconcile_named(NS, NAME))
+    assert kube.calls[0] == ("get", "LLMChainApp", NS, NAME)
+    assert NAME in kube.names("Deployment")
+
+    kube.calls.clear()
+    asyncio.run(reconciler.reconcile_named(NS, "gone"))
+    assert kube.calls == [("get", "LLMChainApp", NS, "gone")]
+
+    app = kube.object("LLMChainApp", NS, NAME)
+    assert app is not None
+    app["metadata"]["deletionTimestamp"] = "2025-01-01T00:00:00Z"
+    kube.put(app)
+    kube.calls.clear()
+    asyncio.run(reconciler.reconcile_named(NS, NAME))
+    assert kube.calls == [("get", "LLMChainApp", NS, NAME)]
+
+
+@pytest.mark.parametrize("status", [409, 429, 503])
+def test_a_passing_api_refusal_asks_for_a_retry(status: int) -> None:
+    kube, reconciler = setup()
+    kube.failures[("apply", "Deployment")] = ApiError(status, "Refused", "try again")
+    with pytest.raises(RetryLater):
+        reconcile(kube, reconciler)
+    assert kube.calls_to("patch_status") == []
+
+
+def test_an_optional_kind_no_longer_served_forgets_the_discovered_groups() -> None:
+    kube, reconciler = setup()
+    kube.failures[("apply", "ServiceMonitor")] = ApiError(404, "Not Found", "no such kind")
+    with pytest.raises(RetryLater, match="ServiceMonitor is no longer served"):
+        reconcile(kube, reconciler)
+    assert ("forget_groups",) in kube.calls
