@@ -1,13 +1,15 @@
 """Every kopf registration of the operator, and nothing else: handlers are thin and delegate.
 
-Run with `llmchain operator` (or `kopf run -m llmchain_operator.main`).
+Run with `llmchain operator` (or `kopf run -m llmchain_operator.main`). What a run brings
+(settings, the webhook server, background coroutines) arrives in kopf's memo, not in module
+globals: `llmchain operator` passes it to `kopf.run(memo=...)`; a bare `kopf run` gets the
+settings from the environment.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -24,30 +26,40 @@ from llmchain_operator.validation import validate
 
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 
-WEBHOOK: kopf.WebhookServer | None = None
-"""The admission webhook server, when `llmchain operator --webhook-port` asks for one."""
-
-BACKGROUND: list[Callable[[], Coroutine[Any, Any, None]]] = []
-"""Coroutines started with the operator (the leader-lease guard), cancelled at cleanup."""
-RESYNC_SECONDS = float(os.environ.get("LLMCHAIN_RESYNC_SECONDS", "300"))
 RESYNC_CONCURRENCY = 8
+Background = Callable[[], Coroutine[Any, Any, None]]
+
+
+def run_memo(
+    settings: Settings,
+    webhook: kopf.WebhookServer | None = None,
+    background: list[Background] | None = None,
+) -> kopf.Memo:
+    """What `llmchain operator` hands kopf: the settings, the admission webhook server (when
+    asked for one) and coroutines started with the operator (the leader-lease guard)."""
+    # `apps` is shared by the shallow copies kopf makes of this memo for each object.
+    return kopf.Memo(
+        settings=settings, webhook=webhook, background=list(background or []), apps=set()
+    )
 
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    config = Settings.from_env()
+    if "settings" not in memo:  # `kopf run -m llmchain_operator.main`
+        memo.update(run_memo(Settings.from_env()))
+    config: Settings = memo.settings
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.networking.error_backoffs = [1, 2, 5, 10, 30]
-    if WEBHOOK is not None:
-        settings.admission.server = WEBHOOK
+    if memo.webhook is not None:
+        settings.admission.server = memo.webhook
         settings.admission.managed = "llmchainapps.llmchain.io"
     memo.reconciler = Reconciler(
         Kube.from_environment(config.field_manager, config.discovery_seconds), config
     )
     memo.tasks = [
-        asyncio.create_task(_resync_forever(memo.reconciler)),
-        *(asyncio.create_task(start()) for start in BACKGROUND),
+        asyncio.create_task(_resync_forever(memo.reconciler, config.resync_seconds)),
+        *(asyncio.create_task(start()) for start in memo.background),
     ]
 
 
@@ -62,10 +74,9 @@ async def validate_app(body: kopf.Body, **_: Any) -> None:
         raise kopf.AdmissionError("; ".join(problems), code=422)
 
 
-def enable_webhook(server: kopf.WebhookServer) -> None:
-    """Register the admission handler (kopf refuses admission handlers without a server)."""
-    global WEBHOOK
-    WEBHOOK = server
+def enable_webhook() -> None:
+    """Register the admission handler, for a run with a webhook server in its memo (kopf
+    refuses admission handlers without a server)."""
     kopf.on.validate(
         GROUP,
         VERSION,
@@ -94,8 +105,8 @@ async def reconcile_app(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     await _reconcile(body, memo)
 
 
-async def _resync_forever(reconciler: Reconciler) -> None:
-    """Level-triggered safety net: every app is reconciled each RESYNC_SECONDS, so drift in kinds
+async def _resync_forever(reconciler: Reconciler, period: float) -> None:
+    """Level-triggered safety net: every app is reconciled each `period`, so drift in kinds
     the operator does not watch (ScaledObject, ServiceMonitor, PrometheusRule) and optional APIs
     installed later are caught too. (Not a kopf timer: those add finalizers.) Child watches handle
     the rest within seconds, so the period can be long."""
@@ -110,7 +121,7 @@ async def _resync_forever(reconciler: Reconciler) -> None:
                 log.warning("Resync of %s failed: %s", app["metadata"]["name"], error)
 
     while True:
-        await asyncio.sleep(RESYNC_SECONDS)
+        await asyncio.sleep(period)
         try:
             apps = await reconciler.kube.list("LLMChainApp", None)
         except ApiError as error:
@@ -129,7 +140,7 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def count_apps(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    apps: set[str] = memo.setdefault("apps", set())
+    apps: set[str] = memo.apps
     meta = event["object"]["metadata"]
     key = f"{meta['namespace']}/{meta['name']}"
     if event["type"] == "DELETED":

@@ -71,8 +71,11 @@ def run_operator(
     if not verbose:  # one line per handled event is noise at this scale
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     metrics.serve(metrics_port)
+    settings = Settings.from_env()
+    memo = main.run_memo(settings)
     if webhook_port:
-        main.enable_webhook(webhook_server(webhook_port, webhook_host, webhook_cert_dir))
+        memo.webhook = webhook_server(webhook_port, webhook_host, webhook_cert_dir)
+        main.enable_webhook()
     stop = threading.Event()
     lost = threading.Event()
     # Given, not detected: kopf's detection asks the password database for the user name, and a
@@ -84,15 +87,13 @@ def run_operator(
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     if leader_election:
-        settings = Settings.from_env()
-        lease_seconds = int(os.environ.get("LLMCHAIN_LEASE_SECONDS", "15"))
         elector = LeaderElector(
             Kube.from_environment(settings.field_manager),
             lease_namespace,
             LEASE_NAME,
             identity,
-            lease_seconds=lease_seconds,
-            renew_every=lease_seconds / 3,
+            lease_seconds=settings.lease_seconds,
+            renew_every=settings.lease_seconds / 3,
         )
         standby = ThreadingHTTPServer(("0.0.0.0", liveness_port), _Healthz)
         threading.Thread(target=standby.serve_forever, daemon=True).start()
@@ -110,7 +111,7 @@ def run_operator(
             lost.set()
             stop.set()
 
-        main.BACKGROUND.append(guard)
+        memo.background.append(guard)
 
     @kopf.on.cleanup()
     async def release_stop_flag(**_: Any) -> None:
@@ -126,6 +127,7 @@ def run_operator(
         identity=Identity(identity),
         liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz",
         stop_flag=stop,
+        memo=memo,
     )
     if lost.is_set():
         log.error("Stopped after losing leadership; exiting to restart as a standby")
