@@ -78,35 +78,17 @@ def run_operator(
         main.enable_webhook()
     stop = threading.Event()
     lost = threading.Event()
-    # Given, not detected: kopf's detection asks the password database for the user name, and a
-    # container's uid (10001) has no entry there.
-    identity = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    # Until kopf installs its own handlers, SIGTERM/SIGINT set the stop flag: a replica told to
-    # stop right after winning the lease (a rolling update does that) still returns through
-    # kopf and releases the lease, instead of dying with it and leaving a gap of a lease period.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    identity = _identity()
+    _stop_on_signals(stop)
+    elector = None
     if leader_election:
-        elector = LeaderElector(
-            Kube.from_environment(settings.field_manager),
-            lease_namespace,
-            LEASE_NAME,
-            identity,
-            lease_seconds=settings.lease_seconds,
-            renew_every=settings.lease_seconds / 3,
-        )
-        standby = ThreadingHTTPServer(("0.0.0.0", liveness_port), _Healthz)
-        threading.Thread(target=standby.serve_forever, daemon=True).start()
-        try:
-            acquired = asyncio.run(elector.acquire(stop))
-        finally:
-            standby.shutdown()
-            standby.server_close()
-        if not acquired:
+        elector = _elector(settings, lease_namespace, identity)
+        if not _wait_for_leadership(elector, stop, liveness_port):
             log.info("Stopped while standing by")
             return 0
 
         async def guard() -> None:
+            assert elector is not None
             await elector.keep()
             lost.set()
             stop.set()
@@ -132,6 +114,43 @@ def run_operator(
     if lost.is_set():
         log.error("Stopped after losing leadership; exiting to restart as a standby")
         return 1
-    if leader_election:
+    if elector is not None:
         asyncio.run(elector.release())
     return 0
+
+
+def _identity() -> str:
+    """Given, not detected: kopf's detection asks the password database for the user name, and
+    a container's uid (10001) has no entry there."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    """Until kopf installs its own handlers, SIGTERM/SIGINT set the stop flag: a replica told
+    to stop right after winning the lease (a rolling update does that) still returns through
+    kopf and releases the lease, instead of dying with it and leaving a gap of a lease period."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+
+
+def _elector(settings: Settings, lease_namespace: str, identity: str) -> LeaderElector:
+    return LeaderElector(
+        Kube.from_environment(settings.field_manager),
+        lease_namespace,
+        LEASE_NAME,
+        identity,
+        lease_seconds=settings.lease_seconds,
+        renew_every=settings.lease_seconds / 3,
+    )
+
+
+def _wait_for_leadership(elector: LeaderElector, stop: threading.Event, liveness_port: int) -> bool:
+    """Stand by until this replica holds the Lease (True) or is told to stop (False), answering
+    liveness probes meanwhile."""
+    standby = ThreadingHTTPServer(("0.0.0.0", liveness_port), _Healthz)
+    threading.Thread(target=standby.serve_forever, daemon=True).start()
+    try:
+        return asyncio.run(elector.acquire(stop))
+    finally:
+        standby.shutdown()
+        standby.server_close()
