@@ -306,7 +306,16 @@ def test_the_model_is_built_once_per_digest(
     wait_condition(cluster, app_namespace, "qa-chain", "Ready", "True", timeout=90)
 
 
-def test_operator_metrics_count_reconciles(operator: OperatorProcess) -> None:
+MANAGED_APPS = "llmchain_operator_managed_apps "
+
+
+def test_operator_metrics_count_reconciles(
+    operator: OperatorProcess, cluster: Cluster, app_namespace: str
+) -> None:
+    second = copy.deepcopy(QA)
+    second["metadata"]["name"] = "qa-chain-2"
+    for app in (QA, second):
+        apply(cluster, app_namespace, app)
     text = operator.metrics()
     success = [
         line
@@ -315,4 +324,13 @@ def test_operator_metrics_count_reconciles(operator: OperatorProcess) -> None:
     ]
     assert success and float(success[0].split()[-1]) > 0
     assert "llmchain_operator_reconcile_duration_seconds_bucket" in text
-    assert "llmchain_operator_managed_apps" in text
+
+    def counts_every_app() -> bool:
+        gauge = next(
+            line for line in operator.metrics().splitlines() if line.startswith(MANAGED_APPS)
+        )
+        apps = len(cluster.get("llmchainapps", "-A")["items"])
+        return float(gauge.split()[-1]) == apps >= 2
+
+    # Every app the operator sees, not 1: kopf gives each object its own copy of the memo.
+    wait_for(counts_every_app, timeout=30, what="the managed-apps gauge to count every app")
