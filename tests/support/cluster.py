@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tests.support.waiting import wait_for as wait_for  # re-exported for callers
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLBIN = ROOT / ".toolchain" / "bin"
@@ -73,20 +74,6 @@ def start_cluster() -> tuple[Cluster, bool]:
 
 def stop_cluster() -> None:
     subprocess.run([str(CLUSTER_SCRIPT), "down"], check=True, timeout=300)
-
-
-def wait_for(
-    condition: Callable[[], Any], *, timeout: float = 60, interval: float = 0.5, what: str = ""
-) -> Any:
-    """Poll until condition() returns something truthy; return it, or fail naming `what`."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or condition!r}: {last!r}")
 
 
 # Pods of a namespace created with these annotations go to the KWOK fake nodes only (the
