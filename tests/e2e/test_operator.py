@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +11,9 @@ import pytest
 import yaml
 
 from tests.support.apps import conditions, wait_condition
-from tests.support.cluster import ROOT, Cluster, wait_for
+from tests.support.cluster import ROOT, Cluster
 from tests.support.operator import LLMCHAIN, OperatorProcess
+from tests.support.waiting import wait_for
 
 EXAMPLES = sorted((ROOT / "examples").glob("*/app.yaml"))
 QA: dict[str, Any] = yaml.safe_load((ROOT / "examples/01-qa-chain/app.yaml").read_text())
@@ -253,20 +253,26 @@ def test_switching_autoscaling_on_keeps_the_replica_count(
 
     app["spec"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 6}
     apply(cluster, app_namespace, app)
-    seen = []
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        seen.append(cluster.get("-n", app_namespace, "deployment", "qa-chain")["spec"]["replicas"])
-        time.sleep(0.3)
-    assert exists(cluster, app_namespace, "hpa", "qa-chain")
+    seen: list[int] = []
+
+    def handed_over() -> bool:
+        """True once the HPA exists and the operator no longer owns spec.replicas; every look
+        records spec.replicas, so a dip between the hand-over's two applies would show."""
+        deployment = cluster.get(
+            "-n", app_namespace, "deployment", "qa-chain", "--show-managed-fields"
+        )
+        seen.append(deployment["spec"]["replicas"])
+        owners = [
+            m["manager"]
+            for m in deployment["metadata"]["managedFields"]
+            if "f:replicas" in json.dumps(m.get("fieldsV1", {}).get("f:spec", {}))
+        ]
+        return "llmchain-operator" not in owners and exists(
+            cluster, app_namespace, "hpa", "qa-chain"
+        )
+
+    wait_for(handed_over, timeout=30, interval=0.3, what="the HPA and the hand-over of replicas")
     assert set(seen) == {3}, f"replicas dipped during the hand-over: {seen}"
-    deployment = cluster.get("-n", app_namespace, "deployment", "qa-chain", "--show-managed-fields")
-    owners = [
-        m["manager"]
-        for m in deployment["metadata"]["managedFields"]
-        if "f:replicas" in json.dumps(m.get("fieldsV1", {}).get("f:spec", {}))
-    ]
-    assert "llmchain-operator" not in owners
 
     del app["spec"]["autoscaling"]
     apply(cluster, app_namespace, app)

@@ -12,8 +12,9 @@ from typing import Any
 import yaml
 
 from tests.conftest import OPERATOR_ENV
-from tests.support.cluster import ROOT, Cluster, wait_for
+from tests.support.cluster import ROOT, Cluster
 from tests.support.operator import OperatorProcess
+from tests.support.waiting import wait_for
 
 QA: dict[str, Any] = yaml.safe_load((ROOT / "examples/01-qa-chain/app.yaml").read_text())
 KINDS = "deployments,services,configmaps,serviceaccounts,poddisruptionbudgets,networkpolicies"
@@ -104,6 +105,9 @@ def test_only_the_leader_acts_and_a_killed_leader_hands_over(
             timeout=60,
             what="ha-first Ready",
         )
+        # A fixed wait on purpose, a "nothing happens" check: the standby watches the same apps,
+        # so two seconds give it the chance to reconcile ha-first if it wrongly acted. When it
+        # behaves there is no event to wait for.
         time.sleep(2)
         assert leader_gauge(standby) == 0
         assert reconciled_count(standby) == 0, "the standby reconciled"

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from tests.support.apps import wait_condition
-from tests.support.cluster import ROOT, Cluster, create_namespace, wait_for
+from tests.support.cluster import ROOT, Cluster, create_namespace
 from tests.support.realnode import (
     NODE_NAME,
     PortForward,
@@ -27,6 +27,7 @@ from tests.support.realnode import (
     run_pod,
     sigkill_container,
 )
+from tests.support.waiting import wait_for
 
 QUESTION = "What is the capital of France?"
 EXAMPLES = {
@@ -200,6 +201,8 @@ def test_a_spec_change_rolls_with_zero_failed_requests(cluster: Cluster, apps: s
             try:
                 json.load(urllib.request.urlopen(request, timeout=60))["output"]
                 ok += 1
+                if ok == 1:
+                    print("first answer", flush=True)
             except Exception as error:
                 failed += 1
                 errors.append(repr(error)[:200])
@@ -213,7 +216,11 @@ def test_a_spec_change_rolls_with_zero_failed_requests(cluster: Cluster, apps: s
         "-n", apps, "wait", "--for=condition=Ready", "pod/looping-client", "--timeout=60s"
     )
     before = {p["metadata"]["name"] for p in pods_of(cluster, apps, "qa-chain")}
-    time.sleep(5)
+    wait_for(
+        lambda: "first answer" in cluster.kubectl("-n", apps, "logs", "looping-client").stdout,
+        timeout=15,  # of the client's 75 s, leave 60 for the rollout
+        what="the looping client's first answer before the rollout",
+    )
     app = yaml.safe_load(EXAMPLES["qa-chain"].read_text())
     app["spec"]["chain"]["steps"][0]["prompt"] = "Q: {{ question }}\nA:"
     cluster.kubectl("-n", apps, "apply", "-f", "-", input=yaml.safe_dump(app))
@@ -235,7 +242,8 @@ def test_a_spec_change_rolls_with_zero_failed_requests(cluster: Cluster, apps: s
         what="the looping client to finish",
     )
     assert pod["status"]["phase"] == "Succeeded"
-    counts = json.loads(cluster.kubectl("-n", apps, "logs", "looping-client").stdout)
+    log = cluster.kubectl("-n", apps, "logs", "looping-client").stdout
+    counts = json.loads(log.splitlines()[-1])
     print(f"requests through the Service during the rollout: {counts}")
     assert counts["failed"] == 0, counts
     assert counts["ok"] >= 20, counts

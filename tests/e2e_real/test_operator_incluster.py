@@ -12,8 +12,9 @@ from typing import Any
 
 import yaml
 
-from tests.support.cluster import ROOT, Cluster, wait_for
+from tests.support.cluster import ROOT, Cluster
 from tests.support.realnode import NODE_NAME, NODE_SCRIPT, image, sigkill_container
+from tests.support.waiting import wait_for
 
 LEASE_SECONDS = 15  # the chart's default leaderElection.leaseSeconds
 QA: dict[str, Any] = yaml.safe_load((ROOT / "examples/01-qa-chain/app.yaml").read_text())
@@ -105,6 +106,7 @@ def test_helm_upgrade_to_a_new_image_rolls_without_a_reconcile_gap(
         capture_output=True,
     )
     lags: list[float] = []
+    unreconciled: list[str] = []
     stop = threading.Event()
 
     def change_the_spec_every_second() -> None:
@@ -112,16 +114,28 @@ def test_helm_upgrade_to_a_new_image_rolls_without_a_reconcile_gap(
         while not stop.is_set():
             apply_app(cluster, namespace, "probe", max_tokens=tokens)
             changed = time.monotonic()
-            while not reconciled(cluster, namespace, "probe"):
-                time.sleep(0.2)
+            try:
+                wait_for(
+                    lambda: reconciled(cluster, namespace, "probe"),
+                    timeout=LEASE_SECONDS * 4,
+                    interval=0.2,  # the lag is measured to within this
+                    what=f"maxTokens {tokens} to be reconciled",
+                )
+            except AssertionError as error:  # reported by the test thread, below
+                unreconciled.append(str(error))
+                return
             lags.append(time.monotonic() - changed)
             tokens += 1
-            time.sleep(1)
+            time.sleep(1)  # the pace of the changes, on purpose: one a second
 
     watcher = threading.Thread(target=change_the_spec_every_second, daemon=True)
     watcher.start()
     try:
-        time.sleep(3)
+        wait_for(
+            lambda: len(lags) >= 2 or unreconciled,
+            timeout=60,
+            what="two changes reconciled before the upgrade",
+        )
         tag = new.rsplit(":", 1)[1]
         subprocess.run(
             [str(ROOT / "hack" / "operator.sh"), "install", "--set", f"image.tag={tag}"],
@@ -131,10 +145,16 @@ def test_helm_upgrade_to_a_new_image_rolls_without_a_reconcile_gap(
         pods = operator_pods(cluster)
         assert {p["spec"]["containers"][0]["image"] for p in pods} == {new}
         wait_for(lambda: holder_pod(cluster), timeout=60, what="a leader after the upgrade")
-        time.sleep(5)
+        after = len(lags)
+        wait_for(
+            lambda: len(lags) >= after + 3 or unreconciled,
+            timeout=LEASE_SECONDS * 4,
+            what="three changes reconciled by the new leader",
+        )
     finally:
         stop.set()
         watcher.join(timeout=120)
+    assert not unreconciled, unreconciled
     print(f"reconcile lag during helm upgrade: max {max(lags):.2f}s over {len(lags)} changes")
     assert len(lags) >= 5, lags
     assert max(lags) < LEASE_SECONDS, f"a change waited {max(lags):.1f}s for a reconcile: {lags}"

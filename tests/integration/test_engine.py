@@ -23,6 +23,7 @@ from llmchain_server.engine.cpu import cpu_kernels
 from llmchain_server.engine.tokenizer import IncrementalDecoder
 from llmchain_server.model import build_model
 from tests.support.model import GGUF_SHA256, gguf_path
+from tests.support.waiting import wait_for
 
 STORY = [{"role": "user", "content": "Write a long story about a dragon."}]
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
@@ -223,10 +224,9 @@ def test_an_abandoned_stream_frees_its_slot(engine: Engine) -> None:
     run = engine.generate(prompt(engine, STORY), SamplingParams(max_tokens=256))
     for _ in run:
         break  # the consumer walks away
-    deadline = time.monotonic() + 5
-    while engine.stats.running and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert engine.stats.running == 0
+    wait_for(
+        lambda: engine.stats.running == 0, timeout=5, interval=0.01, what="the slot to be freed"
+    )
     assert run.cancelled
 
 
@@ -237,10 +237,9 @@ def test_cancelling_frees_the_slot(engine: Engine) -> None:
     run.cancel()
     rest = list(stream)
     assert rest[-1].finish_reason == "cancelled"
-    deadline = time.monotonic() + 5
-    while engine.stats.running and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert engine.stats.running == 0
+    wait_for(
+        lambda: engine.stats.running == 0, timeout=5, interval=0.01, what="the slot to be freed"
+    )
 
 
 def test_async_consumers_stream_too(engine: Engine) -> None:
