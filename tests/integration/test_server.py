@@ -7,7 +7,6 @@ import http.client
 import json
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 from llmchain_operator.builders import metrics_contract
 from llmchain_server.engine.cpu import cpu_kernels
 from tests.support.server import ServerProcess
+from tests.support.waiting import wait_for
 
 CHAT = {
     "model": "smollm2",
@@ -219,9 +219,12 @@ def test_request_ids_are_echoed_and_logged_without_prompts(server: ServerProcess
     assert status == 200 and headers["x-request-id"] == "trace-abc-123"
     _, generated, _ = server.post("/v1/chat/completions", {**CHAT, "max_tokens": 1})
     assert len(generated["x-request-id"]) == 32
-    time.sleep(0.2)
-    lines = [json.loads(line) for line in server.logs().splitlines() if line.startswith("{")]
-    assert any(e.get("request_id") == "trace-abc-123" and e.get("status") == 200 for e in lines)
+
+    def logged() -> bool:
+        lines = [json.loads(line) for line in server.logs().splitlines() if line.startswith("{")]
+        return any(e.get("request_id") == "trace-abc-123" and e.get("status") == 200 for e in lines)
+
+    wait_for(logged, timeout=10, interval=0.1, what="the access log line of trace-abc-123")
     assert secret_prompt not in server.logs()
 
 
@@ -303,8 +306,12 @@ def test_sigterm_drains_streams_and_exits_zero(model_dirs: Callable[[str], Path]
     reader = threading.Thread(target=lambda: received.extend(lines))
     reader.start()
     s.process.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
-    assert s.get("/readyz")[0] == 503
+    wait_for(
+        lambda: s.get("/readyz")[0] == 503,
+        timeout=10,
+        interval=0.1,
+        what="/readyz to answer 503 once draining",
+    )
     refused = s.post("/v1/chat/completions", {**CHAT, "max_tokens": 1})
     assert refused[0] == 503
     reader.join(timeout=120)
