@@ -31,6 +31,7 @@ name, manager)`, so tests can assert what happened and what did not.
 
 from __future__ import annotations
 
+import builtins
 import copy
 import itertools
 from dataclasses import dataclass, field
@@ -193,7 +194,7 @@ class FakeKube:
     def names(self, kind: str) -> set[str]:
         return {name for k, _, name in self._objects if k == kind}
 
-    def calls_to(self, method: str) -> list[tuple[str, ...]]:
+    def calls_to(self, method: str) -> builtins.list[tuple[str, ...]]:
         return [c for c in self.calls if c[0] == method]
 
     # --- inside --------------------------------------------------------------------------
