@@ -145,6 +145,7 @@ async def count_apps(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     key = f"{meta['namespace']}/{meta['name']}"
     if event["type"] == "DELETED":
         apps.discard(key)
+        memo.reconciler.forget(event["object"])
     else:
         apps.add(key)
     metrics.MANAGED_APPS.set(len(apps))

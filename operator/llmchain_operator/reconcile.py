@@ -100,6 +100,16 @@ class Reconciler:
         async with self._locks.setdefault(key, asyncio.Lock()):
             await self._timed(body)
 
+    def forget(self, body: Manifest) -> None:
+        """Drop what is remembered about a deleted app (its lock, last desired set, hand-over)."""
+        meta = body["metadata"]
+        key = f"{meta['namespace']}/{meta['name']}"
+        lock = self._locks.get(key)
+        if lock is not None and not lock.locked():
+            del self._locks[key]
+        self._applied.pop(meta.get("uid", ""), None)
+        self._handed_over.discard(meta.get("uid", ""))
+
     async def _timed(self, body: Manifest) -> None:
         started = time.perf_counter()
         result = "error"
@@ -221,14 +231,14 @@ class Reconciler:
         if current is None or not owns_replicas(current, self.kube.field_manager):
             return
         replicas = current["spec"].get("replicas", 1)
-        await self.kube.apply(
+        await self._apply(
             {
                 "apiVersion": "apps/v1",
                 "kind": "Deployment",
                 "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
                 "spec": {"replicas": replicas},
             },
-            field_manager=self.kube.field_manager + HANDOVER_MANAGER_SUFFIX,
+            self.kube.field_manager + HANDOVER_MANAGER_SUFFIX,
         )
         self.log.info(
             "Handed replicas (%s) of Deployment %s/%s over to the autoscaler",
@@ -237,9 +247,11 @@ class Reconciler:
             meta["name"],
         )
 
-    async def _apply(self, obj: Manifest) -> Manifest:
+    async def _apply(self, obj: Manifest, field_manager: str | None = None) -> Manifest:
+        """Apply; refusals that may pass (conflict, throttling, 5xx, an optional API gone)
+        become RetryLater."""
         try:
-            return await self.kube.apply(obj)
+            return await self.kube.apply(obj, field_manager=field_manager)
         except ApiError as error:
             if error.status == 404 and kind_of(obj["kind"]).optional:
                 self.kube.forget_groups()  # its CRD went away since the last discovery
@@ -297,13 +309,19 @@ class Reconciler:
         conditions = merge_conditions(
             old, compute_conditions(observed), _now(), observed.generation
         )
+        # Which optional APIs are missing is not known for an invalid spec: the last report stays
+        # (dropping it would make the same report look new once the spec is valid again).
         kept = [c for c in conditions if c["type"] != "OptionalAPIs"]
-        await self.kube.patch_status(
-            KIND,
-            meta["namespace"],
-            meta["name"],
-            {"observedGeneration": observed.generation, "conditions": kept},
-        )
+        kept += [c for c in old if c["type"] == "OptionalAPIs"]
+        status = {**body.get("status", {}), "observedGeneration": observed.generation}
+        status["conditions"] = kept
+        if _status_digest(body.get("status", {})) != _status_digest(status):
+            await self.kube.patch_status(
+                KIND,
+                meta["namespace"],
+                meta["name"],
+                {"observedGeneration": observed.generation, "conditions": kept},
+            )
 
     async def _write_status(self, body: Manifest, app: LLMChainApp, observed: Observed) -> None:
         meta = body["metadata"]

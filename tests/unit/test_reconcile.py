@@ -374,3 +374,43 @@ def test_an_optional_kind_no_longer_served_forgets_the_discovered_groups() -> No
     with pytest.raises(RetryLater, match="ServiceMonitor is no longer served"):
         reconcile(kube, reconciler)
     assert ("forget_groups",) in kube.calls
+
+
+def test_an_invalid_spec_writes_its_status_once() -> None:
+    kube, reconciler = setup(set_("serving.apiKeySecretRef", {"name": "qa-keys", "key": "key"}))
+    for _ in range(3):
+        reconcile(kube, reconciler)
+    assert len(kube.calls_to("patch_status")) == 1
+
+
+def test_a_brief_invalid_spell_does_not_make_a_missing_api_news_again() -> None:
+    keda = {**HPA, "engine": "keda", "prometheusAddress": "http://prometheus:9090"}
+    kube, reconciler = setup(set_("autoscaling", keda), groups=set())
+    reconcile(kube, reconciler)
+    edit(kube, set_("serving.apiKeySecretRef", {"name": "qa-keys", "key": "key"}))
+    reconcile(kube, reconciler)
+    assert "OptionalAPIs" in conditions(kube)  # the last report stays while the spec is invalid
+    edit(kube, drop("serving.apiKeySecretRef"))
+    reconcile(kube, reconciler)
+    assert [e["reason"] for e in kube.events] == ["APINotInstalled", "InvalidSpec"]
+
+
+@pytest.mark.parametrize("status", [409, 503])
+def test_a_passing_refusal_of_the_hand_over_asks_for_a_retry(status: int) -> None:
+    kube, reconciler = setup()
+    reconcile(kube, reconciler)
+    edit(kube, set_("autoscaling", HPA))
+    kube.failures[("apply", "Deployment")] = ApiError(status, "Refused", "try again")
+    with pytest.raises(RetryLater):  # the hand-over's apply is the Deployment's first
+        reconcile(kube, reconciler)
+    reconcile(kube, reconciler)  # the hand-over is tried again, and succeeds
+    assert HANDOVER in replica_owners(kube)
+
+
+def test_a_deleted_app_is_forgotten() -> None:
+    kube, reconciler = setup(set_("autoscaling", HPA))
+    reconcile(kube, reconciler)
+    body = kube.object("LLMChainApp", NS, NAME)
+    assert body is not None and reconciler._applied and reconciler._locks
+    reconciler.forget(body)
+    assert not reconciler._applied and not reconciler._locks and not reconciler._handed_over
