@@ -242,6 +242,11 @@ def test_switching_autoscaling_on_keeps_the_replica_count(
     app = copy.deepcopy(QA)
     app["spec"]["serving"] = {"replicas": 3}
     apply(cluster, app_namespace, app)
+    wait_for(
+        lambda: exists(cluster, app_namespace, "deployment", "qa-chain"),
+        timeout=60,
+        what="the operator to create the Deployment",
+    )
     cluster.kubectl(
         "-n", app_namespace, "rollout", "status", "deployment/qa-chain", "--timeout=60s"
     )
