@@ -121,7 +121,7 @@ def serve(
     from llmchain_server.http import logs
 
     logs.configure(log_format, log_level.upper())
-    from llmchain_server.http.serve import run
+    from llmchain_server.serve import run
 
     try:
         sys.exit(run(model_dir, host, port, model_name, chain_file, redis_url, memory_url))

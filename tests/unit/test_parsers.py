@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmchain_server.chains.parsers import OutputInvalid, parse
+from llmchain_server.chains.parsers import ParseError, parse
 from llmchain_server.config import OutputParser
 
 JSON = OutputParser(type="json")
@@ -30,12 +30,12 @@ def test_json_is_found_inside_prose_and_fences() -> None:
     "text", ["no json here", '{"name": 3}', '{"age": 1}', "[NaN]", '{"x": Infinity}', "[" * 100_000]
 )
 def test_bad_or_hostile_output_is_invalid_not_a_crash(text: str) -> None:
-    with pytest.raises(OutputInvalid):
+    with pytest.raises(ParseError):
         parse(text, PERSON if text.startswith("{") else JSON)
 
 
 def test_schema_errors_name_the_rule_and_place_but_not_the_value() -> None:
-    with pytest.raises(OutputInvalid) as e:
+    with pytest.raises(ParseError) as e:
         parse(
             '{"name": "Alice Smith-Private"}',
             OutputParser(

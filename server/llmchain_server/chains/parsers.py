@@ -12,8 +12,9 @@ from llmchain_server.config import OutputParser
 MAX_STARTS = 20
 
 
-class OutputInvalid(ValueError):
-    """The model's text does not satisfy the step's parser (the step is retried once)."""
+class ParseError(ValueError):
+    """The model's text does not satisfy the step's parser (the step is retried once; a second
+    failure is the chain's `ChainOutputError`)."""
 
 
 def _no_constants(name: str) -> Any:
@@ -30,7 +31,7 @@ def _first_json(text: str) -> Any:
             return decoder.raw_decode(text[i:])[0]
         except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
             continue
-    raise OutputInvalid("the output holds no JSON object or array")
+    raise ParseError("the output holds no JSON object or array")
 
 
 def parse(text: str, parser: OutputParser) -> Any:
@@ -43,7 +44,7 @@ def parse(text: str, parser: OutputParser) -> Any:
         except jsonschema.ValidationError as e:
             where = "/".join(str(p) for p in e.absolute_path) or "the top level"
             # The validator and the place only: messages quote model output, which is not logged.
-            raise OutputInvalid(
+            raise ParseError(
                 f"the output fails the JSON schema's {e.validator!r} rule at {where}"
             ) from None
     return value

@@ -9,19 +9,20 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmchain_server.chains.memory import SESSION, MemoryStore
-from llmchain_server.chains.parsers import OutputInvalid, parse
+from llmchain_server.chains.parsers import ParseError, parse
 from llmchain_server.chains.templates import ChainInputError, compile_template, render
 from llmchain_server.config import ChainConfig, LLMStep
-from llmchain_server.engine import ContextLengthError, SamplingParams
-from llmchain_server.engine.tokenizer import ChatTemplateError
-from llmchain_server.http.dataplane import DataPlane
-from llmchain_server.http.errors import APIError
+from llmchain_server.dataplane import DataPlane
+from llmchain_server.dataplane.memory import SESSION, MemoryStore
+from llmchain_server.engine import SamplingParams
+from llmchain_server.errors import InvalidRequest, OutputInvalid, PromptTooLong
 
 log = logging.getLogger(__name__)
+FIELD = "input"
+"""The request field chain errors name: a chain's prompts are made from its input."""
 
 
-class ChainOutputError(RuntimeError):
+class ChainOutputError(OutputInvalid):
     """A step's output stayed invalid after its retry (the model's fault: a 502)."""
 
 
@@ -76,7 +77,7 @@ class ChainRunner:
     def _clean(self, value: Any) -> Any:
         """Inputs (and remembered turns) without special-token strings, at any depth."""
         if isinstance(value, str):
-            return self.plane.engine.tokenizer.strip_special(value)
+            return self.plane.strip_special(value)
         if isinstance(value, list):
             return [self._clean(v) for v in value]
         if isinstance(value, dict):
@@ -94,9 +95,8 @@ class ChainRunner:
     def _prompt(self, step: LLMStep, variables: dict[str, Any]) -> list[int]:
         prompt_t, system_t = self._templates[step.name]
         user = render(prompt_t, variables, f"step {step.name} prompt")
-        tokenizer = self.plane.engine.tokenizer
         if not step.chat_template:
-            return self.plane.limited(tokenizer.encode(user), "input")
+            return self.plane.text_prompt(user, FIELD)
         messages = []
         if system_t is not None:
             messages.append(
@@ -107,10 +107,10 @@ class ChainRunner:
             )
         messages.append({"role": "user", "content": user})
         try:
-            text = tokenizer.render_chat(messages)
-        except ChatTemplateError as e:
-            raise ChainInputError(f"step {step.name}: {e}") from None
-        return self.plane.limited(tokenizer.encode(text), "input")
+            text = self.plane.render_chat(messages, FIELD)
+        except InvalidRequest as e:
+            raise ChainInputError(f"step {step.name}: {e.message}") from None
+        return self.plane.text_prompt(text, FIELD)
 
     @staticmethod
     def _params(step: LLMStep) -> SamplingParams:
@@ -129,9 +129,9 @@ class ChainRunner:
         while True:
             try:
                 prompt = self._prompt(step, variables)
-                self.plane.engine.check(prompt, self._params(step))
+                self.plane.fit(prompt, self._params(step), FIELD)
                 return prompt
-            except (APIError, ContextLengthError):
+            except PromptTooLong:
                 history = variables.get("history")
                 if not history:
                     raise
@@ -145,7 +145,7 @@ class ChainRunner:
             run.completion_tokens += result.completion_tokens
             try:
                 value = parse(result.text, step.output)
-            except OutputInvalid as e:
+            except ParseError as e:
                 if attempt == 2:
                     raise ChainOutputError(f"step {step.name}: {e} (after one retry)") from None
                 log.info("Retried step %s: %s", step.name, e)

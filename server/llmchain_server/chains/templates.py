@@ -9,13 +9,19 @@ from jinja2 import StrictUndefined, Template
 from jinja2.exceptions import SecurityError, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from llmchain_server.errors import InvalidRequest
+
 _ENV = ImmutableSandboxedEnvironment(
     undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
 )
 
 
-class ChainInputError(ValueError):
-    """A request's inputs cannot run the chain; the message names the problem (a 400)."""
+class ChainInputError(InvalidRequest):
+    """A request's inputs cannot run the chain; the message names the problem (a 400 naming
+    the request's `input`)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="input")
 
 
 def compile_template(source: str, where: str) -> Template:

@@ -1,1 +1,2 @@
-"""The chain server's HTTP layer: routes → dataplane → engine (see STYLE.md)."""
+"""The chain server's HTTP layer: routes, the Guard middleware, server-sent events, and the one
+table that turns errors into status codes. Below it: chains → dataplane → engine (STYLE.md)."""

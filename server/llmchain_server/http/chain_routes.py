@@ -1,27 +1,25 @@
 """Chain endpoints in LangServe's shapes: `/v1/chains/<name>/invoke`, `/batch`, `/stream`
 (`{"input": …, "config": …}` → `{"output": …, "metadata": …}`; the stream is LangServe's
-`metadata` / `data` / `end` server-sent events)."""
+`metadata` / `data` / `end` server-sent events, and `error` with status_code and message)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmchain_server.chains.memory import MemoryUnavailable
-from llmchain_server.chains.runtime import ChainOutputError, ChainRunner
-from llmchain_server.chains.templates import ChainInputError
-from llmchain_server.engine import ContextLengthError
-from llmchain_server.http.errors import APIError
-from llmchain_server.http.sse import sse_response
+from llmchain_server.chains.runtime import ChainRunner
+from llmchain_server.errors import InvalidRequest
+from llmchain_server.http.errors import problem
+from llmchain_server.http.sse import named_event, sse_response
 
 MAX_BATCH = 16
+OPERATIONS = ("invoke", "batch", "stream")
 
 
 class InvokeRequest(BaseModel):
@@ -37,55 +35,44 @@ class BatchRequest(BaseModel):
     config: dict[str, Any] | list[dict[str, Any]] | None = None
 
 
-def _errors(exc: Exception) -> APIError:
-    if isinstance(exc, ContextLengthError):
-        return APIError(400, str(exc), param="input")
-    if isinstance(exc, ChainInputError):
-        return APIError(400, str(exc), param="input")
-    if isinstance(exc, ChainOutputError):
-        return APIError(502, str(exc), "output_parse_error")
-    if isinstance(exc, MemoryUnavailable):
-        return APIError(503, str(exc), "service_unavailable", headers={"Retry-After": "1"})
-    raise exc
+def add_chain_routes(app: FastAPI, runner: ChainRunner) -> tuple[str, ...]:
+    """Adds the chain's routes; returns their paths."""
+    routes = ChainRoutes(runner)
+    paths = tuple(f"/v1/chains/{runner.name}/{op}" for op in OPERATIONS)
+    for path, op in zip(paths, OPERATIONS, strict=True):
+        app.add_api_route(path, getattr(routes, op), methods=["POST"], tags=["chains"])
+    return paths
 
 
-def add_chain_routes(app: FastAPI, runner: ChainRunner) -> None:
-    plane = runner.plane
-    base = f"/v1/chains/{runner.name}"
+class ChainRoutes:
+    """The handlers of one chain's routes."""
 
-    async def run_one(given: Any, config: Any) -> tuple[str, Any, dict[str, int]]:
-        try:
-            inputs = runner.inputs(given)
-            run = await runner.invoke(inputs, runner.session(config))
-        except (ChainInputError, ChainOutputError, MemoryUnavailable, ContextLengthError) as e:
-            raise _errors(e) from None
-        usage = {"prompt_tokens": run.prompt_tokens, "completion_tokens": run.completion_tokens}
-        return str(uuid.uuid4()), run.output, usage
+    def __init__(self, runner: ChainRunner) -> None:
+        self.runner = runner
+        self.admission = runner.plane.admission
 
-    @app.post(f"{base}/invoke", tags=["chains"])
-    async def invoke(request: InvokeRequest) -> dict[str, Any]:
-        with plane.admitted():
-            run_id, output, usage = await run_one(request.input, request.config)
+    async def invoke(self, request: InvokeRequest) -> dict[str, Any]:
+        with self.admission.admitted():
+            run_id, output, usage = await self._run_one(request.input, request.config)
         return {
             "output": output,
             "callback_events": [],
             "metadata": {"run_id": run_id, "feedback_tokens": [], "usage": usage},
         }
 
-    @app.post(f"{base}/batch", tags=["chains"])
-    async def batch(request: BatchRequest) -> dict[str, Any]:
+    async def batch(self, request: BatchRequest) -> dict[str, Any]:
         configs = (
             request.config
             if isinstance(request.config, list)
             else [request.config] * len(request.inputs)
         )
         if len(configs) != len(request.inputs):
-            raise APIError(400, "config must be one object or one per input", param="config")
-        with plane.admitted(len(request.inputs)):  # a place per item; the engine batches them
+            raise InvalidRequest("config must be one object or one per input", param="config")
+        with self.admission.admitted(len(request.inputs)):  # a place per item: batched below
             try:
                 async with asyncio.TaskGroup() as group:  # one failure cancels the others
                     tasks = [
-                        group.create_task(run_one(i, c))
+                        group.create_task(self._run_one(i, c))
                         for i, c in zip(request.inputs, configs, strict=True)
                     ]
             except ExceptionGroup as e:
@@ -97,33 +84,28 @@ def add_chain_routes(app: FastAPI, runner: ChainRunner) -> None:
             "metadata": {"run_ids": [r[0] for r in results]},
         }
 
-    @app.post(f"{base}/stream", tags=["chains"])
-    async def stream(request: InvokeRequest) -> StreamingResponse:
+    async def stream(self, request: InvokeRequest) -> StreamingResponse:
+        inputs = self.runner.inputs(request.input)  # bad inputs are a 400, not a stream
+        session = self.runner.session(request.config)
+        release = self.admission.hold()
+        return sse_response(self._events(inputs, session, release), release)
+
+    async def _run_one(self, given: Any, config: Any) -> tuple[str, Any, dict[str, int]]:
+        inputs = self.runner.inputs(given)
+        run = await self.runner.invoke(inputs, self.runner.session(config))
+        usage = {"prompt_tokens": run.prompt_tokens, "completion_tokens": run.completion_tokens}
+        return str(uuid.uuid4()), run.output, usage
+
+    async def _events(
+        self, inputs: dict[str, Any], session: str | None, release: Callable[[], None]
+    ) -> AsyncIterator[str]:
         try:
-            inputs = runner.inputs(request.input)
-            session = runner.session(request.config)
-        except ChainInputError as e:
-            raise _errors(e) from None
-        release = plane.hold()
-        run_id = str(uuid.uuid4())
-
-        async def events() -> AsyncIterator[str]:
-            try:
-                yield f"event: metadata\ndata: {json.dumps({'run_id': run_id})}\n\n"
-                async for piece in runner.stream(inputs, session):
-                    yield f"event: data\ndata: {json.dumps(piece, ensure_ascii=False)}\n\n"
-                yield "event: end\n\n"
-            except (
-                ChainInputError,
-                ChainOutputError,
-                MemoryUnavailable,
-                ContextLengthError,
-                APIError,
-            ) as e:
-                error = e if isinstance(e, APIError) else _errors(e)
-                body = {"status_code": error.status, "message": error.message}
-                yield f"event: error\ndata: {json.dumps(body)}\n\n"
-            finally:
-                release()
-
-        return sse_response(events(), release)
+            yield named_event("metadata", {"run_id": str(uuid.uuid4())})
+            async for piece in self.runner.stream(inputs, session):
+                yield named_event("data", piece)
+            yield named_event("end")
+        except Exception as e:  # after the 200 is sent an error can only be an event
+            found = problem(e, "a chain stream")
+            yield named_event("error", {"status_code": found.kind.status, "message": found.message})
+        finally:
+            release()

@@ -1,9 +1,12 @@
-"""Errors as JSON in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, mapped
-from exceptions in one place."""
+"""Where errors become HTTP, from one table: each kind of `llmchain_server.errors` has a status,
+an OpenAI error type, a code and whether Retry-After is sent. The JSON answers
+(`{"error": {"message", "type", "param", "code"}}`, OpenAI's shape) and the error events of
+streams are both made from it. Anything else is a logged 500 that says only "internal error"."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -11,26 +14,72 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llmchain_server.engine import ContextLengthError, EngineStopped, QueueFull
+from llmchain_server.errors import (
+    Draining,
+    GenerationFailed,
+    InvalidRequest,
+    ModelNotFound,
+    OutputInvalid,
+    Overloaded,
+    PromptTooLong,
+    ServingError,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 
 
-class APIError(Exception):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        kind: str = "invalid_request_error",
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.kind = kind
-        self.param = param
-        self.headers = headers or {}
+@dataclass(frozen=True)
+class Kind:
+    """How one kind of error is answered."""
+
+    status: int
+    type: str
+    code: str | None = None
+    retry_after: bool = False
+
+
+TABLE: dict[type[ServingError], Kind] = {
+    ServingError: Kind(500, "server_error"),
+    InvalidRequest: Kind(400, "invalid_request_error"),
+    PromptTooLong: Kind(400, "invalid_request_error", "context_length_exceeded"),
+    ModelNotFound: Kind(404, "invalid_request_error"),
+    Overloaded: Kind(429, "rate_limit_error", retry_after=True),
+    Draining: Kind(503, "service_unavailable", retry_after=True),
+    Unavailable: Kind(503, "service_unavailable", retry_after=True),
+    OutputInvalid: Kind(502, "output_parse_error"),
+    GenerationFailed: Kind(500, "server_error"),
+}
+INTERNAL = Kind(500, "server_error")
+"""Any other exception: a bug or a failure the log explains; its text is never shown."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """An error as the client sees it."""
+
+    kind: Kind
+    message: str
+    param: str | None = None
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.kind.type, self.param, self.kind.code)
+
+
+def kind_of(error: ServingError) -> Kind:
+    """The row of the error's class, or of the nearest class above it in the table."""
+    for cls in type(error).__mro__:
+        if cls in TABLE:
+            return TABLE[cls]
+    raise AssertionError("ServingError is in the table")
+
+
+def problem(exc: BaseException, what: str = "a request") -> Problem:
+    """The client's view of `exc`; an unexpected exception is logged (as failing `what`)."""
+    if isinstance(exc, ServingError):
+        return Problem(kind_of(exc), exc.message, exc.param)
+    log.error("Failed %s: %s", what, type(exc).__name__, exc_info=exc)
+    return Problem(INTERNAL, "internal error")
 
 
 def error_body(
@@ -39,18 +88,36 @@ def error_body(
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def error_response(error: APIError) -> JSONResponse:
+def install(app: FastAPI, retry_after_seconds: int) -> None:
+    """Exception handlers answering every error as OpenAI-shaped JSON."""
+
+    async def answer(request: Request, exc: Exception) -> JSONResponse:
+        found = problem(exc)
+        headers = {"Retry-After": str(retry_after_seconds)} if found.kind.retry_after else None
+        return JSONResponse(found.body(), found.kind.status, headers=headers)
+
+    app.add_exception_handler(ServingError, answer)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(Exception, answer)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own errors: unknown paths and methods, bodies it cannot read."""
+    assert isinstance(exc, StarletteHTTPException)
+    kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    message = str(exc.detail)
+    if exc.status_code == 400 and "parsing the body" in message:  # e.g. not UTF-8
+        message = "the body is not valid JSON (UTF-8 expected)"
     return JSONResponse(
-        error_body(error.message, error.kind, error.param), error.status, headers=error.headers
+        error_body(message, kind, "body" if exc.status_code == 400 else None),
+        exc.status_code,
+        headers=getattr(exc, "headers", None),
     )
 
 
-def _field(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p != "body"]
-    return ".".join(parts) or "body"
-
-
-def _validation(request: Request, exc: Exception) -> JSONResponse:
+async def _validation(request: Request, exc: Exception) -> JSONResponse:
+    """A body that does not match its schema: a 400 naming the first field at fault."""
     assert isinstance(exc, RequestValidationError)
     problems = []
     first_field = None
@@ -65,52 +132,6 @@ def _validation(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(error_body("; ".join(problems), "invalid_request_error", first_field), 400)
 
 
-def install(app: FastAPI) -> None:
-    async def api_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, APIError)
-        return error_response(exc)
-
-    async def http_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
-        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        message = str(exc.detail)
-        if exc.status_code == 400 and "parsing the body" in message:  # e.g. not UTF-8
-            message = "the body is not valid JSON (UTF-8 expected)"
-        return JSONResponse(
-            error_body(message, kind, "body" if exc.status_code == 400 else None),
-            exc.status_code,
-            headers=getattr(exc, "headers", None),
-        )
-
-    async def validation(request: Request, exc: Exception) -> JSONResponse:
-        return _validation(request, exc)
-
-    async def context(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse(
-            error_body(str(exc), "invalid_request_error", "messages", "context_length_exceeded"),
-            400,
-        )
-
-    async def busy(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse(
-            error_body(str(exc), "rate_limit_error"), 429, headers={"Retry-After": "1"}
-        )
-
-    async def stopped(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse(
-            error_body("the server is shutting down", "service_unavailable"),
-            503,
-            headers={"Retry-After": "1"},
-        )
-
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("Failed a request: %s", type(exc).__name__, exc_info=exc)
-        return JSONResponse(error_body("internal error", "server_error"), 500)
-
-    app.add_exception_handler(APIError, api_error)
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(RequestValidationError, validation)
-    app.add_exception_handler(ContextLengthError, context)
-    app.add_exception_handler(QueueFull, busy)
-    app.add_exception_handler(EngineStopped, stopped)
-    app.add_exception_handler(Exception, unexpected)
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(parts) or "body"

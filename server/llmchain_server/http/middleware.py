@@ -14,21 +14,15 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from llmchain_server.contract import LIVE_PATH, METRICS_PATH, READY_PATH
+from llmchain_server.dataplane import ServerMetrics
 from llmchain_server.http.errors import error_body
-from llmchain_server.http.metrics import ServerMetrics
 
 log = logging.getLogger("llmchain_server.access")
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
-ROUTES = (
-    "/v1/chat/completions",
-    "/v1/completions",
-    "/v1/models",
-    "/healthz",
-    "/readyz",
-    "/metrics",
-)
-OPEN_PATHS = ("/healthz", "/readyz", "/metrics")  # probes and scraping need no key
+OPEN_PATHS = (LIVE_PATH, READY_PATH, METRICS_PATH)  # probes and scraping need no key
+ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models", *OPEN_PATHS)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 

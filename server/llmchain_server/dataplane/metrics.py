@@ -1,9 +1,12 @@
-"""The server's Prometheus metrics. The names autoscalers and alerts rely on come from the
-operator's contract (llmchain_operator.builders.metrics_contract; a test compares the lists)."""
+"""The server's Prometheus metrics, declared under the names of the operator-server contract
+(`llmchain_server.contract`: autoscalers, alerts and the dashboard query them)."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from llmchain_server import contract
+from llmchain_server.contract import counter
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128)
 TOKEN_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
@@ -12,43 +15,46 @@ TOKEN_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
 class ServerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.in_flight = Gauge(
-            "llmchain_requests_in_flight", "Requests being handled.", registry=registry
-        )
+        self.in_flight = Gauge(contract.INFLIGHT, "Requests being handled.", registry=registry)
         self.requests = Counter(
-            "llmchain_requests", "Finished HTTP requests.", ["route", "status"], registry=registry
+            counter(contract.REQUESTS),
+            "Finished HTTP requests.",
+            contract.REQUEST_LABELS,
+            registry=registry,
         )
         self.latency = Histogram(
-            "llmchain_request_duration_seconds",
+            contract.LATENCY,
             "Request latency.",
-            ["route"],
+            contract.LATENCY_LABELS,
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.ttft = Histogram(
-            "llmchain_time_to_first_token_seconds",
+            contract.TTFT,
             "Time from a request's arrival to its first generated token.",
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
         self.tpot = Histogram(
-            "llmchain_time_per_output_token_seconds",
+            contract.TPOT,
             "Time between generated tokens of one request.",
             buckets=TOKEN_BUCKETS,
             registry=registry,
         )
         self.rejected = Counter(
-            "llmchain_requests_rejected",
+            counter(contract.REJECTED),
             "Requests refused for load (429) or shutdown (503).",
-            ["reason"],
+            contract.REJECTED_LABELS,
             registry=registry,
         )
-        self.cache_hits = Counter("llmchain_cache_hits", "Response cache hits.", registry=registry)
+        self.cache_hits = Counter(
+            counter(contract.CACHE_HITS), "Response cache hits.", registry=registry
+        )
         self.cache_misses = Counter(
-            "llmchain_cache_misses", "Response cache misses.", registry=registry
+            counter(contract.CACHE_MISSES), "Response cache misses.", registry=registry
         )
         self.cache_errors = Counter(
-            "llmchain_cache_errors",
+            counter(contract.CACHE_ERRORS),
             "Response cache lookups that failed (fail-open).",
             registry=registry,
         )

@@ -17,8 +17,8 @@ from dataclasses import asdict
 
 import redis.asyncio as redis
 
+from llmchain_server.dataplane.metrics import ServerMetrics
 from llmchain_server.engine import Chunk, SamplingParams
-from llmchain_server.http.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 PREFIX = "llmchain:cache:"

@@ -1,6 +1,7 @@
 """Conversation memory per session id, in the Redis all replicas share (not the per-pod cache),
 so a conversation survives landing on another replica: a list of the last `window` turns with
-a TTL renewed on every turn."""
+a TTL renewed on every turn. When the store cannot be reached the request fails with
+`errors.Unavailable` (a 503 with Retry-After): a conversation must not go on without its past."""
 
 from __future__ import annotations
 
@@ -11,13 +12,12 @@ from typing import Any
 
 import redis.asyncio as redis
 
+from llmchain_server.errors import Unavailable
+
 log = logging.getLogger(__name__)
 MAX_TURN_BYTES = 64 * 1024
 SESSION = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-
-
-class MemoryUnavailable(RuntimeError):
-    """The memory store cannot be reached (a 503: the conversation cannot continue safely)."""
+"""The session ids the store accepts (they become part of Redis keys)."""
 
 
 class MemoryStore:
@@ -38,9 +38,7 @@ class MemoryStore:
         try:
             raw = await self.client.lrange(self._key(session), 0, -1)
         except (redis.RedisError, OSError) as e:
-            raise MemoryUnavailable(
-                f"the memory store is unavailable: {type(e).__name__}"
-            ) from None
+            raise Unavailable(f"the memory store is unavailable: {type(e).__name__}") from None
         return [json.loads(item) for item in raw]
 
     async def append(self, session: str, turn: dict[str, Any]) -> None:
@@ -58,9 +56,7 @@ class MemoryStore:
                 pipe.expire(key, self.ttl)
                 await pipe.execute()
         except (redis.RedisError, OSError) as e:
-            raise MemoryUnavailable(
-                f"the memory store is unavailable: {type(e).__name__}"
-            ) from None
+            raise Unavailable(f"the memory store is unavailable: {type(e).__name__}") from None
 
     async def close(self) -> None:
         await self.client.aclose()
