@@ -13,7 +13,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from llmchain_operator.builders import metrics_contract
+from llmchain_server.contract import RENDERED_METRICS
 from llmchain_server.engine.cpu import cpu_kernels
 from tests.support.server import ServerProcess
 from tests.support.waiting import wait_for
@@ -176,6 +176,38 @@ def test_a_stream_that_cannot_fit_is_a_400_before_streaming(server: ServerProces
     assert error["error"]["code"] == "context_length_exceeded"
 
 
+TOO_LONG = [
+    ("/v1/completions", {"prompt": "word " * 400}, "prompt"),
+    ("/v1/completions", {"prompt": "word " * 200, "max_tokens": 450}, "prompt"),
+    (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "word " * 400}]},
+        "messages",
+    ),
+    (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "word " * 200}], "max_tokens": 450},
+        "messages",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    TOO_LONG,
+    ids=["completion over the limit", "completion over the context", "chat limit", "chat context"],
+)
+def test_a_prompt_too_long_names_its_field(
+    server: ServerProcess, path: str, body: dict[str, object], field: str
+) -> None:
+    """Over max_prompt_tokens or, with max_tokens, over the context: the field the client sent."""
+    status, _, error = server.post(path, {"model": "smollm2", **body})
+    assert status == 400, error
+    assert error["error"]["param"] == field
+    assert error["error"]["code"] == "context_length_exceeded"
+    assert error["error"]["type"] == "invalid_request_error"
+
+
 def test_a_negative_seed_means_random(server: ServerProcess) -> None:
     status, _, reply = server.post(
         "/v1/chat/completions", {**CHAT, "max_tokens": 2, "seed": -1, "temperature": 0.7}
@@ -249,7 +281,7 @@ def test_concurrency_beyond_the_limit_is_refused_with_retry_after(server: Server
 def test_metrics_follow_the_operator_contract(server: ServerProcess) -> None:
     _, _, raw = server.get("/metrics")
     text = raw.decode()
-    for name in metrics_contract.ALL:
+    for name in RENDERED_METRICS:
         assert f"# TYPE {name}" in text or f"# TYPE {name.removesuffix('_total')}" in text, name
     assert 'llmchain_requests_total{route="/v1/chat/completions",status="200"}' in text
     assert 'execution_provider="cpu"' in text and 'quantization="int4"' in text
@@ -288,7 +320,10 @@ def test_api_key(model_dirs: Callable[[str], Path], tmp_path: Path) -> None:
 
 
 def test_sigterm_drains_streams_and_exits_zero(model_dirs: Callable[[str], Path]) -> None:
-    s = ServerProcess(model_dirs("int4"), env={"LLMCHAIN_GRACE_SECONDS": "60"})
+    s = ServerProcess(
+        model_dirs("int4"),
+        env={"LLMCHAIN_GRACE_SECONDS": "60", "LLMCHAIN_RETRY_AFTER_SECONDS": "3"},
+    )
     s.wait_ready()
     status, _, lines = stream_raw(
         s,
@@ -314,6 +349,8 @@ def test_sigterm_drains_streams_and_exits_zero(model_dirs: Callable[[str], Path]
     )
     refused = s.post("/v1/chat/completions", {**CHAT, "max_tokens": 1})
     assert refused[0] == 503
+    assert refused[1]["retry-after"] == "3"  # the setting, not a fixed second
+    assert refused[2]["error"]["type"] == "service_unavailable"
     reader.join(timeout=120)
     assert received[-1] == "data: [DONE]"
     tokens = [json.loads(line[6:]) for line in received[:-1]]
