@@ -1,6 +1,6 @@
 """The engine's Prometheus metrics, read from its counters at scrape time (nothing on the hot
-path). Names are documented in README ("Engine metrics"); llmchain_generated_tokens_total is part
-of the contract the operator's autoscalers and alerts use."""
+path). Names come from the contract (llmchain_server.contract), which the operator's autoscalers,
+alerts and dashboard query too; README ("Engine metrics") documents them."""
 
 from __future__ import annotations
 
@@ -9,6 +9,16 @@ from collections.abc import Callable, Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from llmchain_server.contract import (
+    BATCH_SIZE,
+    ENGINE_STEPS,
+    GENERATED_TOKENS,
+    MODEL_INFO,
+    MODEL_INFO_LABELS,
+    PROMPT_TOKENS,
+    QUEUE_DEPTH,
+    counter,
+)
 from llmchain_server.engine.scheduler import EngineStats
 
 
@@ -22,31 +32,25 @@ class EngineCollector(Collector):
         kernels: str,
     ) -> None:
         self._stats = stats
-        self._info = (digest, quantization, provider, kernels)
+        self._info = (digest, quantization, provider, kernels)  # as MODEL_INFO_LABELS
 
     def collect(self) -> Iterator[Metric]:
         s = self._stats()
         info = GaugeMetricFamily(
-            "llmchain_model_info",
-            "The served model (value 1).",
-            labels=["digest", "quantization", "execution_provider", "kernels"],
+            MODEL_INFO, "The served model (value 1).", labels=list(MODEL_INFO_LABELS)
         )
         info.add_metric(list(self._info), 1.0)
         yield info
         yield GaugeMetricFamily(
-            "llmchain_engine_batch_size",
-            "Sequences decoded together in the latest step.",
-            value=s.running,
+            BATCH_SIZE, "Sequences decoded together in the latest step.", value=s.running
         )
         yield GaugeMetricFamily(
-            "llmchain_engine_queue_depth",
-            "Requests waiting for a slot in the running batch.",
-            value=s.waiting,
+            QUEUE_DEPTH, "Requests waiting for a slot in the running batch.", value=s.waiting
         )
         yield CounterMetricFamily(
-            "llmchain_generated_tokens", "Tokens generated.", value=s.generated_tokens
+            counter(GENERATED_TOKENS), "Tokens generated.", value=s.generated_tokens
         )
         yield CounterMetricFamily(
-            "llmchain_prompt_tokens", "Prompt tokens prefilled.", value=s.prompt_tokens
+            counter(PROMPT_TOKENS), "Prompt tokens prefilled.", value=s.prompt_tokens
         )
-        yield CounterMetricFamily("llmchain_engine_steps", "Decode steps run.", value=s.steps)
+        yield CounterMetricFamily(counter(ENGINE_STEPS), "Decode steps run.", value=s.steps)

@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from llmchain_server import contract
+
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
@@ -35,11 +37,11 @@ class DeviceOptions:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DeviceOptions:
         env = os.environ if env is None else env
-        limit = env.get("LLMCHAIN_GPU_MEMORY_BYTES")
+        limit = env.get(contract.ENV_GPU_MEMORY_BYTES)
         return cls(
-            device_id=int(env.get("LLMCHAIN_GPU_DEVICE_ID", "0")),
+            device_id=int(env.get(contract.ENV_GPU_DEVICE_ID, "0")),
             memory_limit_bytes=int(limit) if limit else None,
-            memory_fraction=float(env.get("LLMCHAIN_GPU_MEMORY_FRACTION", "0.9")),
+            memory_fraction=float(env.get(contract.ENV_GPU_MEMORY_FRACTION, "0.9")),
         )
 
     def cuda(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from llmchain_server import contract
 from llmchain_server.engine.providers import DeviceOptions, select_providers, short_name
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ def cpu_threads(env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cores = max(1, cores or 1)
-    limit = env.get("LLMCHAIN_CPU_LIMIT", "")
+    limit = env.get(contract.ENV_CPU_LIMIT, "")
     try:
         wanted = math.ceil(float(limit)) if limit else cores
     except ValueError:

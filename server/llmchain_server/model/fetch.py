@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from llmchain_server import contract
 from llmchain_server.model.locks import locked
 from llmchain_server.model.manifest import file_digest
 from llmchain_server.model.progress import Progress
@@ -40,7 +41,7 @@ def is_url(source: str) -> bool:
 
 
 def default_cache_dir() -> Path:
-    base = os.environ.get("LLMCHAIN_CACHE_DIR") or Path.home() / ".cache" / "llmchain"
+    base = os.environ.get(contract.ENV_SOURCE_CACHE_DIR) or Path.home() / ".cache" / "llmchain"
     return Path(base) / "sources"
 
 

@@ -1,0 +1,35 @@
+"""The engine's metrics as scraped: names and labels are part of the contract the operator's
+autoscalers, alerts and dashboard query, so they are spelt out here, not taken from the contract."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from llmchain_server.engine.metrics import EngineCollector
+from llmchain_server.engine.scheduler import EngineStats
+
+
+def test_scraped_names_values_and_labels() -> None:
+    stats = EngineStats(waiting=3, running=2, steps=7, generated_tokens=11, prompt_tokens=5)
+    registry = CollectorRegistry()
+    registry.register(EngineCollector(lambda: stats, "sha256:ab", "int4", "cpu", "avx2"))
+    info = {"digest": "sha256:ab", "quantization": "int4", "execution_provider": "cpu"}
+    assert registry.get_sample_value("llmchain_model_info", {**info, "kernels": "avx2"}) == 1
+    assert registry.get_sample_value("llmchain_engine_batch_size") == 2
+    assert registry.get_sample_value("llmchain_engine_queue_depth") == 3
+    assert registry.get_sample_value("llmchain_generated_tokens_total") == 11
+    assert registry.get_sample_value("llmchain_prompt_tokens_total") == 5
+    assert registry.get_sample_value("llmchain_engine_steps_total") == 7
+    families = {
+        line.split()[2]
+        for line in generate_latest(registry).decode().splitlines()
+        if line.startswith("# TYPE")
+    }
+    assert families == {
+        "llmchain_model_info",
+        "llmchain_engine_batch_size",
+        "llmchain_engine_queue_depth",
+        "llmchain_generated_tokens_total",
+        "llmchain_prompt_tokens_total",
+        "llmchain_engine_steps_total",
+    }
