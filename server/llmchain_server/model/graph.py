@@ -6,6 +6,7 @@ providers run it as is. Input and output names follow onnxruntime-genai's decode
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from llmchain_server.model.weights import BlockWeight, Floats, Weight
 OPSET = 21
 MS_DOMAIN = "com.microsoft"
 LinearKind = str  # "float32", "float16" or "blocks"
+WeightLookup = Callable[[str], Weight]  # a weight by its GGUF name
 
 
 def _pack(w: BlockWeight) -> np.ndarray:
@@ -157,16 +159,56 @@ class DecoderGraph:
 
 def build_graph(
     config: LlamaConfig,
-    weight: Callable[[str], Weight],
+    weight: WeightLookup,
     kind: LinearKind,
     accuracy: Mapping[str, str] | None = None,
 ) -> onnx.ModelProto:
     """The whole decoder. `weight(name)` returns weights by GGUF name, already in the storage
     wanted (BlockWeight for quantized builds, float arrays otherwise); `accuracy` says how each
     layer role computes (default: the recommended plan, accuracy.py)."""
-    c = config
-    g = DecoderGraph(c, accuracy_plan() if accuracy is None else accuracy)
-    d = c.head_dim
+    g = DecoderGraph(config, accuracy_plan() if accuracy is None else accuracy)
+    inputs, outputs = _inputs_and_outputs(config)
+    seqlens, total_len = _sequence_lengths(g)
+    cos, sin = _rotary_caches(g)
+    shared = _AttentionInputs(seqlens, total_len, cos, sin)
+    hidden = g.embedding("input_ids", weight("token_embd.weight"), kind)
+    normed = g.one(
+        "SimplifiedLayerNormalization",
+        [hidden, g.const("blk.0.attn_norm.weight", _vector(weight("blk.0.attn_norm.weight")))],
+        "blk.0/attn_norm",
+        epsilon=config.norm_eps,
+        axis=-1,
+        stash_type=1,
+    )
+    residual = hidden
+    for i in range(config.layers):
+        normed, residual = _layer(g, i, normed, residual, weight, kind, shared)
+    _output_head(g, normed, seqlens, inputs, weight, kind)
+    graph = helper.make_graph(g.nodes, "llmchain-decoder", inputs, outputs, g.initializers)
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
+        producer_name="llmchain",
+        producer_version="1",
+    )
+    model.ir_version = 10
+    return model
+
+
+@dataclass(frozen=True)
+class _AttentionInputs:
+    """What every layer's GroupQueryAttention takes besides its own QKV and KV cache."""
+
+    seqlens: str
+    total_len: str
+    cos: str
+    sin: str
+
+
+def _inputs_and_outputs(
+    c: LlamaConfig,
+) -> tuple[list[onnx.ValueInfoProto], list[onnx.ValueInfoProto]]:
+    """The graph's inputs and outputs, named as onnxruntime-genai's decoders name them."""
     batch, seq, past, total, present = (
         "batch",
         "sequence",
@@ -183,16 +225,22 @@ def build_graph(
         for kv in ("key", "value"):
             inputs.append(
                 helper.make_tensor_value_info(
-                    f"past_key_values.{i}.{kv}", TensorProto.FLOAT, [batch, c.kv_heads, past, d]
+                    f"past_key_values.{i}.{kv}",
+                    TensorProto.FLOAT,
+                    [batch, c.kv_heads, past, c.head_dim],
                 )
             )
             outputs.append(
                 helper.make_tensor_value_info(
-                    f"present.{i}.{kv}", TensorProto.FLOAT, [batch, c.kv_heads, present, d]
+                    f"present.{i}.{kv}", TensorProto.FLOAT, [batch, c.kv_heads, present, c.head_dim]
                 )
             )
+    return inputs, outputs
 
-    # Sequence lengths for GroupQueryAttention, from the attention mask (as onnxruntime-genai).
+
+def _sequence_lengths(g: DecoderGraph) -> tuple[str, str]:
+    """GroupQueryAttention's `seqlens_k` (each row's last position) and total sequence length,
+    from the attention mask (as onnxruntime-genai computes them)."""
     axis1 = g.const("axis1", np.array([1], np.int64))
     lengths = g.one("ReduceSum", ["attention_mask", axis1], "seqlens/sum", keepdims=0)
     last = g.one("Sub", [lengths, g.const("one", np.array(1, np.int64))], "seqlens/last")
@@ -200,115 +248,127 @@ def build_graph(
     mask_shape = g.one("Shape", ["attention_mask"], "mask_shape")
     width = g.one("Gather", [mask_shape, g.const("index1", np.array(1, np.int64))], "total/len")
     total_len = g.one("Cast", [width], "total_sequence_length", to=TensorProto.INT32)
+    return seqlens, total_len
 
+
+def _rotary_caches(g: DecoderGraph) -> tuple[str, str]:
+    """The cos and sin tables of rotary embedding, one row per position of the context."""
+    c = g.config
+    d = c.head_dim
     inv_freq = 1.0 / (c.rope_base ** (np.arange(0, d, 2, dtype=np.float64) / d))
     angles = np.outer(np.arange(c.context, dtype=np.float64), inv_freq)
     cos = g.const("cos_cache", np.cos(angles).astype(np.float32))
     sin = g.const("sin_cache", np.sin(angles).astype(np.float32))
+    return cos, sin
 
-    hidden = g.embedding("input_ids", weight("token_embd.weight"), kind)
-    normed = g.one(
-        "SimplifiedLayerNormalization",
-        [hidden, g.const("blk.0.attn_norm.weight", _vector(weight("blk.0.attn_norm.weight")))],
-        "blk.0/attn_norm",
-        epsilon=c.norm_eps,
-        axis=-1,
-        stash_type=1,
+
+def _layer(
+    g: DecoderGraph,
+    i: int,
+    normed: str,
+    residual: str,
+    weight: WeightLookup,
+    kind: LinearKind,
+    shared: _AttentionInputs,
+) -> tuple[str, str]:
+    """Decoder layer `i` on its normalised input: attention, then the MLP, each added to the
+    residual stream. Returns the next layer's normalised input (after the last layer, the
+    output norm's) and the residual stream."""
+    p = f"blk.{i}"
+    attended = _attention(g, i, normed, weight, kind, shared)
+    normed, residual = _skip_norm(
+        g, attended, residual, weight, f"{p}.ffn_norm.weight", f"{p}/ffn_norm"
     )
-    residual = hidden
-    for i in range(c.layers):
-        p = f"blk.{i}"
-        qkv = g.linear(
-            normed,
-            _concat(
-                [
-                    weight(f"{p}.attn_q.weight"),
-                    weight(f"{p}.attn_k.weight"),
-                    weight(f"{p}.attn_v.weight"),
-                ]
-            ),
-            f"{p}/qkv",
-            kind,
-        )
-        attn = g.node(
-            "GroupQueryAttention",
-            [
-                qkv,
-                "",
-                "",
-                f"past_key_values.{i}.key",
-                f"past_key_values.{i}.value",
-                seqlens,
-                total_len,
-                cos,
-                sin,
-            ],
-            f"{p}/attn",
-            outputs=3,
-            domain=MS_DOMAIN,
-            num_heads=c.heads,
-            kv_num_heads=c.kv_heads,
-            do_rotary=1,
-            rotary_interleaved=1,
-        )
-        g.nodes[-1].output[1] = f"present.{i}.key"
-        g.nodes[-1].output[2] = f"present.{i}.value"
-        out = g.linear(attn[0], weight(f"{p}.attn_output.weight"), f"{p}/attn_output", kind)
-        normed, _, _, residual = g.node(
-            "SkipSimplifiedLayerNormalization",
-            [
-                out,
-                residual,
-                g.const(f"{p}.ffn_norm.weight", _vector(weight(f"{p}.ffn_norm.weight"))),
-            ],
-            f"{p}/ffn_norm",
-            outputs=4,
-            domain=MS_DOMAIN,
-            epsilon=c.norm_eps,
-        )
-        gate_up = g.linear(
-            normed,
-            _concat([weight(f"{p}.ffn_gate.weight"), weight(f"{p}.ffn_up.weight")]),
-            f"{p}/gate_up",
-            kind,
-        )
-        gate, up = g.node(
-            "Split",
-            [gate_up, g.const(f"{p}.split", np.array([c.ffn, c.ffn], np.int64))],
-            f"{p}/split",
-            outputs=2,
-            axis=-1,
-        )
-        act = g.one(
-            "Mul",
-            [g.one("Mul", [gate, g.one("Sigmoid", [gate], f"{p}/sigmoid")], f"{p}/silu"), up],
-            f"{p}/swiglu",
-        )
-        down = g.linear(act, weight(f"{p}.ffn_down.weight"), f"{p}/ffn_down", kind)
-        norm_name = f"blk.{i + 1}.attn_norm.weight" if i + 1 < c.layers else "output_norm.weight"
-        normed, _, _, residual = g.node(
-            "SkipSimplifiedLayerNormalization",
-            [down, residual, g.const(norm_name, _vector(weight(norm_name)))],
-            f"{p}/next_norm",
-            outputs=4,
-            domain=MS_DOMAIN,
-            epsilon=c.norm_eps,
-        )
+    down = _mlp(g, p, normed, weight, kind)
+    last = i + 1 == g.config.layers
+    norm = "output_norm.weight" if last else f"blk.{i + 1}.attn_norm.weight"
+    return _skip_norm(g, down, residual, weight, norm, f"{p}/next_norm")
 
-    head = "token_embd.weight" if c.tied_embeddings else "output.weight"
+
+def _attention(
+    g: DecoderGraph,
+    i: int,
+    normed: str,
+    weight: WeightLookup,
+    kind: LinearKind,
+    shared: _AttentionInputs,
+) -> str:
+    """Fused QKV projection, GroupQueryAttention (rotary inside, KV cache in and out as
+    `past_key_values.i.*` / `present.i.*`), output projection."""
+    c = g.config
+    p = f"blk.{i}"
+    projections = [weight(f"{p}.attn_{x}.weight") for x in ("q", "k", "v")]
+    qkv = g.linear(normed, _concat(projections), f"{p}/qkv", kind)
+    past = [f"past_key_values.{i}.key", f"past_key_values.{i}.value"]
+    attn = g.node(
+        "GroupQueryAttention",
+        [qkv, "", "", *past, shared.seqlens, shared.total_len, shared.cos, shared.sin],
+        f"{p}/attn",
+        outputs=3,
+        domain=MS_DOMAIN,
+        num_heads=c.heads,
+        kv_num_heads=c.kv_heads,
+        do_rotary=1,
+        rotary_interleaved=1,
+    )
+    g.nodes[-1].output[1] = f"present.{i}.key"
+    g.nodes[-1].output[2] = f"present.{i}.value"
+    return g.linear(attn[0], weight(f"{p}.attn_output.weight"), f"{p}/attn_output", kind)
+
+
+def _mlp(g: DecoderGraph, p: str, normed: str, weight: WeightLookup, kind: LinearKind) -> str:
+    """SwiGLU: down(silu(gate(x)) * up(x)), gate and up fused into one projection."""
+    ffn = g.config.ffn
+    gate_up = g.linear(
+        normed,
+        _concat([weight(f"{p}.ffn_gate.weight"), weight(f"{p}.ffn_up.weight")]),
+        f"{p}/gate_up",
+        kind,
+    )
+    gate, up = g.node(
+        "Split",
+        [gate_up, g.const(f"{p}.split", np.array([ffn, ffn], np.int64))],
+        f"{p}/split",
+        outputs=2,
+        axis=-1,
+    )
+    sigmoid = g.one("Sigmoid", [gate], f"{p}/sigmoid")
+    silu = g.one("Mul", [gate, sigmoid], f"{p}/silu")
+    act = g.one("Mul", [silu, up], f"{p}/swiglu")
+    return g.linear(act, weight(f"{p}.ffn_down.weight"), f"{p}/ffn_down", kind)
+
+
+def _skip_norm(
+    g: DecoderGraph, x: str, residual: str, weight: WeightLookup, norm: str, name: str
+) -> tuple[str, str]:
+    """RMS norm of x + residual with the weight named `norm`, as node `name`: the normalised
+    sum and the sum (the residual stream from here on)."""
+    normed, _, _, total = g.node(
+        "SkipSimplifiedLayerNormalization",
+        [x, residual, g.const(norm, _vector(weight(norm)))],
+        name,
+        outputs=4,
+        domain=MS_DOMAIN,
+        epsilon=g.config.norm_eps,
+    )
+    return normed, total
+
+
+def _output_head(
+    g: DecoderGraph,
+    normed: str,
+    seqlens: str,
+    inputs: list[onnx.ValueInfoProto],
+    weight: WeightLookup,
+    kind: LinearKind,
+) -> None:
+    """The logits: the output head (the embedding table when tied) over the final norm's
+    output, of the last positions only when `last_token_logits` asks."""
+    head = "token_embd.weight" if g.config.tied_embeddings else "output.weight"
     g.linear(
         _last_token_rows(g, normed, seqlens, inputs), weight(f"{head}#lm_head"), "lm_head", kind
     )
     g.nodes[-1].output[0] = "logits"  # the last node of the head (MatMul, or the offset Add)
-    graph = helper.make_graph(g.nodes, "llmchain-decoder", inputs, outputs, g.initializers)
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
-        producer_name="llmchain",
-        producer_version="1",
-    )
-    model.ir_version = 10
-    return model
 
 
 def _last_token_rows(
