@@ -15,9 +15,9 @@ from safetensors.numpy import save_file
 from llmchain_server.engine import Engine, EngineSettings
 from llmchain_server.model import BuildError, build_model, verify
 from llmchain_server.model.gguf_source import GGUFSource
-from llmchain_server.model.hf_source import to_rotate_half
+from llmchain_server.model.hf_source import to_interleaved
 from llmchain_server.model.tokenizer_build import tokenizer_from_gguf
-from llmchain_server.model.weights import as_float
+from llmchain_server.model.weights import Floats, as_float
 from tests.support.model import gguf_path
 
 HF_NAMES = {
@@ -31,6 +31,13 @@ HF_NAMES = {
     "attn_norm": "input_layernorm",
     "ffn_norm": "post_attention_layernorm",
 }
+
+
+def to_rotate_half(w: Floats, heads: int) -> Floats:
+    """GGUF's interleaved Q/K row order → Hugging Face's rotate-half (the inverse of the
+    builder's to_interleaved, per head)."""
+    rows = w.shape[0]
+    return w.reshape(heads, rows // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def write_hf_folder(folder: Path) -> None:
@@ -143,3 +150,4 @@ def test_hf_folder_in_gguf_row_order_would_not_match(tmp_path: Path) -> None:
     source = GGUFSource(gguf_path())
     w = as_float(source.weight("blk.0.attn_q.weight"))
     assert not np.array_equal(to_rotate_half(w, 9), w)
+    assert np.array_equal(to_interleaved(to_rotate_half(w, 9), 9), w)

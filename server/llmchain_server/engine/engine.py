@@ -4,17 +4,17 @@ It knows nothing of HTTP, Redis or chains (see DESIGN.md, "Chain server")."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+import onnxruntime as ort
 from prometheus_client import CollectorRegistry
 
+from llmchain_server import contract
 from llmchain_server.engine.cpu import cpu_kernels
 from llmchain_server.engine.metrics import EngineCollector
 from llmchain_server.engine.providers import DeviceOptions
@@ -25,8 +25,7 @@ from llmchain_server.engine.scheduler import EngineStats, QueueFull, Scheduler
 from llmchain_server.engine.session import cpu_threads, create_session
 from llmchain_server.engine.tokenizer import ModelTokenizer
 from llmchain_server.errors import PromptTooLong
-from llmchain_server.model.build import DEFAULT_GENERATION
-from llmchain_server.model.manifest import verify
+from llmchain_server.model.folder import GenerationDefaults, ModelConfig, open_folder
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +47,10 @@ class EngineSettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> EngineSettings:
         env = os.environ if env is None else env
         return cls(
-            provider=env.get("LLMCHAIN_EXECUTION_PROVIDER", "auto"),
-            max_batch=int(env.get("LLMCHAIN_MAX_BATCH_SIZE", "8")),
-            max_waiting=int(env.get("LLMCHAIN_MAX_QUEUE", "64")),
-            context=int(env.get("LLMCHAIN_MAX_CONTEXT", "2048")),
+            provider=env.get(contract.ENV_EXECUTION_PROVIDER, "auto"),
+            max_batch=int(env.get(contract.ENV_MAX_BATCH_SIZE, "8")),
+            max_waiting=int(env.get(contract.ENV_MAX_QUEUE, "64")),
+            context=int(env.get(contract.ENV_MAX_CONTEXT, "2048")),
             threads=cpu_threads(env),
         )
 
@@ -68,56 +67,67 @@ class Engine:
         private to this engine, see `self.registry`)."""
         self.settings = settings or EngineSettings.from_env()
         started = time.monotonic()
-        self.manifest = verify(folder, deep=self.settings.verify_checksums)
-        config: dict[str, Any] = json.loads((folder / "config.json").read_text())
-        model = config["model"]
-        self.tokenizer = ModelTokenizer(folder)
-        self.session, self.provider = create_session(
-            folder / "model.onnx",
+        model = open_folder(folder, self.settings.verify_checksums)
+        config = model.config
+        self.manifest = model.manifest
+        self.digest = model.manifest.digest
+        self.quantization = config.quantization
+        self.tokenizer = ModelTokenizer(model.tokenizer, config.special, model.chat_template)
+        self.session, self.provider = self._open_session(model.model, available_providers)
+        self.kernels = cpu_kernels().family if self.provider == "cpu" else self.provider
+        """The kernel family running the model: the CPU's MLAS family (avx2, avx512vnni, ...)
+        on the CPU provider, else the provider; fidelity and speed depend on it."""
+        self.context = min(self.settings.context, config.model.context)
+        self.runner = self._runner(config)
+        self.scheduler = self._scheduler(config)
+        self.defaults = _sampling_defaults(config.generation, self.context)
+        """Sampling for requests that set nothing (the model folder's generation defaults)."""
+        self.load_seconds = time.monotonic() - started
+        self.registry = self._register_metrics(registry)
+        self._ready = False
+        self._log_loaded()
+
+    def _open_session(
+        self, model: Path, available_providers: Sequence[str] | None
+    ) -> tuple[ort.InferenceSession, str]:
+        return create_session(
+            model,
             self.settings.provider,
             self.settings.threads,
             DeviceOptions.from_env(),
             available_providers,
         )
-        self.context = min(self.settings.context, int(model["context"]))
+
+    def _runner(self, config: ModelConfig) -> ModelRunner:
+        """The decoder over a KV cache of `max_batch` sequences of the context's length."""
+        shape = config.model
         slots = self.settings.max_batch + 1  # one spare slot for the batch-invariance pad row
-        self.runner = ModelRunner(
+        return ModelRunner(
             self.session,
-            model["layers"],
-            model["kv_heads"],
-            model["hidden"] // model["heads"],
-            model["vocab"],
+            shape.layers,
+            shape.kv_heads,
+            shape.head_dim,
+            shape.vocab,
             slots,
             self.context,
         )
+
+    def _scheduler(self, config: ModelConfig) -> Scheduler:
         # MatMulNBits computes one row with another kernel than several, at every accuracy
         # level (level 0's fused one-row kernel, level 4's on AVX2): quantized builds decode at
         # least two rows, so an output does not depend on the batch it ran in.
-        quantized = config.get("quantization") in ("int4", "int8")
-        min_batch = 2 if quantized else 1
-        self.scheduler = Scheduler(
+        min_batch = 2 if config.quantized else 1
+        return Scheduler(
             self.runner,
             self.tokenizer.eos_ids,
             self.settings.max_batch,
             self.settings.max_waiting,
             min_batch,
         )
-        generation = {**DEFAULT_GENERATION, **config.get("generation", {})}
-        self.defaults = SamplingParams(
-            max_tokens=max(1, min(int(generation["maxTokens"]), self.context // 2)),
-            temperature=float(generation["temperature"]),
-            top_p=float(generation["topP"]),
-            top_k=int(generation["topK"]),
-        )
-        """Sampling for requests that set nothing (the model folder's generation defaults)."""
-        self.digest: str = self.manifest["digest"]
-        self.quantization: str = self.manifest.get("quantization", "unknown")
-        self.kernels = cpu_kernels().family if self.provider == "cpu" else self.provider
-        """The kernel family running the model: the CPU's MLAS family (avx2, avx512vnni, ...)
-        on the CPU provider, else the provider; fidelity and speed depend on it."""
-        self.load_seconds = time.monotonic() - started
-        self.registry = registry if registry is not None else CollectorRegistry()
-        self.registry.register(
+
+    def _register_metrics(self, registry: CollectorRegistry | None) -> CollectorRegistry:
+        registry = registry if registry is not None else CollectorRegistry()
+        registry.register(
             EngineCollector(
                 lambda: self.scheduler.stats,
                 self.digest,
@@ -126,7 +136,9 @@ class Engine:
                 self.kernels,
             )
         )
-        self._ready = False
+        return registry
+
+    def _log_loaded(self) -> None:
         log.info(
             "Loaded model %s (%s, %s, %s kernels) in %.1f s; "
             "KV cache %.0f MiB for %d sequences of %d tokens",
@@ -187,6 +199,17 @@ class Engine:
         g = Generation(prompt, params, self.tokenizer, asyncio.get_running_loop())
         self.scheduler.submit(g)
         return g
+
+
+def _sampling_defaults(generation: GenerationDefaults, context: int) -> SamplingParams:
+    """The folder's generation defaults as sampling parameters, `max_tokens` at most half the
+    context."""
+    return SamplingParams(
+        max_tokens=max(1, min(generation.max_tokens, context // 2)),
+        temperature=generation.temperature,
+        top_p=generation.top_p,
+        top_k=generation.top_k,
+    )
 
 
 __all__ = ["ContextLengthError", "Engine", "EngineSettings", "QueueFull", "SamplingParams"]

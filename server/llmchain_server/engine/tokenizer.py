@@ -3,7 +3,6 @@ never emits half a UTF-8 character."""
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -14,6 +13,8 @@ from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
+from llmchain_server.model.folder import SpecialTokens
+
 _REPLACEMENT = "\ufffd"
 
 
@@ -22,15 +23,22 @@ class ChatTemplateError(ValueError):
 
 
 class ModelTokenizer:
-    def __init__(self, folder: Path) -> None:
-        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        config = json.loads((folder / "config.json").read_text())
-        self.eos_ids: frozenset[int] = frozenset(config.get("eosTokenIds", []))
-        self.bos_id: int | None = config.get("bosTokenId")
-        self.add_bos = bool(config.get("addBos", False))
-        self.bos_token = str(config.get("bosToken") or "")
-        self.eos_token = str(config.get("eosToken") or "")
-        special = sorted(
+    def __init__(
+        self,
+        tokenizer: Path,
+        special: SpecialTokens | None = None,
+        chat_template: str | None = None,
+    ) -> None:
+        """`tokenizer`: a `tokenizer.json`; `special` and `chat_template` as the model folder
+        has them (folder.py; default: none)."""
+        self.tokenizer = Tokenizer.from_file(str(tokenizer))
+        tokens = special or SpecialTokens()
+        self.eos_ids: frozenset[int] = frozenset(tokens.eos_ids)
+        self.bos_id = tokens.bos_id
+        self.add_bos = tokens.add_bos
+        self.bos_token = tokens.bos
+        self.eos_token = tokens.eos
+        texts = sorted(
             (
                 t.content
                 for t in self.tokenizer.get_added_tokens_decoder().values()
@@ -39,20 +47,15 @@ class ModelTokenizer:
             key=len,
             reverse=True,
         )
-        self._special = re.compile("|".join(map(re.escape, special))) if special else None
-        template_path = folder / "chat_template.jinja"
+        self._special = re.compile("|".join(map(re.escape, texts))) if texts else None
         env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
         env.globals["raise_exception"] = _raise
-        self._chat = env.from_string(template_path.read_text()) if template_path.is_file() else None
+        self._chat = env.from_string(chat_template) if chat_template is not None else None
 
     def strip_special(self, text: str) -> str:
         """User-supplied text without special-token strings (`<|im_start|>`…): tokenizers match
         them even inside user content, which would let a user forge chat turns."""
         return self._special.sub("", text) if self._special is not None else text
-
-    @property
-    def has_chat_template(self) -> bool:
-        return self._chat is not None
 
     def encode(self, text: str) -> list[int]:
         ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False).ids

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from llmchain_server.model.fields import Fields
+
 
 @dataclass(frozen=True)
 class LlamaConfig:
@@ -30,9 +32,27 @@ class LlamaConfig:
         return {"architecture": "llama", **asdict(self)}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> LlamaConfig:
-        fields = {k: v for k, v in data.items() if k != "architecture"}
-        return cls(**fields)
+    def read(cls, f: Fields) -> LlamaConfig:
+        """From the object `to_json` wrote; an error names the field."""
+        if (architecture := f.text("architecture", "llama")) != "llama":
+            raise f.error("architecture", f"{architecture!r} is not supported (only 'llama')")
+        config = cls(
+            layers=f.integer("layers"),
+            hidden=f.integer("hidden"),
+            ffn=f.integer("ffn"),
+            heads=f.integer("heads"),
+            kv_heads=f.integer("kv_heads"),
+            vocab=f.integer("vocab"),
+            context=f.integer("context"),
+            rope_base=f.number("rope_base"),
+            norm_eps=f.number("norm_eps"),
+            tied_embeddings=f.flag("tied_embeddings"),
+        )
+        try:
+            config.check()
+        except ValueError as e:
+            raise f.invalid(str(e)) from None
+        return config
 
     def check(self) -> None:
         """Refuse shapes the graph cannot express, naming the field."""

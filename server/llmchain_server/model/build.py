@@ -7,11 +7,11 @@ a folder whose manifest already carries the requested build digest is reused, no
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +20,32 @@ from tokenizers import Tokenizer
 
 from llmchain_server.model.accuracy import accuracy_plan
 from llmchain_server.model.architecture import LlamaConfig
-from llmchain_server.model.convert import QUANTIZATIONS, linear_kind, weights_for
+from llmchain_server.model.convert import linear_kind, weights_for
 from llmchain_server.model.fetch import Fetched, fetch, is_url, redact
+from llmchain_server.model.fields import FolderError
+from llmchain_server.model.folder import (
+    CHAT_TEMPLATE,
+    DEFAULT_GENERATION,
+    MODEL,
+    MODEL_DATA,
+    QUANTIZATIONS,
+    QUANTIZED,
+    REQUIRED,
+    TOKENIZER,
+    AccuracyPlan,
+    GenerationDefaults,
+    ModelConfig,
+    SpecialTokens,
+    open_folder,
+    read_config,
+)
 from llmchain_server.model.gguf_source import GGUFSource, is_gguf
 from llmchain_server.model.graph import build_graph
 from llmchain_server.model.hf_source import HFSource, is_hf_folder
 from llmchain_server.model.locks import locked
 from llmchain_server.model.manifest import (
     BUILDER,
+    MANIFEST,
     content_digest,
     file_digest,
     read_manifest,
@@ -38,16 +56,8 @@ from llmchain_server.model.progress import Progress
 from llmchain_server.model.tokenizer_build import tokenizer_from_gguf
 from llmchain_server.model.weights import Weight
 
-QUANTIZED = ("int4", "int8")  # the builds with MatMulNBits layers, hence an accuracy plan
-Plan = tuple[str, dict[str, str]]  # the plan's name and each layer role's mode
-
 # Token names that end a turn in common chat templates, stop tokens besides the declared EOS.
 _END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "</s>")
-
-
-# Sampling defaults for requests that set none: greedy (deterministic, so cacheable) unless the
-# source says otherwise (a Hugging Face generation_config.json).
-DEFAULT_GENERATION: dict[str, Any] = {"maxTokens": 256, "temperature": 0.0, "topP": 1.0, "topK": 0}
 
 
 class BuildError(RuntimeError):
@@ -73,7 +83,7 @@ def build_model(
         levels = accuracy_plan(accuracy)
     except ValueError as e:
         raise BuildError(f"--accuracy: {e}") from None
-    plan = (accuracy, levels) if quantization in QUANTIZED else None
+    plan = AccuracyPlan(accuracy, levels) if quantization in QUANTIZED else None
     progress = Progress("build")
     _refuse_foreign(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -94,7 +104,7 @@ def build_model(
                 tmp,
                 source=src,
                 quantization=quantization,
-                buildDigest=build_digest,
+                build_digest=build_digest,
                 parameters=fields["parameters"],
             )
             _replace(tmp, out)
@@ -109,18 +119,18 @@ def _refuse_foreign(out: Path) -> None:
     """Never replace a folder that is not a model folder: it may hold someone's data."""
     if out.is_file() or (out.is_dir() and any(out.iterdir()) and read_manifest(out) is None):
         raise BuildError(
-            f"--out {out} exists and is not a model folder (no manifest.json); "
+            f"--out {out} exists and is not a model folder (no {MANIFEST}); "
             "choose an empty or new folder"
         )
 
 
 def _reusable(
-    out: Path, quantization: str, plan: Plan | None, build_digest: str | None
+    out: Path, quantization: str, plan: AccuracyPlan | None, build_digest: str | None
 ) -> dict[str, Any] | None:
     manifest = read_manifest(out)
     if manifest is None or manifest.get("quantization") != quantization:
         return None
-    if _plan_of(out) != (plan[0] if plan else None):
+    if _plan_of(out) != (plan.name if plan else None):
         return None
     if build_digest is None or manifest.get("buildDigest") != build_digest:
         return None
@@ -149,7 +159,7 @@ def _resolve(local: Path) -> tuple[str, Path]:
             return "gguf", ggufs[0]
         if is_hf_folder(local):
             return "huggingface", local
-        if (local / "model.onnx").is_file():
+        if (local / MODEL).is_file():
             return "onnx", local
     raise BuildError(
         f"{local} is neither a GGUF file, a Hugging Face folder (config.json + "
@@ -161,79 +171,108 @@ def _build_into(
     tmp: Path,
     fetched: Fetched,
     quantization: str,
-    plan: Plan | None,
+    plan: AccuracyPlan | None,
     progress: Progress,
 ) -> dict[str, Any]:
     kind, path = _resolve(fetched.path)
     progress.say(f"reading {kind} source {path.name}")
     if kind == "onnx":
         return _copy_onnx(tmp, path, quantization, plan)
-    generation = dict(DEFAULT_GENERATION)
     try:  # every reader names the file and the problem in a ValueError
-        if kind == "gguf":
-            gguf = GGUFSource(path)
-            config, weight = gguf.config(), gguf.weight
-            vocab = gguf.vocab()
-            tokenizer = tokenizer_from_gguf(vocab)
-            template = gguf.chat_template()
-            eos = [vocab.eos_id] if vocab.eos_id is not None else []
-            bos, add_bos = vocab.bos_id, vocab.add_bos
-            words = {"bos": vocab.token(vocab.bos_id), "eos": vocab.token(vocab.eos_id)}
-            known = fetched.sha256 if path == fetched.path else None  # fetch already read it
-            source_digest = "sha256:" + (known or file_digest(path))
-        else:
-            hf = HFSource(path)
-            config, weight = hf.config(), hf.weight
-            tokenizer = Tokenizer.from_str(hf.tokenizer_json())
-            template, eos = hf.chat_template(), hf.eos_ids()
-            words = hf.special_words()
-            add_bos = hf.add_bos()
-            bos = tokenizer.token_to_id(words["bos"]) if words["bos"] else None
-            generation.update(hf.generation_defaults())
-            files = {
-                p.name: {"sha256": file_digest(p)} for p in sorted(path.iterdir()) if p.is_file()
-            }
-            source_digest = content_digest(files)
-        config.check()
+        source = _read_gguf(path, fetched) if kind == "gguf" else _read_hf(path)
+        source.config.check()
         model = build_graph(
-            config,
-            _counting(weights_for(weight, quantization), config, progress),
+            source.config,
+            _counting(weights_for(source.weight, quantization), source.config, progress),
             linear_kind(quantization),
-            plan[1] if plan else None,
+            plan.modes if plan else None,
         )
     except (ValueError, KeyError, TypeError) as e:
         raise BuildError(f"cannot convert {path}: {type(e).__name__}: {e}") from None
-    progress.say("writing model.onnx")
+    progress.say(f"writing {MODEL}")
     _save(model, tmp)
-    tokenizer.save(str(tmp / "tokenizer.json"))
-    if template:
-        (tmp / "chat_template.jinja").write_text(template)
-    stops = sorted(
-        {*eos, *(i for t in _END_OF_TURN if (i := tokenizer.token_to_id(t)) is not None)}
-    )
-    (tmp / "config.json").write_text(
-        json.dumps(
-            {
-                "model": config.to_json(),
-                "bosTokenId": bos,
-                "bosToken": words["bos"],
-                "eosToken": words["eos"],
-                "addBos": add_bos,
-                "eosTokenIds": stops,
-                "quantization": quantization,
-                # int4/int8: the accuracy plan, with each layer role's mode
-                "accuracy": {"plan": plan[0], "modes": plan[1]} if plan else None,
-                "generation": generation,
-            },
-            indent=2,
-            sort_keys=True,
-        )
-        + "\n"
-    )
+    source.tokenizer.save(str(tmp / TOKENIZER))
+    if source.template:
+        (tmp / CHAT_TEMPLATE).write_text(source.template)
+    ModelConfig(
+        model=source.config,
+        quantization=quantization,
+        special=source.special,
+        accuracy=plan,
+        generation=source.generation,
+    ).write(tmp)
     return {
-        "source": {"kind": kind, "sha256": source_digest},
-        "parameters": _parameter_count(config),
+        "source": {"kind": kind, "sha256": source.digest},
+        "parameters": _parameter_count(source.config),
     }
+
+
+@dataclass(frozen=True)
+class _Source:
+    """A GGUF or Hugging Face source, read: all the build needs of it."""
+
+    config: LlamaConfig
+    weight: Callable[[str], Weight]
+    tokenizer: Tokenizer
+    template: str | None
+    special: SpecialTokens
+    generation: GenerationDefaults
+    digest: str
+
+
+def _read_gguf(path: Path, fetched: Fetched) -> _Source:
+    gguf = GGUFSource(path)
+    config = gguf.config()
+    vocab = gguf.vocab()
+    tokenizer = tokenizer_from_gguf(vocab)
+    template = gguf.chat_template()
+    eos = [vocab.eos_id] if vocab.eos_id is not None else []
+    known = fetched.sha256 if path == fetched.path else None  # fetch already read it
+    return _Source(
+        config=config,
+        weight=gguf.weight,
+        tokenizer=tokenizer,
+        template=template,
+        special=SpecialTokens(
+            bos_id=vocab.bos_id,
+            bos=vocab.token(vocab.bos_id),
+            eos=vocab.token(vocab.eos_id),
+            add_bos=vocab.add_bos,
+            eos_ids=_stop_ids(eos, tokenizer),
+        ),
+        generation=DEFAULT_GENERATION,
+        digest="sha256:" + (known or file_digest(path)),
+    )
+
+
+def _read_hf(path: Path) -> _Source:
+    hf = HFSource(path)
+    config = hf.config()
+    tokenizer = Tokenizer.from_str(hf.tokenizer_json())
+    template, eos = hf.chat_template(), hf.eos_ids()
+    words = hf.special_words()
+    files = {p.name: {"sha256": file_digest(p)} for p in sorted(path.iterdir()) if p.is_file()}
+    return _Source(
+        config=config,
+        weight=hf.weight,
+        tokenizer=tokenizer,
+        template=template,
+        special=SpecialTokens(
+            bos_id=tokenizer.token_to_id(words["bos"]) if words["bos"] else None,
+            bos=words["bos"],
+            eos=words["eos"],
+            add_bos=hf.add_bos(),
+            eos_ids=_stop_ids(eos, tokenizer),
+        ),
+        generation=hf.generation(DEFAULT_GENERATION),
+        digest=content_digest(files),
+    )
+
+
+def _stop_ids(eos: list[int], tokenizer: Tokenizer) -> tuple[int, ...]:
+    """The declared EOS ids and every end-of-turn token the vocabulary has."""
+    turns = (i for t in _END_OF_TURN if (i := tokenizer.token_to_id(t)) is not None)
+    return tuple(sorted({*eos, *turns}))
 
 
 # Protobuf cannot serialise a message over 2 GiB: bigger graphs keep their weights beside it.
@@ -243,14 +282,14 @@ _EXTERNAL_DATA_BYTES = 1_800_000_000
 def _save(model: onnx.ModelProto, folder: Path) -> None:
     weights = sum(len(t.raw_data) for t in model.graph.initializer)
     if weights < _EXTERNAL_DATA_BYTES:
-        (folder / "model.onnx").write_bytes(model.SerializeToString())
+        (folder / MODEL).write_bytes(model.SerializeToString())
         return
     onnx.save_model(
         model,
-        str(folder / "model.onnx"),
+        str(folder / MODEL),
         save_as_external_data=True,
         all_tensors_to_one_file=True,
-        location="model.onnx.data",
+        location=MODEL_DATA,
         size_threshold=1024,
     )
 
@@ -276,43 +315,48 @@ def _counting(
     return counted
 
 
-def _copy_onnx(tmp: Path, folder: Path, quantization: str, plan: Plan | None) -> dict[str, Any]:
-    for needed in ("model.onnx", "tokenizer.json", "config.json"):
+def _copy_onnx(
+    tmp: Path, folder: Path, quantization: str, plan: AccuracyPlan | None
+) -> dict[str, Any]:
+    for needed in REQUIRED:
         if not (folder / needed).is_file():
             raise BuildError(
                 f"ONNX folder {folder} lacks {needed} (build it with "
                 "`llmchain model build` from a GGUF or Hugging Face source)"
             )
-    config = json.loads((folder / "config.json").read_text())
-    if config.get("quantization") != quantization:
+    try:
+        config = read_config(folder)
+    except FolderError as e:
+        raise BuildError(f"ONNX folder {folder} is not a model folder: {e}") from None
+    if config.quantization != quantization:
         raise BuildError(
-            f"ONNX folder {folder} holds a {config.get('quantization')!r} model; "
+            f"ONNX folder {folder} holds a {config.quantization!r} model; "
             f"it is served as built and cannot become {quantization!r}"
         )
-    built = _plan_of(folder)
-    if plan and built is not None and built != plan[0]:
+    built = config.accuracy.name if config.accuracy else None
+    if plan and built is not None and built != plan.name:
         raise BuildError(
             f"ONNX folder {folder} was built with the {built!r} accuracy plan; "
-            f"it is served as built and cannot become {plan[0]!r}"
+            f"it is served as built and cannot become {plan.name!r}"
         )
     for p in sorted(folder.iterdir()):
-        if p.is_file() and p.name != "manifest.json":
+        if p.is_file() and p.name != MANIFEST:
             shutil.copy2(p, tmp / p.name)
     files = {p.name: {"sha256": file_digest(p)} for p in sorted(tmp.iterdir())}
     return {
         "source": {"kind": "onnx", "sha256": content_digest(files)},
-        "parameters": _parameter_count(LlamaConfig.from_json(config["model"])),
+        "parameters": _parameter_count(config.model),
     }
 
 
 def _plan_of(folder: Path) -> str | None:
-    """The accuracy plan a model folder was built with (None: not quantized, or built before
-    plans were recorded)."""
+    """The accuracy plan a model folder was built with (None: not quantized, or no readable
+    config.json)."""
     try:
-        accuracy = json.loads((folder / "config.json").read_text()).get("accuracy")
-    except (OSError, ValueError, AttributeError):
+        accuracy = read_config(folder).accuracy
+    except FolderError:
         return None
-    return accuracy.get("plan") if isinstance(accuracy, dict) else None
+    return accuracy.name if accuracy else None
 
 
 def wait_for_model(
@@ -325,9 +369,9 @@ def wait_for_model(
     while True:
         manifest = read_manifest(folder)
         if manifest is not None and manifest.get("buildDigest") == build_digest:
-            verify(folder, deep=False)
-            progress.say(f"found {folder} ({manifest['digest']})")
-            return manifest
+            found = open_folder(folder, verify_checksums=False)
+            progress.say(f"found {folder} ({found.manifest.digest})")
+            return found.manifest.data
         now = time.monotonic()
         if now >= deadline:
             raise BuildError(

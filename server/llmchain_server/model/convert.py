@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from llmchain_server.model.folder import QUANTIZATIONS
 from llmchain_server.model.weights import BlockWeight, Weight, as_float, quantize_offset
 
-QUANTIZATIONS = ("int4", "int8", "fp16", "none")
 LM_HEAD = "#lm_head"
 
 

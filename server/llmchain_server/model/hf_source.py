@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import re
 import struct
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from llmchain_server.model.architecture import LlamaConfig
+from llmchain_server.model.folder import GenerationDefaults
 from llmchain_server.model.weights import Floats, Weight
 
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
@@ -52,12 +54,6 @@ def to_interleaved(w: Floats, heads: int) -> Floats:
     """Hugging Face's rotate-half row order → GGUF's interleaved pairs (per head)."""
     rows = w.shape[0]
     return w.reshape(heads, 2, rows // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def to_rotate_half(w: Floats, heads: int) -> Floats:
-    """The inverse of to_interleaved: GGUF's order → Hugging Face's."""
-    rows = w.shape[0]
-    return w.reshape(heads, rows // heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def read_safetensors(path: Path) -> dict[str, Floats]:
@@ -175,24 +171,26 @@ class HFSource:
         value = self._tokenizer_config().get("add_bos_token")
         return bool(value) if value is not None else False
 
-    def generation_defaults(self) -> dict[str, Any]:
-        """Sampling defaults from generation_config.json (greedy when do_sample is false)."""
+    def generation(self, defaults: GenerationDefaults) -> GenerationDefaults:
+        """`defaults` with the sampling settings of generation_config.json (greedy when
+        do_sample is false)."""
         path = self.path / "generation_config.json"
         if not path.is_file():
-            return {}
+            return defaults
         raw = json.loads(path.read_text())
-        out: dict[str, Any] = {}
         if not raw.get("do_sample", False):  # Hugging Face decodes greedily unless told
-            return {"temperature": 0.0}
-        for theirs, ours in (
-            ("temperature", "temperature"),
-            ("top_p", "topP"),
-            ("top_k", "topK"),
-            ("max_new_tokens", "maxTokens"),
-        ):
-            if isinstance(raw.get(theirs), int | float):
-                out[ours] = raw[theirs]
-        return out
+            return replace(defaults, temperature=0.0)
+
+        def given(key: str, default: float) -> float:
+            value = raw.get(key)
+            return value if isinstance(value, int | float) else default
+
+        return GenerationDefaults(
+            max_tokens=int(given("max_new_tokens", defaults.max_tokens)),
+            temperature=float(given("temperature", defaults.temperature)),
+            top_p=float(given("top_p", defaults.top_p)),
+            top_k=int(given("top_k", defaults.top_k)),
+        )
 
     def eos_ids(self) -> list[int]:
         for file in ("generation_config.json", "config.json"):
