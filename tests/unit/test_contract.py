@@ -84,3 +84,28 @@ def test_a_new_builder_version_changes_the_model_digest(monkeypatch: pytest.Monk
 
 def test_the_builder_records_the_contract_recipe() -> None:
     assert manifest.BUILDER == contract.MODEL_BUILD_RECIPE
+
+
+def test_the_server_reads_what_the_operator_sets() -> None:
+    """The server container's literal variables, read back by the server's own settings."""
+    from llmchain_server.dataplane.settings import ServerSettings
+    from llmchain_server.engine import EngineSettings
+
+    application = app(
+        QA,
+        serving={"maxConcurrency": 17, "maxBatchSize": 5, "terminationGracePeriodSeconds": 90},
+        cache={"ttlSeconds": 123, "includeSampled": True},
+        model__executionProvider="cpu",
+    )
+    server = next(
+        c
+        for c in containers(build_children(application, Settings()).objects)
+        if c["name"] == "server"
+    )
+    env = {v["name"]: v["value"] for v in server["env"] if "value" in v}
+    settings = ServerSettings.from_env("folder-name", env)
+    assert (settings.model_name, settings.max_concurrency) == ("qa-chain", 17)
+    assert (settings.cache_ttl_seconds, settings.cache_sampled) == (123, True)
+    assert settings.grace_seconds == 90 - 5 - 5  # less the preStop pause and a margin
+    engine = EngineSettings.from_env(env)
+    assert (engine.provider, engine.max_batch) == ("cpu", 5)
