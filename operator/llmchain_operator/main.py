@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -34,12 +35,18 @@ def run_memo(
     settings: Settings,
     webhook: kopf.WebhookServer | None = None,
     background: list[Background] | None = None,
+    stop_flag: threading.Event | None = None,
 ) -> kopf.Memo:
     """What `llmchain operator` hands kopf: the settings, the admission webhook server (when
-    asked for one) and coroutines started with the operator (the leader-lease guard)."""
+    asked for one), coroutines started with the operator (the leader-lease guard) and the stop
+    flag kopf.run was given."""
     # `apps` is shared by the shallow copies kopf makes of this memo for each object.
     return kopf.Memo(
-        settings=settings, webhook=webhook, background=list(background or []), apps=set()
+        settings=settings,
+        webhook=webhook,
+        background=list(background or []),
+        stop_flag=stop_flag,
+        apps=set(),
     )
 
 
@@ -136,6 +143,11 @@ async def _resync_forever(reconciler: Reconciler, period: float) -> None:
 async def stop(memo: kopf.Memo, **_: Any) -> None:
     for task in memo.tasks:
         task.cancel()
+    # kopf watches the stop flag from a thread of asyncio's default executor; when a signal
+    # stops the operator instead, that thread would wait forever and asyncio's shutdown would
+    # join it forever: the leader would never return to release its lease.
+    if memo.stop_flag is not None:
+        memo.stop_flag.set()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

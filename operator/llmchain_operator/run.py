@@ -11,7 +11,6 @@ import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import kopf
 from kopf._core.engines.peering import Identity
@@ -72,12 +71,11 @@ def run_operator(
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     metrics.serve(metrics_port)
     settings = Settings.from_env()
-    memo = main.run_memo(settings)
+    stop, lost = threading.Event(), threading.Event()
+    memo = main.run_memo(settings, stop_flag=stop)
     if webhook_port:
         memo.webhook = webhook_server(webhook_port, webhook_host, webhook_cert_dir)
         main.enable_webhook()
-    stop = threading.Event()
-    lost = threading.Event()
     identity = _identity()
     _stop_on_signals(stop)
     elector = None
@@ -86,22 +84,7 @@ def run_operator(
         if not _wait_for_leadership(elector, stop, liveness_port):
             log.info("Stopped while standing by")
             return 0
-
-        async def guard() -> None:
-            assert elector is not None
-            await elector.keep()
-            lost.set()
-            stop.set()
-
-        memo.background.append(guard)
-
-    @kopf.on.cleanup()
-    async def release_stop_flag(**_: Any) -> None:
-        # kopf watches `stop` from a thread of asyncio's default executor; when a signal stops
-        # the operator instead, that thread would wait forever and asyncio's shutdown would
-        # join it forever: the leader would never return to release its lease.
-        stop.set()
-
+        memo.background.append(_lease_guard(elector, lost, stop))
     kopf.run(
         clusterwide=not namespaces,
         namespaces=namespaces,
@@ -117,6 +100,19 @@ def run_operator(
     if elector is not None:
         asyncio.run(elector.release())
     return 0
+
+
+def _lease_guard(
+    elector: LeaderElector, lost: threading.Event, stop: threading.Event
+) -> main.Background:
+    """Keeps the Lease while kopf runs; when it cannot, flags the loss and stops kopf."""
+
+    async def guard() -> None:
+        await elector.keep()
+        lost.set()
+        stop.set()
+
+    return guard
 
 
 def _identity() -> str:
