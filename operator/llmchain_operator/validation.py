@@ -21,10 +21,6 @@ class Validated:
     app: LLMChainApp | None
     problems: list[str] = field(default_factory=list)
 
-    @property
-    def ok(self) -> bool:
-        return self.app is not None and not self.problems
-
 
 def field_path(loc: Sequence[int | str]) -> str:
     """A pydantic error location as a field path: ("spec", "steps", 0, "name") →
@@ -39,14 +35,15 @@ def validate(body: Mapping[str, Any]) -> Validated:
     """What the API server's schema and CEL rules check, again (for `llmchain render` and for
     objects stored before a rule existed), plus what they cannot: templates that do not parse or
     use variables they will not have. No I/O: referenced Secrets are checked by the reconciler."""
-    raw = {
-        "apiVersion": body.get("apiVersion"),
-        "kind": body.get("kind"),
-        "metadata": dict(body.get("metadata") or {}),
-        "spec": body.get("spec") or {},
-    }
+    # The API server's own parts of a stored object (status) are not the user's to get wrong;
+    # any other key beside these is a mistake (a `sepc:` typo in a file given to render).
+    raw = {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
+    unknown = sorted(set(body) - set(raw) - {"status"})
     try:
         app = LLMChainApp.model_validate(raw)
     except ValidationError as error:
-        return Validated(None, [f"{field_path(e['loc'])}: {e['msg']}" for e in error.errors()])
-    return Validated(app, template_problems(app.spec.chain))
+        problems = [f"{field_path(e['loc'])}: {e['msg']}" for e in error.errors()]
+        return Validated(None, problems + [f"{k}: not a field of the resource" for k in unknown])
+    if unknown:
+        return Validated(None, [f"{k}: not a field of the resource" for k in unknown])
+    return Validated(app, template_problems(app.spec.chain, at="spec.chain"))

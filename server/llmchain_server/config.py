@@ -187,11 +187,13 @@ class ChainConfig(Schema):
     chain: Chain
 
 
-def template_problems(chain: Chain) -> list[str]:
+def template_problems(chain: Chain, at: str = "chain") -> list[str]:
     """What the schema cannot check: each template parses, and uses only variables it will have.
 
     A step's templates may use the chain inputs, the outputs of the steps before it, and
-    `history` when the chain has memory. Each problem names its field (`steps[1].prompt`).
+    `history` when the chain has memory. Each problem names its field under `at`, where the
+    chain sits in its document (`chain.steps[1].prompt` in a chain file, `spec.chain...` in an
+    LLMChainApp).
     """
     env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
     known = set(chain.inputs) | ({"history"} if chain.memory else set())
@@ -200,7 +202,7 @@ def template_problems(chain: Chain) -> list[str]:
         for field, source in (("prompt", step.prompt), ("system", step.system)):
             if source is None:
                 continue
-            where = f"spec.chain.steps[{index}].{field}"
+            where = f"{at}.steps[{index}].{field}"
             try:
                 parsed = env.parse(source)
             except TemplateSyntaxError as error:

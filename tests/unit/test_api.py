@@ -59,7 +59,7 @@ def test_a_step_may_use_inputs_and_earlier_outputs() -> None:
 def test_undeclared_variable_is_named_with_its_field() -> None:
     problems = template_problems(chain("{{ question }} {{ answer }}"))
     assert len(problems) == 1
-    assert problems[0].startswith("spec.chain.steps[1].prompt: uses undeclared variable 'answer'")
+    assert problems[0].startswith("chain.steps[1].prompt: uses undeclared variable 'answer'")
 
 
 def test_a_step_may_not_use_its_own_or_a_later_output() -> None:
@@ -75,5 +75,5 @@ def test_history_needs_memory() -> None:
 
 def test_syntax_error_is_reported_with_its_line() -> None:
     problems = template_problems(chain("ok\n{{ question ", system="{% if %}"))
-    assert problems[0].startswith("spec.chain.steps[1].prompt: template syntax error on line 2")
-    assert problems[1].startswith("spec.chain.steps[1].system: template syntax error on line 1")
+    assert problems[0].startswith("chain.steps[1].prompt: template syntax error on line 2")
+    assert problems[1].startswith("chain.steps[1].system: template syntax error on line 1")

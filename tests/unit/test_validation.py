@@ -59,4 +59,23 @@ def test_validate_render_and_the_webhook_word_a_mistake_alike(
 
 def test_a_valid_app_has_no_problems() -> None:
     validated = validate(QA)
-    assert validated.ok and validated.app is not None
+    assert validated.app is not None and validated.problems == []
+
+
+def test_a_key_beside_the_resource_fields_is_a_mistake() -> None:
+    body = copy.deepcopy(QA)
+    body["sepc"] = body["spec"]  # a typo'd second spec in a file given to render
+    assert validate(body).problems == ["sepc: not a field of the resource"]
+    with pytest.raises(RenderError, match="sepc: not a field of the resource"):
+        render(yaml.safe_dump(body), Settings())
+
+
+def test_a_stored_object_s_status_is_not_the_user_s_mistake() -> None:
+    body = {**copy.deepcopy(QA), "status": {"conditions": []}}
+    assert validate(body).problems == []
+
+
+def test_a_missing_api_version_takes_the_default() -> None:
+    body = copy.deepcopy(QA)
+    del body["apiVersion"]
+    assert validate(body).problems == []
