@@ -168,10 +168,6 @@ class Kube:
             content_type="application/merge-patch+json",
         )
 
-    @staticmethod
-    def group_of(kind: str) -> str:
-        return kind_of(kind).group
-
     async def event(self, regarding: Manifest, type_: str, reason: str, message: str) -> None:
         """Post a core/v1 Event about an object (best effort: a failure is only logged)."""
         meta = regarding["metadata"]

@@ -17,8 +17,7 @@ Reconciler's tests:
   such object;
 - event: recorded in `events`;
 - available_groups: the configurable `groups`; forget_groups is recorded and does nothing else;
-- `field_manager`, and `group_of`, which delegates to the real `Kube.group_of` so it follows
-  the real kind table.
+- `field_manager`.
 
 What it does not model: validation of any kind, admission, defaulting, conflicts between field
 managers (apply always wins, as with force), nested-field ownership, resourceVersion checks,
@@ -37,12 +36,13 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmchain_operator.kube import ApiError, Kube
+from llmchain_operator.kinds import OPTIONAL_API_GROUPS
+from llmchain_operator.kube import ApiError
 
 Manifest = dict[str, Any]
 Key = tuple[str, str, str]  # kind, namespace, name
 
-ALL_OPTIONAL_GROUPS = frozenset({"monitoring.coreos.com", "keda.sh"})
+ALL_OPTIONAL_GROUPS = frozenset(OPTIONAL_API_GROUPS)
 """The optional API groups the operator knows (monitoring, KEDA): installed by default."""
 
 _SERVER_SET = ("uid", "generation", "resourceVersion", "managedFields", "creationTimestamp")
@@ -144,10 +144,6 @@ class FakeKube:
             raise ApiError(404, "Not Found", f'{kind} "{name}" not found')
         stored.status = merge_patch(stored.status or {}, status)
         stored.resource_version += 1
-
-    @staticmethod
-    def group_of(kind: str) -> str:
-        return Kube.group_of(kind)
 
     async def event(self, regarding: Manifest, type_: str, reason: str, message: str) -> None:
         self._record("event", type_, reason)

@@ -21,9 +21,10 @@ TEMPLATES = Path(__file__).resolve().parents[2] / "charts/llmchain-operator/temp
 
 
 def rbac_rules(template: str) -> list[dict[str, Any]]:
-    """The rules of a chart RBAC template, its Helm expressions blanked out (the rules hold
-    none: a test below keeps it so)."""
+    """The rules of a chart RBAC template, its metadata's Helm expressions blanked out (the
+    rules themselves must hold none, or this reading would not be what Helm renders)."""
     text = (TEMPLATES / template).read_text()
+    assert "{{" not in text.partition("\nrules:")[2], f"{template}: templated rules"
     rules: list[dict[str, Any]] = yaml.safe_load(re.sub(r"\{\{.*?\}\}", "x", text))["rules"]
     return rules
 

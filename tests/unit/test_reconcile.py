@@ -412,5 +412,6 @@ def test_a_deleted_app_is_forgotten() -> None:
     reconcile(kube, reconciler)
     body = kube.object("LLMChainApp", NS, NAME)
     assert body is not None and reconciler._applied and reconciler._locks
+    assert reconciler._handed_over  # checked once for this switch-on (nothing to hand over)
     reconciler.forget(body)
     assert not reconciler._applied and not reconciler._locks and not reconciler._handed_over

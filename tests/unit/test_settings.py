@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-import kopf
+import asyncio
+import copy
+
+from prometheus_client import REGISTRY
 
 from llmchain_operator import main
 from llmchain_operator.settings import Settings
@@ -36,13 +39,14 @@ def test_every_setting_comes_from_its_variable() -> None:
     assert Settings.from_env({}) == Settings()
 
 
-def test_the_run_memo_carries_the_settings_and_shares_the_app_count() -> None:
-    settings = Settings(resync_seconds=1)
-    memo = main.run_memo(settings)
-    assert memo.settings is settings and memo.webhook is None and memo.background == []
-    copy = kopf.Memo(memo)  # kopf hands each object a shallow copy of the run's memo
-    copy.apps.add("apps/one")
-    assert memo.apps == {"apps/one"}
+def test_the_managed_apps_gauge_counts_across_kopf_s_per_object_memos() -> None:
+    memo = main.run_memo(Settings(resync_seconds=1))
+    assert memo.settings.resync_seconds == 1 and memo.webhook is None and memo.background == []
+    for name in ("one", "two", "three"):
+        event = {"type": "ADDED", "object": {"metadata": {"namespace": "apps", "name": name}}}
+        # kopf hands each object's handlers a shallow copy of the run's memo
+        asyncio.run(main.count_apps(event=event, memo=copy.copy(memo)))  # type: ignore[arg-type]
+    assert REGISTRY.get_sample_value("llmchain_operator_managed_apps") == 3
 
 
 def test_the_main_module_keeps_no_run_state() -> None:

@@ -18,6 +18,7 @@ from llmchain_server.contract import (
     GENERATED_TOKENS,
     INFLIGHT,
     LATENCY,
+    METRICS_PATH,
     REQUESTS,
     TTFT,
 )
@@ -39,7 +40,7 @@ def build_service_monitor(app: LLMChainApp) -> Manifest | None:
             "selector": {"matchLabels": selector_labels(app, "server")},
             "namespaceSelector": {"matchNames": [app_namespace(app)]},
             "endpoints": [
-                {"port": "http", "path": "/metrics", "interval": monitoring.scrape_interval}
+                {"port": "http", "path": METRICS_PATH, "interval": monitoring.scrape_interval}
             ],
         },
     }

@@ -22,7 +22,14 @@ from llmchain_operator.builders.model import model_dir, model_init_containers, m
 from llmchain_operator.settings import Settings
 from llmchain_server import contract
 from llmchain_server.config import ChainConfig
-from llmchain_server.contract import API_KEY_DIR, CACHE_PORT, CHAIN_DIR, CHAIN_FILE, HTTP_PORT
+from llmchain_server.contract import (
+    API_KEY_DIR,
+    CACHE_PORT,
+    CHAIN_DIR,
+    CHAIN_FILE,
+    HTTP_PORT,
+    MODEL_DIR,
+)
 
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
@@ -174,7 +181,7 @@ def _server_resources(app: LLMChainApp) -> Manifest:
 def _server_container(app: LLMChainApp, settings: Settings) -> Manifest:
     http = {"port": "http"}
     mounts = [
-        {"name": "models", "mountPath": "/models", "readOnly": True},
+        {"name": "models", "mountPath": MODEL_DIR, "readOnly": True},
         {"name": "chain", "mountPath": CHAIN_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
