@@ -16,7 +16,7 @@ demo-down: ## Stop everything the demo started (the app, the operator, the clust
 	@hack/cluster.sh down
 
 test: install toolchain images ## Set up everything and run every test tier (what CI runs)
-	$(BIN)/pytest tests/unit tests/integration tests/e2e tests/e2e_real
+	$(BIN)/pytest --durations=20 tests/unit tests/integration tests/e2e tests/e2e_real
 
 ##@ Setup
 install: $(VENV)/.installed ## Create .venv with pinned Python dependencies; install redis-server if missing
