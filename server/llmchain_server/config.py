@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, meta
 from jinja2.sandbox import SandboxedEnvironment
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 IDENTIFIER = r"^[a-z][a-z0-9_]{0,62}$"
@@ -134,6 +134,19 @@ class Memory(Schema):
     ttl_seconds: int = Field(
         3600, ge=60, le=30 * 86400, description="Seconds an idle session's history is kept."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _written_by_an_older_operator(cls, data: Any) -> Any:
+        """Chain files rendered by earlier versions of the operator also carried where the
+        memory store runs (now the operator's own business): the server reads past those two
+        keys, so a new server still starts from an older operator's ConfigMap."""
+        if cls is Memory and isinstance(data, dict):
+            return {k: v for k, v in data.items() if k not in OPERATOR_ONLY_MEMORY_KEYS}
+        return data
+
+
+OPERATOR_ONLY_MEMORY_KEYS = ("store", "redisUrlSecretRef")
 
 
 class Chain(Schema):

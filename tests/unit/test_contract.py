@@ -109,3 +109,20 @@ def test_the_server_reads_what_the_operator_sets() -> None:
     assert settings.grace_seconds == 90 - 5 - 5  # less the preStop pause and a margin
     engine = EngineSettings.from_env(env)
     assert (engine.provider, engine.max_batch) == ("cpu", 5)
+
+
+def test_the_server_reads_past_what_older_operators_wrote_about_the_memory_store() -> None:
+    older = {
+        "name": "support-chat",
+        "chain": {
+            "inputs": ["message"],
+            "steps": [{"name": "reply", "prompt": "{{ message }}"}],
+            "memory": {"window": 3, "store": "external", "redisUrlSecretRef": {"name": "r"}},
+        },
+    }
+    memory = ChainConfig.model_validate(older).chain.memory
+    assert memory is not None and memory.window == 3
+    # The operator's own Memory keeps and checks them.
+    application = app(GPU, chain__memory={"store": "managed", "window": 2})
+    assert application.spec.chain.memory is not None
+    assert application.spec.chain.memory.store == "managed"
