@@ -34,6 +34,13 @@ def test_bad_or_hostile_output_is_invalid_not_a_crash(text: str) -> None:
         parse(text, PERSON if text.startswith("{") else JSON)
 
 
+@pytest.mark.parametrize("text", ['{"a": 1e999}', "[-1e999]", '{"a": {"b": [1.5E400]}}'])
+def test_numbers_that_overflow_to_infinity_are_invalid(text: str) -> None:
+    # Python's json reads 1e999 as inf, which /invoke would answer as null, /stream as Infinity.
+    with pytest.raises(ParseError):
+        parse(text, JSON)
+
+
 def test_schema_errors_name_the_rule_and_place_but_not_the_value() -> None:
     with pytest.raises(ParseError) as e:
         parse(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import jsonschema
@@ -21,10 +22,19 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    """A JSON number as a float; one too large for a float (`1e999`) is not valid output,
+    as Python would read it as infinity, which JSON cannot carry."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("the number overflows a float")
+    return value
+
+
 def _first_json(text: str) -> Any:
     """The first JSON value in the text (models like to wrap JSON in prose or code fences).
     Only the first few `{` / `[` are tried, so hostile output cannot make this quadratic."""
-    decoder = json.JSONDecoder(parse_constant=_no_constants)
+    decoder = json.JSONDecoder(parse_float=_finite, parse_constant=_no_constants)
     starts = [i for i, ch in enumerate(text) if ch in "{["][:MAX_STARTS]
     for i in starts:
         try:
