@@ -38,6 +38,13 @@ TWO_STEPS = {
         "memory": {"window": 2, "ttlSeconds": 600},
     },
 }
+ONE_STEP = {
+    "name": "echo",
+    "chain": {
+        "inputs": ["topic"],
+        "steps": [{"name": "say", "prompt": "Say {{ topic }}.", "generation": {"maxTokens": 2}}],
+    },
+}
 STRICT_JSON = {
     "name": "extract",
     "chain": {
@@ -242,3 +249,51 @@ def test_a_chain_with_memory_needs_a_store(
     )
     assert server.process.wait(timeout=120) == 1
     assert "has memory: give --memory-url" in server.logs()
+
+
+@pytest.fixture(scope="module")
+def small_server(
+    model_dirs: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """A chain without memory on a server that runs at most two requests at once."""
+    path = chain_file(tmp_path_factory.mktemp("chain"), ONE_STEP)
+    server = ServerProcess(
+        model_dirs("int4"), args=["--chain", str(path)], env={"LLMCHAIN_MAX_CONCURRENCY": "2"}
+    )
+    server.wait_ready()
+    yield server
+    assert server.stop() == 0
+
+
+@pytest.mark.parametrize("op", ["invoke", "stream", "batch"])
+@pytest.mark.parametrize(
+    "given",
+    [
+        r'{"topic": "a\ud800b"}',
+        r'{"topic": "x", "\udfff": 1}',
+        r'{"topic": ["\ud800"]}',
+        r'{"topic": {"\ud800": 1}}',
+    ],
+)
+def test_lone_surrogates_in_chain_inputs_are_400(
+    small_server: ServerProcess, op: str, given: str
+) -> None:
+    # Raw JSON, escapes spelled out as a hostile client sends them (as a value, a key, nested).
+    field = '"inputs": [' + given + "]" if op == "batch" else '"input": ' + given
+    status, _, body = small_server.post(f"/v1/chains/echo/{op}", ("{" + field + "}").encode())
+    assert status == 400, body
+    assert body["error"]["param"] == "input"
+    message = body["error"]["message"]
+    assert not any(0xD800 <= ord(c) <= 0xDFFF for c in message)  # keys are never echoed
+
+
+def test_a_batch_larger_than_the_concurrency_limit_is_400_naming_it(
+    small_server: ServerProcess,
+) -> None:
+    inputs = [{"topic": str(i)} for i in range(3)]
+    status, _, body = small_server.post("/v1/chains/echo/batch", {"inputs": inputs})
+    assert status == 400, body  # was 429 however often the client retried
+    assert body["error"]["param"] == "inputs"
+    assert "limit 2" in body["error"]["message"]
+    status, _, body = small_server.post("/v1/chains/echo/batch", {"inputs": inputs[:2]})
+    assert status == 200, body

@@ -5,6 +5,7 @@ streamed. With memory, the turn is stored per session after the chain succeeds."
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,8 +19,27 @@ from llmchain_server.engine import SamplingParams
 from llmchain_server.errors import InvalidRequest, OutputInvalid, PromptTooLong
 
 log = logging.getLogger(__name__)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 FIELD = "input"
 """The request field chain errors name: a chain's prompts are made from its input."""
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether a string in the parsed JSON, as a value or a key at any depth, holds a lone
+    surrogate (`"\\ud800"`): Python's json accepts one, but it is no text and cannot be encoded.
+    A loop, not recursion, so deep nesting costs no stack."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if not item.isascii() and _SURROGATE.search(item):
+                return True
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+    return False
 
 
 class ChainOutputError(OutputInvalid):
@@ -53,6 +73,8 @@ class ChainRunner:
     def inputs(self, given: Any) -> dict[str, Any]:
         if not isinstance(given, dict):
             raise ChainInputError(f"input must be an object with {', '.join(self.chain.inputs)}")
+        if _has_lone_surrogate(given):  # before any message quotes a key
+            raise ChainInputError("input holds a lone UTF-16 surrogate (\\ud800-\\udfff)")
         missing = [n for n in self.chain.inputs if n not in given]
         extra = sorted(set(given) - set(self.chain.inputs))
         if missing:

@@ -68,6 +68,13 @@ class ChainRoutes:
         )
         if len(configs) != len(request.inputs):
             raise InvalidRequest("config must be one object or one per input", param="config")
+        limit = self.admission.max_concurrency
+        if len(request.inputs) > limit:  # it would never be admitted: no use retrying a 429
+            raise InvalidRequest(
+                f"inputs has {len(request.inputs)} items, over this server's concurrency "
+                f"limit {limit}: split the batch",
+                param="inputs",
+            )
         with self.admission.admitted(len(request.inputs)):  # a place per item: batched below
             try:
                 async with asyncio.TaskGroup() as group:  # one failure cancels the others
