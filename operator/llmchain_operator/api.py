@@ -8,9 +8,10 @@ Cross-field rules are CEL (`x-kubernetes-validations`) so the API server enforce
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, JsonValue
+from pydantic import ConfigDict, Field, JsonValue, field_validator
 
 from llmchain_server import config
 from llmchain_server.config import Schema, nested
@@ -24,6 +25,56 @@ QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$"
 """A Kubernetes resource quantity in the forms this API accepts (e.g. 500m, 2, 256Mi)."""
 
 Quantity = Annotated[str, Field(pattern=QUANTITY, max_length=32)]
+
+# The suffixes QUANTITY admits, two-letter ones first.
+_QUANTITY_FACTORS = {
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "m": 10**-3,
+}
+
+
+def quantity_bytes(quantity: str) -> float:
+    """A Kubernetes quantity (as QUANTITY admits) as a number: "1Gi" → 1073741824.0."""
+    for suffix, factor in _QUANTITY_FACTORS.items():
+        if quantity.endswith(suffix):
+            return float(quantity.removesuffix(suffix)) * factor
+    return float(quantity)
+
+
+LONGEST_SUFFIX = len("-model-") + 12
+"""The most the operator adds to an app's name to name a child (the model build Job:
+`<name>-model-<digest>`, 12 hex digits of the model digest)."""
+MAX_NAME_LENGTH = 63 - LONGEST_SUFFIX
+"""Children's names, and the Job's pod label that carries its name, are at most 63 characters."""
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+"""A DNS-1035 label: the app's name is its Services' name."""
+NAME_TOO_LONG = (
+    f"metadata.name must be at most {MAX_NAME_LENGTH} characters: the operator adds up to "
+    f"{LONGEST_SUFFIX} (-model-<digest>) to name the app's children, whose names are limited to 63"
+)
+NAME_NOT_A_LABEL = (
+    "metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting with a "
+    "letter, ending with a letter or digit): it is the name of the app's Services"
+)
+
+
+def name_problems(name: str) -> list[str]:
+    """What is wrong with an app's name for the children it gets (the CRD checks the same)."""
+    problems = []
+    if len(name) > MAX_NAME_LENGTH:
+        problems.append(NAME_TOO_LONG)
+    if not re.fullmatch(NAME_PATTERN, name):
+        problems.append(NAME_NOT_A_LABEL)
+    return problems
+
+
 LabelValue = Annotated[str, Field(max_length=63)]
 
 
@@ -269,7 +320,9 @@ class Cache(Schema):
 
     enabled: bool = Field(True, description="Run the cache sidecar.")
     ttl_seconds: int = Field(3600, ge=1, le=7 * 86400, description="Seconds an entry lives.")
-    max_memory: Quantity = Field("256Mi", description="Memory of the cache; LRU beyond it.")
+    max_memory: Quantity = Field(
+        "256Mi", description="Memory of the cache (at least 1Mi); LRU beyond it."
+    )
     image: str | None = Field(
         None,
         min_length=1,
@@ -283,6 +336,21 @@ class Cache(Schema):
         description="Also cache requests with temperature > 0 (by default only deterministic "
         "ones are cached).",
     )
+
+    model_config = rules(
+        (
+            "!has(self.maxMemory) || quantity(self.maxMemory).compareTo(quantity('1Mi')) >= 0",
+            "maxMemory must be at least 1Mi (0 would leave the cache unbounded)",
+            ".maxMemory",
+        )
+    )
+
+    @field_validator("max_memory")
+    @classmethod
+    def _bounded(cls, value: str) -> str:
+        if quantity_bytes(value) < 2**20:
+            raise ValueError("must be at least 1Mi (0 would leave the cache unbounded)")
+        return value
 
 
 class Autoscaling(Schema):
@@ -342,7 +410,10 @@ class Monitoring(Schema):
 
     service_monitor: bool = Field(True, description="Create a ServiceMonitor for /metrics.")
     scrape_interval: str = Field(
-        "30s", pattern=r"^[0-9]+(ms|s|m)$", max_length=16, description="Scrape interval."
+        "30s",
+        pattern=r"^0*[1-9][0-9]*(ms|s|m)$",
+        max_length=16,
+        description="Scrape interval (not zero).",
     )
     alerts: Alerts = nested(Alerts, "Alerting rules.")
     dashboard: bool = Field(

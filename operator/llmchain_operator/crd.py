@@ -16,6 +16,10 @@ from pydantic import BaseModel
 from llmchain_operator.api import (
     GROUP,
     KIND,
+    MAX_NAME_LENGTH,
+    NAME_NOT_A_LABEL,
+    NAME_PATTERN,
+    NAME_TOO_LONG,
     PLURAL,
     VERSION,
     LLMChainAppSpec,
@@ -23,6 +27,12 @@ from llmchain_operator.api import (
 )
 
 JsonSchema = dict[str, Any]
+
+NAME_RULES = [
+    {"rule": f"self.metadata.name.size() <= {MAX_NAME_LENGTH}", "message": NAME_TOO_LONG},
+    {"rule": f"self.metadata.name.matches('{NAME_PATTERN}')", "message": NAME_NOT_A_LABEL},
+]
+"""The app's name becomes its children's names (see api.name_problems, which says the same)."""
 
 DESCRIPTION = "An LLM chain app: a model, a chain, and how to serve, cache, scale and watch them."
 
@@ -131,6 +141,7 @@ def build_crd() -> JsonSchema:
                             "type": "object",
                             "description": DESCRIPTION,
                             "required": ["spec"],
+                            "x-kubernetes-validations": NAME_RULES,
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from llmchain_operator.api import LLMChainApp
+from llmchain_operator.api import LLMChainApp, name_problems
 from llmchain_server.config import template_problems
 
 
@@ -46,4 +46,7 @@ def validate(body: Mapping[str, Any]) -> Validated:
         return Validated(None, problems + [f"{k}: not a field of the resource" for k in unknown])
     if unknown:
         return Validated(None, [f"{k}: not a field of the resource" for k in unknown])
+    problems = name_problems(str(app.metadata.get("name", "")))
+    if problems:  # stored before the CRD checked names: report rather than apply
+        return Validated(None, problems)
     return Validated(app, template_problems(app.spec.chain, at="spec.chain"))

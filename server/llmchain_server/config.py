@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, meta
 from jinja2.sandbox import SandboxedEnvironment
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 IDENTIFIER = r"^[a-z][a-z0-9_]{0,62}$"
@@ -153,7 +153,10 @@ class Chain(Schema):
     """A sequential chain: each step's output is a variable for the steps after it."""
 
     inputs: list[Annotated[str, Field(pattern=IDENTIFIER, max_length=63)]] = Field(
-        min_length=1, max_length=32, description="Names of the inputs a request must give."
+        min_length=1,
+        max_length=32,
+        description="Names of the inputs a request must give, each once.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},  # the API server rejects repeats
     )
     steps: list[Step] = Field(min_length=1, max_length=16, description="Steps, run in order.")
     output: str | None = Field(
@@ -165,6 +168,14 @@ class Chain(Schema):
     memory: Memory | None = Field(
         None, description="Conversation memory; omitted: every request stands alone."
     )
+
+    @field_validator("inputs")
+    @classmethod
+    def _each_input_once(cls, inputs: list[str]) -> list[str]:
+        repeated = sorted({name for name in inputs if inputs.count(name) > 1})
+        if repeated:
+            raise ValueError(f"input names must be unique; repeated: {', '.join(repeated)}")
+        return inputs
 
     model_config = ConfigDict(
         json_schema_extra={

@@ -179,6 +179,21 @@ INVALID: list[tuple[str, Mutation, list[str]]] = [
         ["spec.chain.steps[0].output.jsonSchema", "needs type: json"],
     ),
     ("bad-quantity", set_path("cache.maxMemory", "lots"), ["spec.cache.maxMemory"]),
+    (
+        "unbounded-cache",
+        set_path("cache.maxMemory", "0"),
+        ["spec.cache.maxMemory", "at least 1Mi"],
+    ),
+    (
+        "duplicate-input",
+        set_path("chain.inputs", ["question", "question"]),
+        ["spec.chain.inputs[1]", "Duplicate value"],
+    ),
+    (
+        "zero-scrape-interval",
+        set_path("monitoring.scrapeInterval", "0s"),
+        ["spec.monitoring.scrapeInterval"],
+    ),
     ("too-many-gpus", set_path("serving.gpus", 64), ["spec.serving.gpus"]),
     ("unknown-field", set_path("serving.replicaz", 2), ['unknown field "spec.serving.replicaz"']),
 ]
@@ -195,3 +210,27 @@ def test_invalid_app_is_rejected_naming_the_field(
     for text in expected:
         assert text in result.stderr, f"{case}: {text!r} not in {result.stderr!r}"
     assert "NotFound" in crd.kubectl("-n", namespace, "get", "lca", "qa-chain", check=False).stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("n" * 45, "must be at most 44 characters"),
+        ("h-dot.v2", "must be a DNS-1035 label"),
+        ("9lives", "must be a DNS-1035 label"),
+    ],
+    ids=["too-long", "dot", "leading-digit"],
+)
+def test_a_name_the_children_cannot_carry_is_rejected(
+    crd: Cluster, namespace: str, name: str, expected: str
+) -> None:
+    app = copy.deepcopy(BASE)
+    app["metadata"]["name"] = name
+    result = crd.kubectl("-n", namespace, "create", "-f", "-", input=json.dumps(app), check=False)
+    assert result.returncode != 0 and expected in result.stderr, result.stderr
+
+
+def test_the_longest_name_is_accepted(crd: Cluster, namespace: str) -> None:
+    app = copy.deepcopy(BASE)
+    app["metadata"]["name"] = "n" * 44
+    crd.kubectl("-n", namespace, "create", "-f", "-", input=json.dumps(app))

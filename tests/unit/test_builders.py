@@ -272,7 +272,7 @@ def test_hash_values_never_read_as_numbers_in_yaml() -> None:
 
 
 def test_quantities_are_read_as_kubernetes_reads_them() -> None:
-    from llmchain_operator.builders.common import quantity_bytes
+    from llmchain_operator.api import quantity_bytes
 
     assert quantity_bytes("1Gi") == 2**30
     assert quantity_bytes("80Mi") == 80 * 2**20

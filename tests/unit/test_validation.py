@@ -12,10 +12,12 @@ import pytest
 import yaml
 
 from llmchain_operator import main
+from llmchain_operator.api import MAX_NAME_LENGTH
+from llmchain_operator.builders import build_children
 from llmchain_operator.render import RenderError, render
 from llmchain_operator.settings import Settings
 from llmchain_operator.validation import field_path, validate
-from tests.unit.test_builders import QA
+from tests.unit.test_builders import GPU, QA, app
 
 
 def broken(**changes: Any) -> dict[str, Any]:
@@ -79,3 +81,50 @@ def test_a_missing_api_version_takes_the_default() -> None:
     body = copy.deepcopy(QA)
     del body["apiVersion"]
     assert validate(body).problems == []
+
+
+def named(name: str) -> dict[str, Any]:
+    body = copy.deepcopy(QA)
+    body["metadata"]["name"] = name
+    return body
+
+
+def test_names_the_children_cannot_carry_are_problems() -> None:
+    assert validate(named("n" * 44)).problems == []
+    assert "must be at most 44 characters" in validate(named("n" * 45)).problems[0]
+    assert "DNS-1035" in validate(named("h-dot.v2")).problems[0]
+
+
+def test_the_longest_name_gives_children_names_kubernetes_accepts() -> None:
+    """Every child of the longest name, with everything on (memory, KEDA, monitoring, a build
+    Job: the longest suffix), has a name and label values of at most 63 characters."""
+    longest = copy.deepcopy(GPU)
+    longest["metadata"]["name"] = "n" * MAX_NAME_LENGTH
+    children = build_children(app(longest, model__volume={"size": "2Gi"}), Settings()).objects
+    assert any(o["kind"] == "Job" for o in children)
+    for obj in children:
+        meta = obj["metadata"]
+        assert len(meta["name"]) <= 63, meta["name"]
+        assert all(len(v) <= 63 for v in meta["labels"].values()), meta["labels"]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        ("chain.inputs", ["question", "question"], "spec.chain.inputs: Value error, input names"),
+        ("cache.maxMemory", "0", "spec.cache.maxMemory: Value error, must be at least 1Mi"),
+        ("monitoring.scrapeInterval", "0s", "spec.monitoring.scrapeInterval: String should"),
+    ],
+    ids=["duplicate-input", "unbounded-cache", "zero-scrape-interval"],
+)
+def test_meaningless_values_are_problems_naming_their_field(
+    path: str, value: Any, expected: str
+) -> None:
+    body = copy.deepcopy(QA)
+    node = body["spec"]
+    *parents, last = path.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    problems = validate(body).problems
+    assert len(problems) == 1 and problems[0].startswith(expected), problems

@@ -114,25 +114,3 @@ def restricted_pod_security() -> Manifest:
         "fsGroup": 10001,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
-
-
-# The suffixes api.QUANTITY admits, two-letter ones first.
-_QUANTITY_FACTORS = {
-    "Ki": 2**10,
-    "Mi": 2**20,
-    "Gi": 2**30,
-    "Ti": 2**40,
-    "k": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "m": 10**-3,
-}
-
-
-def quantity_bytes(quantity: str) -> float:
-    """A Kubernetes quantity (as api.QUANTITY admits) as a number: "1Gi" → 1073741824.0."""
-    for suffix, factor in _QUANTITY_FACTORS.items():
-        if quantity.endswith(suffix):
-            return float(quantity.removesuffix(suffix)) * factor
-    return float(quantity)

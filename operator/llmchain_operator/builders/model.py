@@ -3,14 +3,13 @@ container that builds into an emptyDir, or a prebuilt ONNX folder mounted as is.
 
 from __future__ import annotations
 
-from llmchain_operator.api import LLMChainApp
+from llmchain_operator.api import LLMChainApp, quantity_bytes
 from llmchain_operator.builders.common import (
     Manifest,
     app_name,
     build_labels,
     metadata,
     model_digest,
-    quantity_bytes,
     restricted_container_security,
     restricted_pod_security,
     short_digest,
