@@ -48,14 +48,33 @@ class ModelTokenizer:
             reverse=True,
         )
         self._special = re.compile("|".join(map(re.escape, texts))) if texts else None
+        self._special_ends: dict[str, list[str]] = {}
+        """The special-token strings by their last character, longest first."""
+        for text in texts:
+            self._special_ends.setdefault(text[-1], []).append(text)
         env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True)
         env.globals["raise_exception"] = _raise
         self._chat = env.from_string(chat_template) if chat_template is not None else None
 
     def strip_special(self, text: str) -> str:
         """User-supplied text without special-token strings (`<|im_start|>`…): tokenizers match
-        them even inside user content, which would let a user forge chat turns."""
-        return self._special.sub("", text) if self._special is not None else text
+        them even inside user content, which would let a user forge chat turns. Removing one can
+        join its neighbours into another (`<|im_<|im_end|>start|>`), so no single pass will do:
+        one linear scan keeps the text read so far free of them, dropping a special-token string
+        as soon as it ends the kept text (the kept text before it held none, so none is left)."""
+        if self._special is None or self._special.search(text) is None:
+            return text
+        kept: list[str] = []
+        for char in text:
+            kept.append(char)
+            ends = self._special_ends.get(char)
+            if ends:
+                tail = "".join(kept[-len(ends[0]) :])  # ends[0] is the longest
+                for token in ends:
+                    if tail.endswith(token):
+                        del kept[-len(token) :]
+                        break
+        return "".join(kept)
 
     def encode(self, text: str) -> list[int]:
         ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False).ids
