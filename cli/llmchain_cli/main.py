@@ -63,10 +63,10 @@ def operator(
     verbose: bool,
 ) -> None:
     """Run the operator that reconciles LLMChainApp resources."""
-    from llmchain_operator.run import run_operator
+    from llmchain_operator.run import StartError, run_operator
 
-    sys.exit(
-        run_operator(
+    try:
+        code = run_operator(
             namespaces=list(namespaces),
             metrics_port=metrics_port,
             liveness_port=liveness_port,
@@ -77,7 +77,9 @@ def operator(
             webhook_host=webhook_host,
             webhook_cert_dir=webhook_cert_dir,
         )
-    )
+    except StartError as error:
+        raise click.ClickException(str(error)) from None
+    sys.exit(code)
 
 
 @cli.command()

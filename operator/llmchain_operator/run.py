@@ -16,11 +16,17 @@ import kopf
 from kopf._core.engines.peering import Identity
 
 from llmchain_operator import main, metrics
-from llmchain_operator.kube import Kube
+from llmchain_operator.kube import ApiError, Kube
 from llmchain_operator.leader import LeaderElector
 from llmchain_operator.settings import Settings
 
 LEASE_NAME = "llmchain-operator"
+
+
+class StartError(RuntimeError):
+    """The operator cannot start as configured; the message says what to change."""
+
+
 log = logging.getLogger("llmchain.operator")
 
 
@@ -147,6 +153,15 @@ def _wait_for_leadership(elector: LeaderElector, stop: threading.Event, liveness
     threading.Thread(target=standby.serve_forever, daemon=True).start()
     try:
         return asyncio.run(elector.acquire(stop))
+    except ApiError as error:
+        if error.status == 404 and "namespaces" in error.message:
+            namespace = elector.namespace
+            raise StartError(
+                f"the leader Lease's namespace {namespace!r} does not exist: create it "
+                f"(kubectl create namespace {namespace}), name another with --lease-namespace "
+                "(or POD_NAMESPACE), or run one replica with --no-leader-election"
+            ) from None
+        raise
     finally:
         standby.shutdown()
         standby.server_close()
