@@ -107,7 +107,8 @@ class LLMStep(Schema):
         max_length=MAX_TEMPLATE_CHARS,
         description="Jinja2 template of the user message, rendered in a sandbox with strict "
         "undefined variables: the chain inputs, earlier steps' outputs and, with memory, "
-        "history.",
+        "history: the session's earlier turns, oldest first, each {inputs: {<input>: value}, "
+        "output: <the chain's output>} (e.g. turn.inputs.question, turn.output).",
     )
     system: str | None = Field(
         None,

@@ -297,3 +297,40 @@ def test_a_batch_larger_than_the_concurrency_limit_is_400_naming_it(
     assert "limit 2" in body["error"]["message"]
     status, _, body = small_server.post("/v1/chains/echo/batch", {"inputs": inputs[:2]})
     assert status == 200, body
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*/app.yaml"))
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.parent.name)
+def test_every_example_chain_holds_a_two_turn_conversation(
+    model_dirs: Callable[[str], Path], tmp_path: Path, redis_server: RedisServer, example: Path
+) -> None:
+    """The chain each example renders into its ConfigMap, served for real: two turns of one
+    session, so a template reading `history` meets the entries memory really stores."""
+    from llmchain_operator.api import LLMChainApp
+    from llmchain_operator.builders.workload import render_chain_config
+
+    app = LLMChainApp.model_validate(yaml.safe_load(example.read_text()))
+    path = tmp_path / "chain.yaml"
+    path.write_text(render_chain_config(app))
+    chain = app.spec.chain
+    args = ["--chain", str(path)]
+    if chain.memory is not None:
+        args += ["--memory-url", redis_server.url]
+    server = ServerProcess(model_dirs("int4"), args=args)
+    try:
+        server.wait_ready()
+        name = str(app.metadata["name"])
+        payload = {
+            "input": {i: f"my order {n} has not arrived" for n, i in enumerate(chain.inputs)},
+            "config": {"configurable": {"session_id": "two-turns"}},
+        }
+        for turn in (1, 2):
+            status, body = invoke(server, name, payload)
+            assert status == 200, f"turn {turn}: {body}"
+        if chain.memory is not None:
+            turns = redis.Redis.from_url(redis_server.url).llen(f"llmchain:memory:{name}:two-turns")
+            assert turns == 2
+    finally:
+        assert server.stop() == 0
