@@ -3,6 +3,8 @@ is what the server's command line takes, and the build recipe is part of the mod
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import click
@@ -82,8 +84,14 @@ def test_a_new_builder_version_changes_the_model_digest(monkeypatch: pytest.Monk
     assert model_digest(app(QA)) != before
 
 
-def test_the_builder_records_the_contract_recipe() -> None:
-    assert manifest.BUILDER == contract.MODEL_BUILD_RECIPE
+def test_the_builder_records_the_contract_recipe(tmp_path: Path) -> None:
+    """The recipe a model folder's manifest records is the one the operator digests."""
+    (tmp_path / "model.onnx").write_bytes(b"graph")
+    written = manifest.write_manifest(
+        tmp_path, source={"uri": "test"}, quantization="int8", build_digest=None, parameters=1
+    )
+    recorded = json.loads((tmp_path / manifest.MANIFEST).read_text())
+    assert written["builder"] == recorded["builder"] == contract.MODEL_BUILD_RECIPE
 
 
 def test_the_server_reads_what_the_operator_sets() -> None:
