@@ -1,6 +1,7 @@
 """Subcommands of `llmchain`. Each imports its implementation lazily, so `llmchain serve` does
 not load the operator's dependencies and `llmchain operator` does not load onnxruntime."""
 
+import signal
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -177,11 +178,28 @@ def model() -> None:
     """Build and fetch quantized ONNX models."""
 
 
+def _size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
+    from llmchain_server.model.fetch import parse_size
+
+    try:
+        return None if value is None else parse_size(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 @model.command()
 @click.option(
     "--source", required=True, help="GGUF file or URL, Hugging Face folder, or ONNX folder."
 )
 @click.option("--sha256", help="Expected sha256 of the source file (checked before use).")
+@click.option(
+    "--max-source-bytes",
+    envvar="LLMCHAIN_MAX_SOURCE_BYTES",  # contract.ENV_MAX_SOURCE_BYTES, not imported
+    show_envvar=True,
+    callback=_size,
+    help="Most bytes to download from a URL source, e.g. 2Gi: a larger Content-Length is "
+    "refused before reading, a longer body cut off. Default 64 GiB.",
+)
 @click.option(
     "--quantization",
     type=click.Choice(["int4", "int8", "fp16", "none"]),
@@ -215,17 +233,27 @@ def build(
     digest: str | None,
     cache_dir: Path | None,
     accuracy: str,
+    max_source_bytes: int | None,
 ) -> None:
     """Build a quantized ONNX model folder from a GGUF, Hugging Face or ONNX source."""
     from llmchain_server.model import BuildError, FetchError, build_model
 
+    # SIGTERM (a deleted build pod) unwinds like Ctrl-C: the partial download is removed.
+    signal.signal(signal.SIGTERM, _stop)
     try:
-        manifest = build_model(source, out, quantization, sha256, digest, cache_dir, accuracy)
+        manifest = build_model(
+            source, out, quantization, sha256, digest, cache_dir, accuracy, max_source_bytes
+        )
     except (BuildError, FetchError) as e:
         raise click.ClickException(str(e)) from None
     except OSError as e:
         raise click.ClickException(f"cannot write the model folder {out}: {e}") from None
     click.echo(manifest["digest"])
+
+
+def _stop(signum: int, _frame: object) -> None:
+    click.echo(f"Stopped by {signal.Signals(signum).name}.", err=True)
+    raise SystemExit(128 + signum)
 
 
 @model.command()

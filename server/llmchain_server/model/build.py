@@ -72,9 +72,11 @@ def build_model(
     build_digest: str | None = None,
     cache_dir: Path | None = None,
     accuracy: str = "recommended",
+    max_source_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Build (or reuse) the model folder `out`; returns its manifest. `accuracy` names the
-    MatMulNBits accuracy plan of quantized builds (see accuracy.py)."""
+    MatMulNBits accuracy plan of quantized builds (see accuracy.py); `max_source_bytes` caps
+    the download of a URL source (see fetch.py)."""
     if quantization not in QUANTIZATIONS:
         raise BuildError(
             f"--quantization {quantization!r} is not one of {', '.join(QUANTIZATIONS)}"
@@ -93,7 +95,7 @@ def build_model(
         if reused is not None:
             progress.say(f"reused {out} ({reused['digest']})")
             return reused
-        fetched = fetch(source, sha256, cache_dir)
+        fetched = fetch(source, sha256, cache_dir, max_source_bytes)
         tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
