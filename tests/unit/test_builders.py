@@ -292,3 +292,16 @@ def test_the_model_build_gets_room_above_a_small_server_memory_limit() -> None:
     no_limits = app(QA, serving__resources={"requests": {"cpu": "1"}})
     unlimited = next(c for c in pod_spec(no_limits)["initContainers"] if c["name"] == "model")
     assert "limits" not in unlimited["resources"]
+
+
+def test_the_build_job_caps_the_download_at_the_model_volume_size() -> None:
+    """The build Job downloads at most the model volume's size (#12 item 17)."""
+    job = next(
+        o
+        for k, o in objects(app(GPU, model__volume={"size": "3Gi"})).items()
+        if k.startswith("Job/")
+    )
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--max-source-bytes") + 1] == str(3 * 2**30)
+    build = next(c for c in pod_spec(app(QA))["initContainers"] if c["name"] == "model")
+    assert "--max-source-bytes" not in build["args"]  # no volume: the CLI's default cap

@@ -63,8 +63,11 @@ def _source_copy_container(app: LLMChainApp) -> Manifest | None:
 def _build_args(app: LLMChainApp) -> list[str]:
     source = app.spec.model.source
     args = [contract.COMMAND, *contract.MODEL_BUILD]
+    volume = app.spec.model.volume
     if source.url is not None:
         args += [contract.FLAG_SOURCE, source.url.url, contract.FLAG_SHA256, source.url.sha256]
+        if volume is not None:  # the volume's size caps the download (an endless source)
+            args += [contract.FLAG_MAX_SOURCE_BYTES, str(int(quantity_bytes(volume.size)))]
     elif source.pvc is not None:
         args += [contract.FLAG_SOURCE, f"{SOURCE_DIR}/{source.pvc.path.strip('/')}".rstrip("/")]
     elif source.image is not None:
