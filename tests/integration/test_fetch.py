@@ -275,3 +275,35 @@ def test_an_interrupted_download_leaves_nothing(
     assert "Traceback" not in stderr
     assert cache_files(cache) == []
     assert cache_files(tmp_path) == ["cache"]
+
+
+def _count_under_lock(lock: str, counter: str, rounds: int) -> None:
+    from llmchain_server.model.locks import locked
+
+    for _ in range(rounds):
+        with locked(Path(lock)):
+            value = int(Path(counter).read_text())
+            time.sleep(0.001)  # widen the read-modify-write window
+            Path(counter).write_text(str(value + 1))
+
+
+def test_a_lock_that_removes_itself_still_excludes(tmp_path: Path) -> None:
+    """Lock files are unlinked on release; a waiter holding the unlinked file locks again."""
+    import multiprocessing
+
+    counter = tmp_path / "counter"
+    counter.write_text("0")
+    lock = tmp_path / "x.lock"
+    workers = [
+        multiprocessing.get_context("spawn").Process(
+            target=_count_under_lock, args=(str(lock), str(counter), 100)
+        )
+        for _ in range(4)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [w.exitcode for w in workers] == [0] * 4
+    assert counter.read_text() == "400"
+    assert not lock.exists()
