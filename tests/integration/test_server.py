@@ -366,3 +366,113 @@ def test_sigterm_drains_streams_and_exits_zero(model_dirs: Callable[[str], Path]
     tokens = [json.loads(line[6:]) for line in received[:-1]]
     assert tokens[-1]["choices"][0]["finish_reason"] == "length"
     assert s.process.wait(timeout=60) == 0
+
+
+def _tool(name: str) -> dict[str, object]:
+    return {"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
+
+
+COMPLETION = {"model": "smollm2", "prompt": "Once upon a time"}
+NAMED: list[tuple[str, str, dict[str, object], str]] = [
+    # Loose types are not coerced.
+    ("max_tokens true", "/v1/chat/completions", {**CHAT, "max_tokens": True}, "max_tokens"),
+    ("max_tokens string", "/v1/chat/completions", {**CHAT, "max_tokens": "2"}, "max_tokens"),
+    ("stream string", "/v1/chat/completions", {**CHAT, "stream": "yes"}, "stream"),
+    ("temperature string", "/v1/chat/completions", {**CHAT, "temperature": "0.5"}, "temperature"),
+    ("temperature tiny", "/v1/chat/completions", {**CHAT, "temperature": 1e-5}, "temperature"),
+    (
+        "content number",
+        "/v1/chat/completions",
+        {**CHAT, "messages": [{"role": "user", "content": 5}]},
+        "messages.0.content",
+    ),
+    ("empty stop", "/v1/chat/completions", {**CHAT, "stop": ["a", ""]}, "stop.1"),
+    ("prompt number", "/v1/completions", {**COMPLETION, "prompt": 5}, "prompt"),
+    ("two prompts", "/v1/completions", {**COMPLETION, "prompt": ["a", "b"]}, "prompt"),
+    ("long prompt list", "/v1/completions", {**COMPLETION, "prompt": ["word " * 400]}, "prompt"),
+    # Behaviours this server does not implement, asked for.
+    ("tools", "/v1/chat/completions", {**CHAT, "tools": [_tool("f")]}, "tools"),
+    (
+        "tool_choice required",
+        "/v1/chat/completions",
+        {**CHAT, "tool_choice": "required"},
+        "tool_choice",
+    ),
+    (
+        "tool_choice named",
+        "/v1/chat/completions",
+        {**CHAT, "tool_choice": {"type": "function", "function": {"name": "f"}}},
+        "tool_choice",
+    ),
+    ("logprobs", "/v1/chat/completions", {**CHAT, "logprobs": True}, "logprobs"),
+    ("top_logprobs", "/v1/chat/completions", {**CHAT, "top_logprobs": 2}, "top_logprobs"),
+    (
+        "json mode",
+        "/v1/chat/completions",
+        {**CHAT, "response_format": {"type": "json_object"}},
+        "response_format.type",
+    ),
+    ("logit_bias", "/v1/chat/completions", {**CHAT, "logit_bias": {"50256": -100}}, "logit_bias"),
+    ("penalty", "/v1/chat/completions", {**CHAT, "presence_penalty": 0.5}, "presence_penalty"),
+    ("completion logprobs", "/v1/completions", {**COMPLETION, "logprobs": 2}, "logprobs"),
+    ("echo", "/v1/completions", {**COMPLETION, "echo": True}, "echo"),
+    ("best_of", "/v1/completions", {**COMPLETION, "best_of": 3}, "best_of"),
+    ("suffix", "/v1/completions", {**COMPLETION, "suffix": "The end."}, "suffix"),
+]
+
+
+@pytest.mark.parametrize(("case", "path", "body", "param"), NAMED, ids=[n[0] for n in NAMED])
+def test_a_400_names_the_parameter_by_its_public_path(
+    server: ServerProcess, case: str, path: str, body: dict[str, object], param: str
+) -> None:
+    status, _, error = server.post(path, body)
+    assert status == 400, error
+    assert error["error"]["param"] == param, error
+    assert error["error"]["type"] == "invalid_request_error"
+    for internal in ("constrained", "function-", "list[", "Value error"):
+        assert internal not in error["error"]["message"], error
+
+
+def test_neutral_values_of_unsupported_features_are_accepted(server: ServerProcess) -> None:
+    """What real clients send by default asks for nothing the server lacks: a 200."""
+    neutral = {
+        "n": 1,
+        "logprobs": False,
+        "top_logprobs": 0,
+        "stream_options": {"include_usage": False},
+        "parallel_tool_calls": True,
+        "user": "someone",
+        "tools": [],
+        "tool_choice": "none",
+        "response_format": {"type": "text"},
+        "logit_bias": {},
+        "presence_penalty": 0,
+        "frequency_penalty": 0.0,
+        "metadata": {"a": "b"},
+        "store": False,
+    }
+    status, _, reply = server.post("/v1/chat/completions", {**CHAT, "max_tokens": 1, **neutral})
+    assert status == 200, reply
+    status, _, reply = server.post(
+        "/v1/completions",
+        {**COMPLETION, "max_tokens": 1, "logprobs": None, "echo": False, "best_of": 1, "n": 1},
+    )
+    assert status == 200, reply
+
+
+def test_a_default_max_tokens_above_the_limit_is_clamped(
+    model_dirs: Callable[[str], Path],
+) -> None:
+    """The model's default (256) is above this server's limit: requests that set no
+    max_tokens get the limit, not a 400 they could not have avoided."""
+    s = ServerProcess(model_dirs("int4"), env={"LLMCHAIN_MAX_TOKENS_LIMIT": "3"})
+    try:
+        s.wait_ready()
+        status, _, reply = s.post(
+            "/v1/completions", {**COMPLETION, "prompt": "Count: 1, 2, 3, 4, 5, 6,"}
+        )
+        assert status == 200, reply
+        assert reply["usage"]["completion_tokens"] <= 3
+        assert s.post("/v1/completions", {**COMPLETION, "max_tokens": 4})[0] == 400
+    finally:
+        assert s.stop() == 0

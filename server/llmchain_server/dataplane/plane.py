@@ -111,7 +111,8 @@ class DataPlane:
     ) -> SamplingParams:
         """A request's sampling; what it leaves unset comes from the model folder's defaults."""
         defaults = self._engine.defaults
-        wanted = max_tokens if max_tokens is not None else defaults.max_tokens
+        limit = self.settings.max_tokens_limit  # a default above it is clamped, not refused
+        wanted = max_tokens if max_tokens is not None else min(defaults.max_tokens, limit)
         if wanted > self.settings.max_tokens_limit:
             raise InvalidRequest(
                 f"max_tokens is {wanted}; the limit is {self.settings.max_tokens_limit}",

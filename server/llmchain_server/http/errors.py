@@ -117,21 +117,38 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _validation(request: Request, exc: Exception) -> JSONResponse:
-    """A body that does not match its schema: a 400 naming the first field at fault."""
+    """A body that does not match its schema: a 400 naming the field at fault by its path in
+    the body (`messages.0.content`), never by pydantic's names for union members; of a union's
+    errors, the one deepest into the body (a list's bad item rather than "not a string")."""
     assert isinstance(exc, RequestValidationError)
     problems = []
-    first_field = None
+    fields = []
     for e in exc.errors()[:5]:
-        field = _field(tuple(e.get("loc", ())))
-        first_field = first_field or field
         if e.get("type") == "json_invalid":
-            problems.append("the body is not valid JSON")
-            first_field = "body"
-        else:
-            problems.append(f"{field}: {e.get('msg', 'invalid')}")
-    return JSONResponse(error_body("; ".join(problems), "invalid_request_error", first_field), 400)
+            return JSONResponse(
+                error_body("the body is not valid JSON", "invalid_request_error", "body"), 400
+            )
+        field = public_path(exc.body, tuple(e.get("loc", ())), e.get("type") == "missing")
+        fields.append(field)
+        problems.append(f"{field}: {e.get('msg', 'invalid')}")
+    param = max(fields, key=lambda f: f.count("."), default="body")
+    message = "; ".join(dict.fromkeys(problems))
+    return JSONResponse(error_body(message, "invalid_request_error", param), 400)
 
 
-def _field(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p != "body"]
+def public_path(body: Any, loc: tuple[Any, ...], missing: bool = False) -> str:
+    """The keys and indexes of `loc` that are really in `body` (and, for a missing field, the
+    last one): pydantic's loc also holds the union member tried (`str`, `list[constrained-str]`),
+    which is no field a client sent."""
+    parts: list[str] = []
+    here = body
+    steps = list(loc[1:]) if loc[:1] == ("body",) else list(loc)
+    for i, step in enumerate(steps):
+        in_object = isinstance(here, dict) and isinstance(step, str) and step in here
+        in_array = isinstance(here, list) and isinstance(step, int) and 0 <= step < len(here)
+        if in_object or in_array:
+            here = here[step]
+        elif not (missing and i == len(steps) - 1 and isinstance(here, dict)):
+            continue
+        parts.append(str(step))
     return ".".join(parts) or "body"

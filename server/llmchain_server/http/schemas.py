@@ -1,23 +1,36 @@
 """Request bodies of the OpenAI-compatible endpoints. Unknown fields are ignored (clients send
-many); known ones are typed and bounded, so a wrong type is a 400 naming the field."""
+many); known ones are strictly typed (no `"2"` for 2, no `true` for 1) and bounded, so a wrong
+value is a 400 naming the field. Fields of behaviours this server does not implement (tools,
+log probabilities, JSON mode, logit bias, penalties) are accepted with their neutral values,
+which real clients send, and refused, naming the field, when they ask for the behaviour."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 Text = Annotated[str, Field(max_length=1_000_000)]
+Stop = Annotated[str, Field(min_length=1, max_length=256)]
+MAX_STOPS = 4
+STRICT = ConfigDict(extra="ignore", strict=True)
+
+
+def unsupported(what: str) -> PydanticCustomError:
+    return PydanticCustomError(
+        "unsupported", "{what} is not supported by this server", {"what": what}
+    )
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
     type: Literal["text"]
     text: Text
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Text | list[TextPart] | None = None
 
@@ -30,41 +43,60 @@ class Message(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
     include_usage: bool = False
 
 
 class Sampling(BaseModel):
     """Generation settings shared by both endpoints."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
     model: Annotated[str, Field(max_length=256)]
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Most tokens to generate; unset: the model's default, within the limit."
+    )
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = Field(
+        None, description="0 decodes greedily; otherwise at least 0.001."
+    )
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     top_k: Annotated[int, Field(ge=0)] | None = None
-    seed: int | None = None  # negative (llama.cpp's -1) means "random", as unset
-    stop: (
-        Annotated[str, Field(min_length=1, max_length=256)]
-        | list[Annotated[str, Field(min_length=1, max_length=256)]]
-        | None
-    ) = None
+    seed: Annotated[int, Field(ge=-(2**63), lt=2**63)] | None = Field(
+        None, description="A negative seed (llama.cpp's -1) means random, as unset."
+    )
+    stop: Stop | Annotated[list[Stop], Field(max_length=MAX_STOPS)] | None = None
     n: Annotated[int, Field(ge=1, le=1)] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
+    logit_bias: dict[str, float] | None = Field(None, description="Only empty: not supported.")
+    presence_penalty: float | None = Field(None, description="Only 0: not supported.")
+    frequency_penalty: float | None = Field(None, description="Only 0: not supported.")
+
+    @field_validator("temperature")
+    @classmethod
+    def _sampled_or_greedy(cls, value: float | None) -> float | None:
+        if value is not None and 0 < value < 1e-3:
+            raise PydanticCustomError(
+                "temperature", "temperature must be 0 (greedy) or at least 0.001"
+            )
+        return value
 
     @field_validator("seed")
     @classmethod
     def _random_seed(cls, value: int | None) -> int | None:
-        if value is not None and value >= 2**63:
-            raise ValueError("seed must be below 2**63")
         return None if value is None or value < 0 else value
 
-    @field_validator("stop")
+    @field_validator("logit_bias")
     @classmethod
-    def _few_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop sequences")
+    def _no_bias(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value:
+            raise unsupported("logit_bias")
+        return value
+
+    @field_validator("presence_penalty", "frequency_penalty")
+    @classmethod
+    def _no_penalty(cls, value: float | None) -> float | None:
+        if value:
+            raise unsupported("a penalty")
         return value
 
     def stops(self) -> tuple[str, ...]:
@@ -73,13 +105,99 @@ class Sampling(BaseModel):
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
 
+class TextFormat(BaseModel):
+    model_config = STRICT
+    type: Annotated[str, Field(description='Only "text": JSON mode is not supported.')]
+
+    @field_validator("type")
+    @classmethod
+    def _text_only(cls, value: str) -> str:
+        if value != "text":
+            raise unsupported(f"response_format {value[:32]!r}")
+        return value
+
+
 class ChatRequest(Sampling):
     messages: Annotated[list[Message], Field(min_length=1, max_length=1000)]
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    logprobs: bool | None = Field(None, description="Only false: not supported.")
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = Field(
+        None, description="Only 0: not supported."
+    )
+    response_format: TextFormat | None = None
+    tools: list[dict[str, Any]] | None = Field(None, description="Only empty: not supported.")
+    tool_choice: Literal["none", "auto"] | dict[str, Any] | None = Field(
+        None, description='Only "none" or "auto" (with no tools, the same): not supported.'
+    )
+    functions: list[dict[str, Any]] | None = Field(None, description="Only empty.")
+    function_call: Literal["none", "auto"] | dict[str, Any] | None = None
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: bool | None) -> bool | None:
+        if value:
+            raise unsupported("logprobs")
+        return value
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _no_top_logprobs(cls, value: int | None) -> int | None:
+        if value:
+            raise unsupported("top_logprobs")
+        return value
+
+    @field_validator("tools", "functions")
+    @classmethod
+    def _no_tools(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        if value:
+            raise unsupported("calling tools")
+        return value
+
+    @field_validator("tool_choice", "function_call")
+    @classmethod
+    def _no_forced_tool(cls, value: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+        if isinstance(value, dict):
+            raise unsupported("calling tools")
+        return value
 
 
 class CompletionRequest(Sampling):
-    prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=1)]
+    prompt: (
+        Annotated[str, Field(min_length=1, max_length=1_000_000)]
+        | Annotated[
+            list[Annotated[str, Field(min_length=1, max_length=1_000_000)]],
+            Field(min_length=1, max_length=1),
+        ]
+    )
+    logprobs: Annotated[int, Field(ge=0, le=5)] | None = Field(
+        None, description="Only null: not supported."
+    )
+    echo: bool = Field(False, description="Only false: not supported.")
+    best_of: Annotated[int, Field(ge=1, le=1)] | None = None
+    suffix: Annotated[str, Field(max_length=0)] | None = Field(
+        None, description="Only empty: not supported."
+    )
+
+    @field_validator("suffix", mode="before")
+    @classmethod
+    def _no_suffix(cls, value: Any) -> Any:
+        if isinstance(value, str) and value:
+            raise unsupported("suffix")
+        return value
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, value: int | None) -> int | None:
+        if value is not None:
+            raise unsupported("logprobs")
+        return value
+
+    @field_validator("echo")
+    @classmethod
+    def _no_echo(cls, value: bool) -> bool:
+        if value:
+            raise unsupported("echo")
+        return value
 
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
