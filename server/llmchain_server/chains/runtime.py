@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +16,7 @@ from llmchain_server.config import ChainConfig, LLMStep
 from llmchain_server.dataplane import DataPlane
 from llmchain_server.dataplane.memory import SESSION, MemoryStore
 from llmchain_server.engine import SamplingParams
-from llmchain_server.errors import InvalidRequest, OutputInvalid, PromptTooLong
+from llmchain_server.errors import InvalidRequest, OutputInvalid
 
 log = logging.getLogger(__name__)
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -114,11 +114,11 @@ class ChainRunner:
             variables["history"] = []
         return variables
 
-    def _prompt(self, step: LLMStep, variables: dict[str, Any]) -> list[int]:
+    def _prompt_text(self, step: LLMStep, variables: dict[str, Any]) -> str:
         prompt_t, system_t = self._templates[step.name]
         user = render(prompt_t, variables, f"step {step.name} prompt")
         if not step.chat_template:
-            return self.plane.text_prompt(user, FIELD)
+            return user
         messages = []
         if system_t is not None:
             messages.append(
@@ -129,10 +129,9 @@ class ChainRunner:
             )
         messages.append({"role": "user", "content": user})
         try:
-            text = self.plane.render_chat(messages, FIELD)
+            return self.plane.render_chat(messages, FIELD)
         except InvalidRequest as e:
             raise ChainInputError(f"step {step.name}: {e.message}") from None
-        return self.plane.text_prompt(text, FIELD)
 
     @staticmethod
     def _params(step: LLMStep) -> SamplingParams:
@@ -146,21 +145,23 @@ class ChainRunner:
             stop=tuple(g.stop),
         )
 
-    def _fitted_prompt(self, step: LLMStep, variables: dict[str, Any]) -> list[int]:
-        """The step's prompt; when history makes it too long, the oldest turns are left out."""
-        while True:
-            try:
-                prompt = self._prompt(step, variables)
-                self.plane.fit(prompt, self._params(step), FIELD)
-                return prompt
-            except PromptTooLong:
-                history = variables.get("history")
-                if not history:
-                    raise
-                variables["history"] = history[1:]
+    async def _fitted_prompt(self, step: LLMStep, variables: dict[str, Any]) -> list[int]:
+        """The step's prompt; when history makes it too long, the oldest turns are left out
+        (the dataplane measures each turn once, off the event loop)."""
+        history = variables.get("history") or []
+
+        def text(turns: Sequence[Any]) -> str:
+            return self._prompt_text(
+                step, {**variables, "history": turns} if history else variables
+            )
+
+        prompt, dropped = await self.plane.fitted_prompt(text, history, self._params(step), FIELD)
+        if dropped:
+            variables["history"] = history[dropped:]
+        return prompt
 
     async def _run_step(self, step: LLMStep, variables: dict[str, Any], run: ChainRun) -> Any:
-        prompt = self._fitted_prompt(step, variables)
+        prompt = await self._fitted_prompt(step, variables)
         for attempt in (1, 2):
             result = await self.plane.complete(prompt, self._params(step))
             run.prompt_tokens += result.prompt_tokens
@@ -214,7 +215,7 @@ class ChainRunner:
             return
         parts: list[str] = []
         async for chunk in self.plane.stream(
-            self._fitted_prompt(last, variables), self._params(last)
+            await self._fitted_prompt(last, variables), self._params(last)
         ):
             if chunk.text:
                 parts.append(chunk.text)

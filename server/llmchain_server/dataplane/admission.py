@@ -3,6 +3,7 @@ is immediate (`Overloaded` or `Draining`: the client retries, perhaps on another
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable, Iterator
 
@@ -17,6 +18,9 @@ class Admission:
         self.in_flight = 0
         self.draining = False
         """Set on SIGTERM: every new request is refused from then on."""
+        self.cut = asyncio.Event()
+        """Set when the grace period runs out: generations still running end with `Draining`
+        (an error answer, or a stream's error event) instead of being dropped mid-answer."""
 
     @contextlib.contextmanager
     def admitted(self, places: int = 1) -> Iterator[None]:

@@ -3,7 +3,8 @@ or streamed as server-sent events. They only translate between HTTP and the data
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -32,15 +33,16 @@ def add_openai_routes(app: FastAPI, plane: DataPlane) -> None:
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(request: ChatRequest) -> Answer:
         plane.check_model(request.model)
-        prompt = plane.chat_prompt([(m.role, m.text()) for m in request.messages])
+        messages = [(m.role, m.text()) for m in request.messages]
         params = _params(plane, request, request.max_completion_tokens or request.max_tokens)
+        prompt = functools.partial(plane.chat_prompt, messages)
         return await _answer(plane, request, prompt, params, "messages", chat=True)
 
     @app.post("/v1/completions", response_model=None)
     async def completions(request: CompletionRequest) -> Answer:
         plane.check_model(request.model)
-        prompt = plane.text_prompt(request.text(), "prompt")
         params = _params(plane, request, request.max_tokens)
+        prompt = functools.partial(plane.text_prompt, request.text(), "prompt")
         return await _answer(plane, request, prompt, params, "prompt", chat=False)
 
 
@@ -58,30 +60,31 @@ def _params(plane: DataPlane, request: Sampling, max_tokens: int | None) -> Samp
 async def _answer(
     plane: DataPlane,
     request: Sampling,
-    prompt: list[int],
+    make_prompt: Callable[[], Awaitable[list[int]]],
     params: SamplingParams,
     field: str,
     chat: bool,
 ) -> Answer:
-    """The answer, whole or streamed. A prompt that cannot fit is an error answer naming the
-    request's `field`, before any admission or stream."""
-    plane.fit(prompt, params, field)
+    """The answer, whole or streamed. The concurrency place comes first (tokenizing a long
+    prompt is work too), held until the last event of a stream; a prompt that cannot fit is
+    an error answer naming the request's `field`, before any stream."""
+    release = plane.admission.hold()  # released at the stream's end, or if it never streams
+    try:
+        prompt = await make_prompt()
+        plane.fit(prompt, params, field)
+    except BaseException:
+        release()
+        raise
     model = plane.settings.model_name
     if request.stream:
         usage = request.stream_options is not None and request.stream_options.include_usage
-        return _stream(plane, prompt, params, ChunkEvents(model, chat, usage))
-    with plane.admission.admitted():
+        shape = ChunkEvents(model, chat, usage)
+        return sse_response(_events(plane, prompt, params, shape, release), release)
+    try:
         result = await plane.complete(prompt, params)
+    finally:
+        release()
     return JSONResponse(completion(result, model, chat))
-
-
-def _stream(
-    plane: DataPlane, prompt: list[int], params: SamplingParams, shape: ChunkEvents
-) -> StreamingResponse:
-    """Server-sent events. The concurrency place is taken before the response starts (so a
-    refusal is a plain 429) and held until the last event."""
-    release = plane.admission.hold()  # released at the stream's end, or if it never streams
-    return sse_response(_events(plane, prompt, params, shape, release), release)
 
 
 async def _events(
