@@ -76,7 +76,15 @@ def run(
     app = create_app(plane, metrics, api_key, chain)
     log.info("Serving %s on %s:%d", settings.model_name, host, port)
     try:
-        serve(app, plane.admission, settings.grace_seconds, host, port)
+        serve(
+            app,
+            plane.admission,
+            settings.grace_seconds,
+            host,
+            port,
+            settings.header_timeout_seconds,
+            settings.max_connections,
+        )
     finally:
         engine.stop()
     return 0

@@ -30,4 +30,7 @@ def create_app(
     add_health_routes(app, plane, metrics)
     add_openai_routes(app, plane)
     chain_paths = add_chain_routes(app, chain) if chain is not None else ()
-    return Guard(app, metrics, plane.settings.max_body_bytes, api_key, chain_paths)
+    settings = plane.settings
+    return Guard(
+        app, metrics, settings.max_body_bytes, api_key, chain_paths, settings.body_timeout_seconds
+    )

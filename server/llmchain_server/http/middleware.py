@@ -1,8 +1,9 @@
-"""Around every request: request id, body size limit, API key, metrics and one log line.
-Pure ASGI, so streamed responses are measured until their last byte."""
+"""Around every request: request id, body size limit and read timeout, API key, metrics and
+one log line. Pure ASGI, so streamed responses are measured until their last byte."""
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import hmac
 import json
@@ -34,8 +35,10 @@ class Guard:
         max_body_bytes: int,
         api_key: str | None,
         extra_routes: tuple[str, ...] = (),
+        body_timeout: float = 30.0,
     ) -> None:
         self.app = app
+        self.body_timeout = body_timeout
         self.routes = (*ROUTES, *extra_routes)
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
@@ -54,11 +57,12 @@ class Guard:
         path = scope.get("path", "")
         route = path if path in self.routes else "other"
         started = time.monotonic()
-        status = {"code": 500}
+        status = {"code": 500, "started": False}
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                status["started"] = True
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
             await send(message)
@@ -68,7 +72,17 @@ class Guard:
             if problem is not None:
                 await self._reply(send_with_id, *problem)
                 return
-            body = await self._read_body(receive)
+            try:
+                async with asyncio.timeout(self.body_timeout):
+                    body = await self._read_body(receive)
+            except TimeoutError:
+                await self._reply(
+                    send_with_id,
+                    408,
+                    f"the body did not arrive within {self.body_timeout:g} s",
+                    "invalid_request_error",
+                )
+                return
             if body is None:
                 await self._reply(
                     send_with_id,
@@ -77,7 +91,13 @@ class Guard:
                     "invalid_request_error",
                 )
                 return
-            await self.app(scope, self._replay(body, receive), send_with_id)
+            try:
+                await self.app(scope, self._replay(body, receive), send_with_id)
+            except Exception:
+                # Starlette re-raises an error it has answered (and http/errors.py has logged)
+                # so that the server logs it too: once is enough.
+                if not status["started"]:
+                    raise
         finally:
             elapsed = time.monotonic() - started
             self.metrics.requests.labels(route, str(status["code"])).inc()
@@ -141,5 +161,7 @@ class Guard:
         ]
         if status == 401:
             headers.append((b"www-authenticate", b"Bearer"))
+        if status == 408:  # the rest of the body may still be on its way
+            headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

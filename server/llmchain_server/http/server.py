@@ -1,5 +1,7 @@
-"""Uvicorn, draining on SIGTERM: /readyz fails at once, new requests get 503, in-flight ones
-(streams included) finish within the grace period, then the server stops."""
+"""Uvicorn, draining on SIGTERM within the grace period: /readyz fails at once, new requests get
+503, in-flight ones (streams included) may finish until shortly before the grace period ends;
+what still runs then is cut with an error (a stream's error event), and the process exits
+within the grace period, uvicorn's own wait included."""
 
 from __future__ import annotations
 
@@ -11,8 +13,13 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from llmchain_server.dataplane import Admission
+from llmchain_server.http.connections import connection_cap, guarded_protocol
 
 log = logging.getLogger(__name__)
+TEARDOWN_SECONDS = 0.5
+"""Kept at the end of the grace period for what follows uvicorn (the engine's last step)."""
+CUT_SECONDS = 1.0
+"""Before uvicorn stops: time for cut requests to send their error and close."""
 
 
 class DrainingServer(uvicorn.Server):
@@ -27,7 +34,7 @@ class DrainingServer(uvicorn.Server):
             return
         self.admission.draining = True
         log.info(
-            "Draining: %d requests in flight, up to %.0f s",
+            "Draining: %d requests in flight, up to %.1f s",
             self.admission.in_flight,
             self.grace_seconds,
         )
@@ -35,28 +42,48 @@ class DrainingServer(uvicorn.Server):
         loop.call_soon_threadsafe(lambda: loop.create_task(self._drain()))
 
     async def _drain(self) -> None:
+        """Waits for in-flight work, cuts what is left in time for it to say so, and leaves
+        uvicorn only what remains of the grace period."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.grace_seconds
-        while self.admission.in_flight and loop.time() < deadline:
+        grace = self.grace_seconds
+        stop_by = loop.time() + grace - min(TEARDOWN_SECONDS, grace / 10)
+        cut_at = stop_by - min(CUT_SECONDS, grace / 5)
+        while self.admission.in_flight and loop.time() < cut_at:
             await asyncio.sleep(0.05)
         if self.admission.in_flight:
             log.warning(
-                "Stopped with %d requests still in flight after the grace period",
+                "Cut %d requests still in flight at the end of the grace period",
                 self.admission.in_flight,
             )
+            self.admission.cut.set()
         else:
             log.info("Drained; stopping")
+        # uvicorn ticks every 0.1 s, then waits 0.1 s before its own graceful wait.
+        remaining = max(0.1, stop_by - loop.time() - 0.2)  # a float works: asyncio.wait_for's
+        self.config.timeout_graceful_shutdown = remaining  # type: ignore[assignment]
         self.should_exit = True
 
 
-def serve(app: ASGIApp, admission: Admission, grace_seconds: float, host: str, port: int) -> None:
+def serve(
+    app: ASGIApp,
+    admission: Admission,
+    grace_seconds: float,
+    host: str,
+    port: int,
+    header_timeout: float = 10.0,
+    max_connections: int = 1000,
+) -> None:
     """Serves `app` until SIGTERM (drained) or a second signal."""
+    cap = connection_cap(max_connections)
+    if cap < max_connections:
+        log.info("Limited connections to %d, below the file-descriptor limit", cap)
     config = uvicorn.Config(
         app,
         host=host,
         port=port,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=5,  # the drain above already waited for in-flight work
+        http=guarded_protocol(header_timeout, cap),
+        timeout_graceful_shutdown=1,  # set by the drain to what remains of the grace period
     )
     DrainingServer(config, admission, grace_seconds).run()
