@@ -83,6 +83,9 @@ bench-server: install ## HTTP end to end vs llama-cpp-python's server and llama-
 	hack/build-llama-server.sh
 	$(BIN)/python bench/server.py
 
+bench-hostile: install ## /healthz and a conversation's latency under hostile load (1 MB prompts, slow and idle connections)
+	$(BIN)/python bench/hostile_load.py
+
 bench-fidelity: install ## Fidelity per precision, accuracy plan and CPU kernel family (AVX2 under qemu-user)
 	$(BIN)/python bench/fidelity.py --emulate-avx2
 
@@ -103,4 +106,4 @@ help: ## List the targets
 	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
 
 .PHONY: demo demo-down test install toolchain images cluster-up cluster-down kubeconfig lint fmt test-unit \
-	test-integration test-e2e test-e2e-real crds manifests bench bench-engine bench-server bench-fidelity goldens model clean help
+	test-integration test-e2e test-e2e-real crds manifests bench bench-engine bench-server bench-hostile bench-fidelity goldens model clean help
