@@ -173,6 +173,27 @@ def test_a_long_history_is_fitted_without_stalling_healthz(
     assert_live(probe.seen)
 
 
+# -- item 7: one bounded log line per failure ---------------------------------------------------
+def test_a_failing_request_logs_one_bounded_line(
+    memory_server: ServerProcess, redis_server: RedisServer
+) -> None:
+    """A real 500: a session whose stored turn is not JSON. Before, each failure logged two
+    tracebacks (ours, then uvicorn's "Exception in ASGI application" as Starlette re-raised)."""
+    store = redis.Redis.from_url(redis_server.url)
+    store.rpush("llmchain:memory:remember:broken", "{not json" + "x" * 100_000)
+    body = {"input": {"topic": "rivers"}, "config": {"configurable": {"session_id": "broken"}}}
+    for _ in range(3):
+        status, _, error = memory_server.post("/v1/chains/remember/invoke", body)
+        assert status == 500 and error["error"]["message"] == "internal error", error
+    lines = [json.loads(line) for line in memory_server.logs().splitlines() if '"level"' in line]
+    failures = [line for line in lines if line["level"] == "error"]
+    assert len(failures) == 3, failures  # one line per failure, none from uvicorn
+    assert "Traceback" in failures[0]["exception"]
+    # Within 10 s the same exception type is one line without its traceback.
+    assert all("Traceback" not in f["exception"] for f in failures[1:])
+    assert all(len(json.dumps(f)) < 12_000 for f in failures)
+
+
 # -- item 9: connections -----------------------------------------------------------------------
 def closed_within(sock: socket.socket, seconds: float, trickle: bytes = b"") -> str:
     """How the server ended the connection (its first reply line, or `closed`), sending
