@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field, JsonValue, field_validator
+from pydantic import ConfigDict, Field, JsonValue, field_validator, model_validator
 
 from llmchain_server import config
 from llmchain_server.config import Schema, nested
@@ -75,7 +75,20 @@ def name_problems(name: str) -> list[str]:
     return problems
 
 
-LabelValue = Annotated[str, Field(max_length=63)]
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]
+LABEL_KEY = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+"""A label key as the API server accepts one: an optional DNS subdomain prefix and `/`, then a
+name of at most 63 characters (alphanumerics, `-`, `_`, `.`, alphanumeric at both ends). No
+backslash: the pattern goes into a CEL string literal as it is."""
+LABEL_KEY_MAX = 253 + 1 + 63
+LABEL_KEY_PROBLEM = (
+    "keys must be label keys: an optional DNS subdomain prefix and '/', then at most 63 "
+    "alphanumerics, '-', '_' or '.', starting and ending with an alphanumeric"
+)
 
 
 def rules(*triples: tuple[str, str, str]) -> ConfigDict:
@@ -233,11 +246,33 @@ class ResourceList(Schema):
     memory: Quantity | None = Field(None, description="Memory, e.g. 4Gi.")
 
 
+def _not_above_limit(resource: str) -> tuple[str, str, str]:
+    """A CEL rule: the request of `resource` is at most its limit (when both are set)."""
+    request, limit = f"self.requests.{resource}", f"self.limits.{resource}"
+    return (
+        f"!has(self.requests) || !has(self.limits) || !has({request}) || !has({limit}) || "
+        f"quantity({request}).compareTo(quantity({limit})) <= 0",
+        f"requests.{resource} must not exceed limits.{resource}",
+        f".requests.{resource}",
+    )
+
+
 class Resources(Schema):
     """Requests and limits of the server container (GPUs come from serving.gpus)."""
 
     requests: ResourceList = nested(ResourceList, "Resources the scheduler reserves.")
     limits: ResourceList = nested(ResourceList, "Most the container may use.")
+
+    model_config = rules(_not_above_limit("cpu"), _not_above_limit("memory"))
+
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> Resources:
+        for resource in ("cpu", "memory"):
+            request = getattr(self.requests, resource)
+            limit = getattr(self.limits, resource)
+            if request and limit and quantity_bytes(request) > quantity_bytes(limit):
+                raise ValueError(f"requests.{resource} must not exceed limits.{resource}")
+        return self
 
 
 class Toleration(Schema):
@@ -252,6 +287,20 @@ class Toleration(Schema):
     toleration_seconds: int | None = Field(
         None, ge=0, description="For NoExecute: seconds the pod stays after the taint appears."
     )
+
+    model_config = rules(
+        (
+            "self.operator != 'Exists' || !has(self.value) || self.value == ''",
+            "value must be empty when operator is Exists",
+            ".value",
+        )
+    )
+
+    @model_validator(mode="after")
+    def _exists_has_no_value(self) -> Toleration:
+        if self.operator == "Exists" and self.value:
+            raise ValueError("value must be empty when operator is Exists")
+        return self
 
 
 class Rollout(Schema):
@@ -310,6 +359,23 @@ class Serving(Schema):
     termination_grace_period_seconds: int = Field(
         60, ge=1, le=3600, description="Time in-flight requests get to finish on shutdown."
     )
+
+    model_config = rules(
+        (
+            f"!has(self.nodeSelector) || self.nodeSelector.all(k, k.size() <= {LABEL_KEY_MAX} "
+            f"&& k.matches('{LABEL_KEY}'))",
+            f"nodeSelector {LABEL_KEY_PROBLEM}",
+            ".nodeSelector",
+        )
+    )
+
+    @field_validator("node_selector")
+    @classmethod
+    def _label_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if len(key) > LABEL_KEY_MAX or not re.fullmatch(LABEL_KEY, key):
+                raise ValueError(f"{key!r}: {LABEL_KEY_PROBLEM}")
+        return value
 
 
 # --- cache, autoscaling, monitoring --------------------------------------------------------

@@ -195,6 +195,32 @@ INVALID: list[tuple[str, Mutation, list[str]]] = [
         ["spec.monitoring.scrapeInterval"],
     ),
     ("too-many-gpus", set_path("serving.gpus", 64), ["spec.serving.gpus"]),
+    # What the API server would reject in the Deployment (#12 item 1), rejected at admission:
+    (
+        "cpu-requests-above-limits",
+        set_path("serving.resources", {"requests": {"cpu": "2"}, "limits": {"cpu": "1500m"}}),
+        ["spec.serving.resources.requests.cpu", "requests.cpu must not exceed limits.cpu"],
+    ),
+    (
+        "memory-requests-above-limits",
+        set_path("serving.resources", {"requests": {"memory": "3Gi"}, "limits": {"memory": "2Gi"}}),
+        ["spec.serving.resources.requests.memory", "must not exceed limits.memory"],
+    ),
+    (
+        "node-selector-key-with-a-space",
+        set_path("serving.nodeSelector", {"a b": "x"}),
+        ["spec.serving.nodeSelector", "keys must be label keys"],
+    ),
+    (
+        "node-selector-value-with-a-space",
+        set_path("serving.nodeSelector", {"a": "x y"}),
+        ["spec.serving.nodeSelector.a", "should match"],
+    ),
+    (
+        "exists-toleration-with-a-value",
+        set_path("serving.tolerations", [{"key": "k", "operator": "Exists", "value": "v"}]),
+        ["spec.serving.tolerations[0].value", "must be empty when operator is Exists"],
+    ),
     ("unknown-field", set_path("serving.replicaz", 2), ['unknown field "spec.serving.replicaz"']),
 ]
 
@@ -233,4 +259,16 @@ def test_a_name_the_children_cannot_carry_is_rejected(
 def test_the_longest_name_is_accepted(crd: Cluster, namespace: str) -> None:
     app = copy.deepcopy(BASE)
     app["metadata"]["name"] = "n" * 44
+    crd.kubectl("-n", namespace, "create", "-f", "-", input=json.dumps(app))
+
+
+def test_requests_up_to_limits_in_any_unit_are_accepted(crd: Cluster, namespace: str) -> None:
+    """Quantities compare by value, not as text: 500m < 1, 1024Mi == 1Gi."""
+    app = copy.deepcopy(BASE)
+    app["spec"]["serving"]["resources"] = {
+        "requests": {"cpu": "500m", "memory": "1024Mi"},
+        "limits": {"cpu": "1", "memory": "1Gi"},
+    }
+    app["spec"]["serving"]["nodeSelector"] = {"example.com/pool": "gpu_a-1.x"}
+    app["spec"]["serving"]["tolerations"] = [{"key": "k", "operator": "Exists"}]
     crd.kubectl("-n", namespace, "create", "-f", "-", input=json.dumps(app))

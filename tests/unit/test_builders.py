@@ -305,3 +305,17 @@ def test_the_build_job_caps_the_download_at_the_model_volume_size() -> None:
     assert args[args.index("--max-source-bytes") + 1] == str(3 * 2**30)
     build = next(c for c in pod_spec(app(QA))["initContainers"] if c["name"] == "model")
     assert "--max-source-bytes" not in build["args"]  # no volume: the CLI's default cap
+
+
+def test_a_limit_below_the_default_request_lowers_the_request_to_it() -> None:
+    """The API server rejects a request above its limit (#12 item 1): a default request must
+    not exceed a limit the user set without a request."""
+    small = app(QA, serving__resources={"limits": {"cpu": "500m", "memory": "512Mi"}})
+    server = build_deployment(small, SETTINGS)["spec"]["template"]["spec"]["containers"][0]
+    assert server["resources"] == {
+        "requests": {"cpu": "500m", "memory": "512Mi"},
+        "limits": {"cpu": "500m", "memory": "512Mi"},
+    }
+    large = app(QA, serving__resources={"limits": {"cpu": "4"}, "requests": {"memory": "2Gi"}})
+    server = build_deployment(large, SETTINGS)["spec"]["template"]["spec"]["containers"][0]
+    assert server["resources"]["requests"] == {"cpu": "1", "memory": "2Gi"}

@@ -114,8 +114,38 @@ def test_the_longest_name_gives_children_names_kubernetes_accepts() -> None:
         ("chain.inputs", ["question", "question"], "spec.chain.inputs: Value error, input names"),
         ("cache.maxMemory", "0", "spec.cache.maxMemory: Value error, must be at least 1Mi"),
         ("monitoring.scrapeInterval", "0s", "spec.monitoring.scrapeInterval: String should"),
+        (
+            "serving.resources",
+            {"requests": {"cpu": "2"}, "limits": {"cpu": "1500m"}},
+            "spec.serving.resources: Value error, requests.cpu must not exceed limits.cpu",
+        ),
+        (
+            "serving.resources",
+            {"requests": {"memory": "3Gi"}, "limits": {"memory": "2Gi"}},
+            "spec.serving.resources: Value error, requests.memory must not exceed limits.memory",
+        ),
+        (
+            "serving.nodeSelector",
+            {"a b": "x"},
+            "spec.serving.nodeSelector: Value error, 'a b': keys must be label keys",
+        ),
+        ("serving.nodeSelector", {"a": "x y"}, "spec.serving.nodeSelector.a: String should"),
+        (
+            "serving.tolerations",
+            [{"key": "k", "operator": "Exists", "value": "v"}],
+            "spec.serving.tolerations[0]: Value error, value must be empty when operator is",
+        ),
     ],
-    ids=["duplicate-input", "unbounded-cache", "zero-scrape-interval"],
+    ids=[
+        "duplicate-input",
+        "unbounded-cache",
+        "zero-scrape-interval",
+        "cpu-requests-above-limits",
+        "memory-requests-above-limits",
+        "node-selector-key",
+        "node-selector-value",
+        "exists-toleration-with-a-value",
+    ],
 )
 def test_meaningless_values_are_problems_naming_their_field(
     path: str, value: Any, expected: str
@@ -128,3 +158,16 @@ def test_meaningless_values_are_problems_naming_their_field(
     node[last] = value
     problems = validate(body).problems
     assert len(problems) == 1 and problems[0].startswith(expected), problems
+
+
+def test_requests_up_to_limits_in_any_unit_are_valid() -> None:
+    body = copy.deepcopy(QA)
+    body["spec"]["serving"] = {
+        "resources": {
+            "requests": {"cpu": "500m", "memory": "1024Mi"},
+            "limits": {"cpu": "1", "memory": "1Gi"},
+        },
+        "nodeSelector": {"example.com/pool": "gpu_a-1.x"},
+        "tolerations": [{"key": "k", "operator": "Exists"}],
+    }
+    assert validate(body).problems == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from llmchain_operator.api import LLMChainApp
+from llmchain_operator.api import LLMChainApp, quantity_bytes
 from llmchain_operator.builders.common import (
     Manifest,
     app_name,
@@ -169,10 +169,19 @@ def _server_env(app: LLMChainApp) -> list[Manifest]:
     return env
 
 
+DEFAULT_REQUESTS = {"cpu": "1", "memory": "1Gi"}
+
+
 def _server_resources(app: LLMChainApp) -> Manifest:
+    """The spec's requests and limits; an unset request is the default, or the limit where
+    that is lower (the API server rejects a request above its limit)."""
     resources = app.spec.serving.resources.model_dump(by_alias=True, exclude_none=True)
-    requests = {"cpu": "1", "memory": "1Gi", **resources.get("requests", {})}
     limits = dict(resources.get("limits", {}))
+    requests = {
+        name: min(default, limits.get(name, default), key=quantity_bytes)
+        for name, default in DEFAULT_REQUESTS.items()
+    }
+    requests.update(resources.get("requests", {}))
     if uses_gpu(app):
         limits[GPU_RESOURCE] = str(app.spec.serving.gpus)
     return {"requests": requests, **({"limits": limits} if limits else {})}
