@@ -334,3 +334,112 @@ def test_every_example_chain_holds_a_two_turn_conversation(
             assert turns == 2
     finally:
         assert server.stop() == 0
+
+
+@pytest.fixture
+def memory_server(
+    model_dirs: Callable[[str], Path], tmp_path: Path, redis_server: RedisServer
+) -> Iterator[ServerProcess]:
+    """One server of the two-step chain with memory in a real redis-server."""
+    server = ServerProcess(
+        model_dirs("int4"),
+        args=["--chain", str(chain_file(tmp_path, TWO_STEPS)), "--memory-url", redis_server.url],
+    )
+    server.wait_ready()
+    yield server
+    assert server.stop() == 0
+
+
+def nested(depth: int) -> object:
+    value: object = "x"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("depth", [478, 500])
+def test_a_deeply_nested_input_is_400_and_cannot_poison_the_session(
+    memory_server: ServerProcess, depth: int
+) -> None:
+    """Nested ~500 deep it was a 500 (RecursionError); ~478 deep it was stored, and every
+    later turn of the session failed until the history expired."""
+    config = {"configurable": {"session_id": f"deep-{depth}"}}
+    for op in ("invoke", "stream"):
+        status, _, body = memory_server.post(
+            f"/v1/chains/explain/{op}", {"input": {"topic": nested(depth)}, "config": config}
+        )
+        assert status == 400, body
+        assert body["error"]["param"] == "input.topic"
+        assert body["error"]["type"] == "invalid_request_error"
+    status, body = invoke(memory_server, "explain", {"input": {"topic": "rain"}, "config": config})
+    assert status == 200, body
+    status, body = invoke(memory_server, "explain", {"input": {"topic": "snow"}, "config": config})
+    assert status == 200, body
+
+
+def test_inputs_within_the_bounds_still_run(memory_server: ServerProcess) -> None:
+    config = {"configurable": {"session_id": "bounds"}}
+    status, body = invoke(
+        memory_server, "explain", {"input": {"topic": nested(32)}, "config": config}
+    )
+    assert status == 200, body
+    many = {"input": {"topic": [0] * 10_001}, "config": config}
+    status, body = invoke(memory_server, "explain", many)
+    assert status == 400, body
+    assert "more than 10000" in body["error"]["message"]  # type: ignore[index]
+
+
+def test_chain_errors_name_the_parameter_and_code(memory_server: ServerProcess) -> None:
+    status, body = invoke(memory_server, "explain", {"input": {"topic": "x"}})
+    assert status == 400, body
+    assert body["error"]["param"] == "config.configurable.session_id"  # type: ignore[index]
+    config = {"configurable": {"session_id": "long"}}
+    status, body = invoke(
+        memory_server, "explain", {"input": {"topic": "word " * 2000}, "config": config}
+    )
+    assert status == 400, body
+    assert body["error"]["code"] == "context_length_exceeded"  # type: ignore[index]
+    assert body["error"]["param"] == "input"  # type: ignore[index]
+
+
+def stream_status(
+    server: ServerProcess, payload: dict[str, object]
+) -> tuple[int, dict[str, str], bytes]:
+    """The status, headers and whole body of a chain stream request."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+    conn.request(
+        "POST",
+        "/v1/chains/explain/stream",
+        json.dumps(payload),
+        {"Content-Type": "application/json"},
+    )
+    response = conn.getresponse()
+    try:
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def test_a_chain_stream_refuses_before_its_200_like_invoke(
+    memory_server: ServerProcess, redis_server: RedisServer
+) -> None:
+    """A prompt too long is a 400 and a memory store down a 503 with Retry-After, as /invoke
+    answers them, not a 200 followed by an error event."""
+    config = {"configurable": {"session_id": "stream-refusals"}}
+    long = {"input": {"topic": "word " * 2000}, "config": config}
+    status, headers, raw = stream_status(memory_server, long)
+    assert status == 400, raw
+    assert headers["content-type"] == "application/json"
+    assert json.loads(raw)["error"]["code"] == "context_length_exceeded"
+
+    redis_server.stop()
+    down = {"input": {"topic": "rain"}, "config": config}
+    assert invoke(memory_server, "explain", down)[0] == 503
+    status, headers, raw = stream_status(memory_server, down)
+    assert status == 503, raw
+    assert headers["retry-after"] == "1"
+    assert json.loads(raw)["error"]["type"] == "service_unavailable"
+    redis_server.start()  # the same port: the session works again
+    status, headers, raw = stream_status(memory_server, down)
+    assert status == 200, raw
+    assert raw.decode().rstrip().endswith("event: end")

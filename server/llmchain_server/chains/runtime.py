@@ -5,13 +5,19 @@ streamed. With memory, the turn is stored per session after the chain succeeds."
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from llmchain_server.chains.parsers import ParseError, parse
 from llmchain_server.chains.templates import ChainInputError, compile_template, render
+from llmchain_server.chains.values import (
+    MAX_DEPTH,
+    MAX_ITEMS,
+    depth_and_items,
+    has_lone_surrogate,
+    mapped_strings,
+)
 from llmchain_server.config import ChainConfig, LLMStep
 from llmchain_server.dataplane import DataPlane
 from llmchain_server.dataplane.memory import SESSION, MemoryStore
@@ -19,31 +25,24 @@ from llmchain_server.engine import SamplingParams
 from llmchain_server.errors import InvalidRequest, OutputInvalid
 
 log = logging.getLogger(__name__)
-_SURROGATE = re.compile("[\ud800-\udfff]")
 FIELD = "input"
 """The request field chain errors name: a chain's prompts are made from its input."""
 
 
-def _has_lone_surrogate(value: Any) -> bool:
-    """Whether a string in the parsed JSON, as a value or a key at any depth, holds a lone
-    surrogate (`"\\ud800"`): Python's json accepts one, but it is no text and cannot be encoded.
-    A loop, not recursion, so deep nesting costs no stack."""
-    pending = [value]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, str):
-            if not item.isascii() and _SURROGATE.search(item):
-                return True
-        elif isinstance(item, list):
-            pending.extend(item)
-        elif isinstance(item, dict):
-            pending.extend(item)
-            pending.extend(item.values())
-    return False
-
-
 class ChainOutputError(OutputInvalid):
     """A step's output stayed invalid after its retry (the model's fault: a 502)."""
+
+
+@dataclass
+class Prepared:
+    """What a run needs before any answer is sent, so that a stream refuses as /invoke does
+    (503 with the memory store down, 400 for a prompt too long) instead of a 200 and an error
+    event: the checked inputs, the session's history read, the first step's prompt fitted."""
+
+    inputs: dict[str, Any]
+    session: str | None
+    variables: dict[str, Any]
+    first_prompt: list[int]
 
 
 @dataclass
@@ -73,7 +72,7 @@ class ChainRunner:
     def inputs(self, given: Any) -> dict[str, Any]:
         if not isinstance(given, dict):
             raise ChainInputError(f"input must be an object with {', '.join(self.chain.inputs)}")
-        if _has_lone_surrogate(given):  # before any message quotes a key
+        if has_lone_surrogate(given):  # before any message quotes a key
             raise ChainInputError("input holds a lone UTF-16 surrogate (\\ud800-\\udfff)")
         missing = [n for n in self.chain.inputs if n not in given]
         extra = sorted(set(given) - set(self.chain.inputs))
@@ -81,6 +80,16 @@ class ChainRunner:
             raise ChainInputError(f"input lacks {', '.join(missing)}")
         if extra:
             raise ChainInputError(f"input has unknown fields: {', '.join(extra)}")
+        items = 0
+        for name in self.chain.inputs:
+            depth, size = depth_and_items(given[name])
+            items += size
+            if depth > MAX_DEPTH:
+                raise ChainInputError(
+                    f"input.{name} nests deeper than {MAX_DEPTH} levels", f"input.{name}"
+                )
+            if items > MAX_ITEMS:
+                raise ChainInputError(f"input holds more than {MAX_ITEMS} values and keys")
         return dict(given)
 
     def session(self, config: Any) -> str | None:
@@ -91,20 +100,16 @@ class ChainRunner:
         if not isinstance(session, str) or not SESSION.fullmatch(session):
             raise ChainInputError(
                 "this chain has memory: config.configurable.session_id must "
-                "be 1-128 letters, digits or ._:-"
+                "be 1-128 letters, digits or ._:-",
+                "config.configurable.session_id",
             )
         return session
 
     # -- running -------------------------------------------------------------------------------
     def _clean(self, value: Any) -> Any:
-        """Inputs (and remembered turns) without special-token strings, at any depth."""
-        if isinstance(value, str):
-            return self.plane.strip_special(value)
-        if isinstance(value, list):
-            return [self._clean(v) for v in value]
-        if isinstance(value, dict):
-            return {k: self._clean(v) for k, v in value.items()}
-        return value
+        """Inputs (and remembered turns) without special-token strings, at any depth (a loop,
+        not recursion: a turn stored by an older server may be deeper than inputs now are)."""
+        return mapped_strings(value, self.plane.strip_special)
 
     async def _variables(self, inputs: dict[str, Any], session: str | None) -> dict[str, Any]:
         variables: dict[str, Any] = {k: self._clean(v) for k, v in inputs.items()}
@@ -160,8 +165,13 @@ class ChainRunner:
             variables["history"] = history[dropped:]
         return prompt
 
-    async def _run_step(self, step: LLMStep, variables: dict[str, Any], run: ChainRun) -> Any:
-        prompt = await self._fitted_prompt(step, variables)
+    async def _step_prompt(self, step: LLMStep, ready: Prepared) -> list[int]:
+        if step is self.chain.steps[0]:
+            return ready.first_prompt
+        return await self._fitted_prompt(step, ready.variables)
+
+    async def _run_step(self, step: LLMStep, ready: Prepared, run: ChainRun) -> Any:
+        prompt = await self._step_prompt(step, ready)
         for attempt in (1, 2):
             result = await self.plane.complete(prompt, self._params(step))
             run.prompt_tokens += result.prompt_tokens
@@ -189,39 +199,50 @@ class ChainRunner:
             return value
         raise AssertionError("unreachable")
 
-    async def invoke(self, inputs: dict[str, Any], session: str | None) -> ChainRun:
-        run = ChainRun()
+    async def prepare(self, inputs: dict[str, Any], session: str | None) -> Prepared:
+        """The run's start: history read (Unavailable when the store is down) and the first
+        step's prompt fitted (PromptTooLong), before anything is answered."""
         variables = await self._variables(inputs, session)
+        first = await self._fitted_prompt(self.chain.steps[0], variables)
+        return Prepared(inputs, session, variables, first)
+
+    async def invoke(self, inputs: dict[str, Any], session: str | None) -> ChainRun:
+        ready = await self.prepare(inputs, session)
+        run = ChainRun()
         for step in self.chain.steps:
-            value = await self._run_step(step, variables, run)
-            variables[step.name] = value
+            value = await self._run_step(step, ready, run)
+            ready.variables[step.name] = value
             run.steps[step.name] = value
         run.output = run.steps[self.output_step]
         await self._remember(inputs, session, run.output)
         return run
 
-    async def stream(self, inputs: dict[str, Any], session: str | None) -> AsyncIterator[Any]:
-        """Yields pieces of the output: text deltas when the output step is the last and
-        parses text, else the whole output once."""
+    async def stream(self, ready: Prepared) -> AsyncIterator[Any]:
+        """Yields pieces of the output of a prepared run: text deltas when the output step is
+        the last and parses text, else the whole output once."""
         run = ChainRun()
-        variables = await self._variables(inputs, session)
+        variables = ready.variables
         last = self.chain.steps[-1]
         streamable = last.name == self.output_step and last.output.type == "text"
         for step in self.chain.steps[:-1] if streamable else self.chain.steps:
-            variables[step.name] = run.steps[step.name] = await self._run_step(step, variables, run)
+            variables[step.name] = run.steps[step.name] = await self._run_step(step, ready, run)
         if not streamable:
             yield run.steps[self.output_step]
-            await self._remember(inputs, session, run.steps[self.output_step])
+            await self._remember(ready.inputs, ready.session, run.steps[self.output_step])
             return
         parts: list[str] = []
         async for chunk in self.plane.stream(
-            await self._fitted_prompt(last, variables), self._params(last)
+            await self._step_prompt(last, ready), self._params(last)
         ):
             if chunk.text:
                 parts.append(chunk.text)
                 yield chunk.text
-        await self._remember(inputs, session, "".join(parts))
+        await self._remember(ready.inputs, ready.session, "".join(parts))
 
     async def _remember(self, inputs: dict[str, Any], session: str | None, output: Any) -> None:
-        if self.memory is not None and session is not None:
-            await self.memory.append(session, {"inputs": inputs, "output": output})
+        if self.memory is None or session is None:
+            return
+        if depth_and_items(output)[0] > MAX_DEPTH:  # the model's JSON: never fed back deeper
+            log.warning("Left a turn out of session memory: its output nests too deep")
+            return
+        await self.memory.append(session, {"inputs": inputs, "output": output})

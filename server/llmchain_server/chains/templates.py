@@ -18,10 +18,10 @@ _ENV = ImmutableSandboxedEnvironment(
 
 class ChainInputError(InvalidRequest):
     """A request's inputs cannot run the chain; the message names the problem (a 400 naming
-    the request's `input`)."""
+    the request's `input`, or the field of it at fault)."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, param="input")
+    def __init__(self, message: str, param: str = "input") -> None:
+        super().__init__(message, param=param)
 
 
 def compile_template(source: str, where: str) -> Template:

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmchain_server.chains.runtime import ChainRunner
+from llmchain_server.chains.runtime import ChainRunner, Prepared
 from llmchain_server.errors import InvalidRequest
 from llmchain_server.http.errors import problem
 from llmchain_server.http.sse import named_event, sse_response
@@ -92,10 +92,17 @@ class ChainRoutes:
         }
 
     async def stream(self, request: InvokeRequest) -> StreamingResponse:
-        inputs = self.runner.inputs(request.input)  # bad inputs are a 400, not a stream
+        """The run's events. What /invoke refuses is refused here before the 200 (bad inputs,
+        the memory store down, a prompt too long); only later failures are error events."""
+        inputs = self.runner.inputs(request.input)
         session = self.runner.session(request.config)
         release = self.admission.hold()
-        return sse_response(self._events(inputs, session, release), release)
+        try:
+            ready = await self.runner.prepare(inputs, session)
+        except BaseException:
+            release()
+            raise
+        return sse_response(self._events(ready, release), release)
 
     async def _run_one(self, given: Any, config: Any) -> tuple[str, Any, dict[str, int]]:
         inputs = self.runner.inputs(given)
@@ -103,12 +110,10 @@ class ChainRoutes:
         usage = {"prompt_tokens": run.prompt_tokens, "completion_tokens": run.completion_tokens}
         return str(uuid.uuid4()), run.output, usage
 
-    async def _events(
-        self, inputs: dict[str, Any], session: str | None, release: Callable[[], None]
-    ) -> AsyncIterator[str]:
+    async def _events(self, ready: Prepared, release: Callable[[], None]) -> AsyncIterator[str]:
         try:
             yield named_event("metadata", {"run_id": str(uuid.uuid4())})
-            async for piece in self.runner.stream(inputs, session):
+            async for piece in self.runner.stream(ready):
                 yield named_event("data", piece)
             yield named_event("end")
         except Exception as e:  # after the 200 is sent an error can only be an event
