@@ -23,6 +23,8 @@ class Kind:
     """RBAC verbs the operator needs on this kind."""
     status_verbs: tuple[str, ...] = ()
     """RBAC verbs the operator needs on its status subresource."""
+    log_verbs: tuple[str, ...] = ()
+    """RBAC verbs the operator needs on its log subresource (pods/log)."""
     child: bool = False
     """Built for an app and owned by it: pruned when no longer wanted."""
     optional: bool = False
@@ -75,6 +77,10 @@ KINDS: tuple[Kind, ...] = (
         status_verbs=("get", "patch"),
     ),
     Kind("Secret", "v1", "secrets", ("get",)),  # referenced keys are checked, never logged
+    # Listed while an app is not Ready, to name what blocks it (blockers.py); the log of a
+    # crash-looping init container is read, a few hundred bytes of it. Not watched: a watch of
+    # pods streams every pod event of the cluster (kopf filters labels client-side).
+    Kind("Pod", "v1", "pods", ("list",), log_verbs=("get",)),
     Kind("Event", "v1", "events", ("create", "patch")),
     Kind("Lease", "coordination.k8s.io/v1", "leases", ("get", "create", "update"), rbac="Role"),
 )

@@ -74,6 +74,7 @@ class Kube:
         body: Any = None,
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
+        text: bool = False,
     ) -> Any:
         api = self.api
         _, url, headers, serialized, _ = api.param_serialize(
@@ -81,7 +82,10 @@ class Kube:
             path,
             query_params=query or [],
             body=body,
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            header_params={
+                "Content-Type": content_type,
+                "Accept": "*/*" if text else "application/json",
+            },
             auth_settings=["BearerToken"],
         )
         try:
@@ -96,6 +100,8 @@ class Kube:
             with contextlib.suppress(TypeError, ValueError):
                 message = json.loads(data).get("message", message)
             raise ApiError(response.status, response.reason or "", message)
+        if text:
+            return data.decode("utf-8", "replace") if data else ""
         return json.loads(data) if data else None
 
     async def call(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -151,6 +157,22 @@ class Kube:
         api_version = kind_of(kind).api_version
         # List items come without kind and apiVersion; give them theirs.
         return [{"apiVersion": api_version, "kind": kind, **item} for item in items]
+
+    async def previous_log(
+        self, namespace: str, pod: str, container: str, limit_bytes: int, tail_lines: int = 2
+    ) -> str:
+        """The last `tail_lines` lines of a container's previous run (a crash-looping one's), cut
+        after `limit_bytes` by the API server."""
+        query = [
+            ("container", container),
+            ("previous", "true"),
+            ("tailLines", str(tail_lines)),
+            ("limitBytes", str(limit_bytes)),
+        ]
+        result: str = await self.call(
+            "GET", _path("Pod", namespace, pod, "log"), query=query, text=True
+        )
+        return result
 
     async def delete(self, kind: str, namespace: str | None, name: str) -> None:
         body = {"propagationPolicy": "Background"}

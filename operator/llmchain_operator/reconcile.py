@@ -8,6 +8,7 @@ children no longer wanted → compute status from what the API server returned.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -19,13 +20,19 @@ from typing import Any
 
 from llmchain_operator import metrics
 from llmchain_operator.api import KIND, LLMChainApp
+from llmchain_operator.blockers import (
+    LOG_TAIL_BYTES,
+    crash_looping_init_containers,
+    find_blockers,
+    summarize,
+)
 from llmchain_operator.builders import build_children
 from llmchain_operator.builders.common import (
     MANAGED_BY,
     model_digest,
     selector_labels,
 )
-from llmchain_operator.builders.model import build_job_name, builds_in_job
+from llmchain_operator.builders.model import build_job_name, builds_in_job, model_pvc_name
 from llmchain_operator.builders.network import endpoint
 from llmchain_operator.kinds import CHILDREN, OPTIONAL_API_GROUPS, kind_of
 from llmchain_operator.kube import ApiError, Kube
@@ -34,6 +41,7 @@ from llmchain_operator.status import (
     Observed,
     compute_conditions,
     counts_for_status,
+    is_ready,
     merge_conditions,
     skipped_message,
 )
@@ -182,6 +190,7 @@ class Reconciler:
             desired_replicas=wanted,
             skipped=skipped,
         )
+        observed = await self._with_blockers(body, app, observed, returned)
         await self._write_status(body, app, observed)
         self.log.info("Reconciled %s %s/%s", KIND, namespace, name)
         return "success"
@@ -191,6 +200,50 @@ class Reconciler:
         conditions = {c["type"]: c for c in body.get("status", {}).get("conditions", [])}
         previous = str(conditions.get("OptionalAPIs", {}).get("message", ""))
         return previous != skipped_message(skipped)
+
+    async def _with_blockers(
+        self,
+        body: Manifest,
+        app: LLMChainApp,
+        observed: Observed,
+        returned: dict[tuple[str, str], Manifest],
+    ) -> Observed:
+        """While the app is not Ready: what the cluster reports as blocking it, from its pods
+        (one list) and its model PVC (as the apply returned it), plus the last log line of each
+        crash-looping init container (one bounded GET each). A Ready app costs nothing more.
+
+        Pods are not watched (a watch of pods streams every pod event of the cluster): a
+        blocker shows at the next event of a watched child or at the resync."""
+        if is_ready(observed):
+            return observed
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        selector = f"app.kubernetes.io/instance={name},app.kubernetes.io/managed-by={MANAGED_BY}"
+        pods = await self.kube.list("Pod", namespace, selector)
+        logs = {}
+        for pod, container in crash_looping_init_containers(pods):
+            try:
+                logs[(pod, container)] = await self.kube.previous_log(
+                    namespace, pod, container, LOG_TAIL_BYTES
+                )
+            except ApiError as error:  # gone meanwhile, or no RBAC for pods/log: no log line
+                self.log.warning(
+                    "Could not read the log of %s/%s %s: %s", namespace, pod, container, error
+                )
+        pvc = returned.get(("PersistentVolumeClaim", model_pvc_name(app)))
+        blockers = find_blockers(pods, [pvc] if pvc else [], logs)
+        if blockers:
+            await self._report_blockers(body, summarize(blockers), blockers[0].reason)
+        return dataclasses.replace(observed, blockers=blockers)
+
+    async def _report_blockers(self, body: Manifest, message: str, reason: str) -> None:
+        """An event when what blocks the app is news (not on every resync)."""
+        old = body.get("status", {}).get("conditions", [])
+        ready: Manifest = next((c for c in old if c["type"] == "Ready"), {})
+        if ready.get("message") != message:
+            await self.kube.event(body, "Warning", reason, message)
+            meta = body["metadata"]
+            self.log.warning("Blocked %s %s/%s: %s", KIND, meta["namespace"], meta["name"], message)
 
     async def _missing_secrets(self, app: LLMChainApp) -> list[str]:
         refs = []

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmchain_operator.blockers import Blocker, summarize
+
 Manifest = dict[str, Any]
 
 
@@ -22,6 +24,9 @@ class Observed:
     desired_replicas: int
     problems: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    blockers: list[Blocker] = field(default_factory=list)
+    """What the cluster reports as blocking the app's pods and PVCs (listed only while the app
+    is not Ready; see blockers.py)."""
 
 
 def skipped_message(skipped: list[str]) -> str:
@@ -59,11 +64,23 @@ def _deployment_caught_up(deployment: Manifest | None) -> bool:
     return bool(observed >= deployment["metadata"].get("generation", 0))
 
 
+def _blocked_model(observed: Observed) -> Manifest | None:
+    """ModelReady naming what blocks the build Job's pod or the model init containers."""
+    blockers = [b for b in observed.blockers if b.model]
+    if not blockers:
+        return None
+    message = "The model build is blocked: " + summarize(blockers)
+    return condition("ModelReady", False, blockers[0].reason, message)
+
+
 def model_condition(observed: Observed) -> Manifest:
     if not observed.builds_in_job:
         ready = _deployment_counts(observed.deployment)["ready"] > 0
         if ready:
             return condition("ModelReady", True, "BuiltInPod", "Pods built or mounted the model.")
+        blocked = _blocked_model(observed)
+        if blocked is not None:
+            return blocked
         return condition(
             "ModelReady",
             False,
@@ -77,6 +94,9 @@ def model_condition(observed: Observed) -> Manifest:
         return condition(
             "ModelReady", False, "BuildFailed", "The model build Job failed; see its pod logs."
         )
+    blocked = _blocked_model(observed)
+    if blocked is not None:
+        return blocked
     return condition("ModelReady", False, "Building", "The model build Job is running.")
 
 
@@ -126,6 +146,9 @@ def compute_conditions(observed: Observed) -> list[Manifest]:
                 else model["message"],
             )
         )
+        if not ready and observed.blockers:  # what the cluster reports, instead
+            blockers = observed.blockers
+            conditions[-1] = condition("Ready", False, blockers[0].reason, summarize(blockers))
     if observed.skipped:
         conditions.append(
             condition(
@@ -142,6 +165,13 @@ def compute_conditions(observed: Observed) -> list[Manifest]:
             )
         )
     return conditions
+
+
+def is_ready(observed: Observed) -> bool:
+    """Whether these observations make the app Ready (reconcile looks for blockers only when
+    not, so a healthy app costs no extra request)."""
+    ready = next(c for c in compute_conditions(observed) if c["type"] == "Ready")
+    return bool(ready["status"] == "True")
 
 
 def merge_conditions(

@@ -25,3 +25,18 @@ def wait_condition(
         check, timeout=timeout, what=f"{type_}={status} on {namespace}/{name}"
     )
     return result
+
+
+def wait_reason(
+    cluster: Cluster, namespace: str, name: str, type_: str, reason: str, timeout: float = 90
+) -> dict[str, Any]:
+    """Wait until condition `type_` has `reason`; return it."""
+
+    def check() -> dict[str, Any] | None:
+        cond = conditions(cluster, namespace, name).get(type_)
+        return cond if cond and cond["reason"] == reason else None
+
+    result: dict[str, Any] = wait_for(
+        check, timeout=timeout, what=f"{type_} reason {reason} on {namespace}/{name}"
+    )
+    return result

@@ -16,6 +16,8 @@ Reconciler's tests:
 - patch_status: a JSON merge patch (RFC 7386) into `status`; 404 ApiError when there is no
   such object;
 - event: recorded in `events`;
+- previous_log: the last tail_lines of the text a test put in `logs` for (namespace, pod,
+  container), then its first limit_bytes, as the log endpoint cuts (404 ApiError when none);
 - available_groups: the configurable `groups`; forget_groups is recorded and does nothing else;
 - `field_manager`.
 
@@ -99,6 +101,10 @@ class FakeKube:
     events: list[Manifest] = field(default_factory=list)
     applied: list[tuple[str, Manifest]] = field(default_factory=list)
     """Every apply's (field manager, body), in order."""
+    logs: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    """(namespace, pod, container) -> the log of that container's previous run."""
+    failures: dict[tuple[str, str], ApiError] = field(default_factory=dict)
+    """(method, kind) -> an ApiError the next such call raises (once)."""
     failures: dict[tuple[str, str], ApiError] = field(default_factory=dict)
     """(method, kind) -> an ApiError the next such call raises (once)."""
     _objects: dict[Key, _Stored] = field(default_factory=dict)
@@ -156,6 +162,15 @@ class FakeKube:
                 "message": message,
             }
         )
+
+    async def previous_log(
+        self, namespace: str, pod: str, container: str, limit_bytes: int, tail_lines: int = 2
+    ) -> str:
+        self._record("previous_log", namespace, pod, container)
+        if (namespace, pod, container) not in self.logs:
+            raise ApiError(404, "Not Found", f'previous terminated container "{container}"')
+        lines = self.logs[(namespace, pod, container)].splitlines(keepends=True)
+        return "".join(lines[-tail_lines:]).encode()[:limit_bytes].decode("utf-8", "replace")
 
     def forget_groups(self) -> None:
         self._record("forget_groups")

@@ -45,10 +45,14 @@ def test_the_chart_grants_what_the_operator_does_to_each_kind(kind: Kind) -> Non
     if kind.status_verbs:
         missing = set(kind.status_verbs) - granted(rules, kind.group, f"{kind.plural}/status")
         assert not missing, f"the chart's {kind.rbac} lacks {sorted(missing)} on status"
+    if kind.log_verbs:
+        missing = set(kind.log_verbs) - granted(rules, kind.group, f"{kind.plural}/log")
+        assert not missing, f"the chart's {kind.rbac} lacks {sorted(missing)} on log"
 
 
 def test_the_cluster_role_grants_no_kind_outside_the_table() -> None:
     known = {(k.group, k.plural) for k in KINDS} | {(k.group, f"{k.plural}/status") for k in KINDS}
+    known |= {(k.group, f"{k.plural}/log") for k in KINDS if k.log_verbs}
     # What kopf itself needs (discovery, cluster-wide watching, the webhook's configuration).
     kopf = {
         ("apiextensions.k8s.io", "customresourcedefinitions"),

@@ -177,7 +177,8 @@ def test_prune_is_skipped_while_the_desired_children_stay_the_same() -> None:
     reconcile(kube, reconciler)  # a resync
     edit(kube, set_("chain.steps", [{"name": "answer", "prompt": "Q: {{ question }}\nA:"}]))
     reconcile(kube, reconciler)  # a change that leaves the same set of children
-    assert kube.calls_to("list") == []
+    # (the not-Ready app's pods are listed for what blocks them, not for pruning)
+    assert [c for c in kube.calls_to("list") if c[1] != "Pod"] == []
     assert kube.calls_to("delete") == []
     assert kube.calls_to("apply"), "the changed prompt was applied"
 
@@ -335,6 +336,104 @@ def test_status_is_written_when_the_deployment_reports_progress() -> None:
     kube.calls.clear()
     reconcile(kube, reconciler)
     assert kube.calls_to("patch_status") == []
+
+
+# --- what blocks a not-Ready app -----------------------------------------------------------------
+
+
+def a_pod(name: str, status: dict[str, Any]) -> dict[str, Any]:
+    labels = {"app.kubernetes.io/instance": NAME, "app.kubernetes.io/managed-by": MANAGER}
+    meta = {"name": name, "namespace": NS, "labels": labels}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "status": status}
+
+
+def ready_deployment(kube: FakeKube) -> None:
+    kube.set_status(
+        "Deployment",
+        NS,
+        NAME,
+        {"observedGeneration": 1, "replicas": 1, "readyReplicas": 1, "updatedReplicas": 1},
+    )
+
+
+UNSCHEDULABLE = {
+    "phase": "Pending",
+    "conditions": [
+        {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu.",
+        }
+    ],
+}
+
+
+def test_a_ready_app_lists_no_pods() -> None:
+    kube, reconciler = setup()
+    reconcile(kube, reconciler)
+    ready_deployment(kube)
+    kube.calls.clear()
+    reconcile(kube, reconciler)
+    assert conditions(kube)["Ready"]["status"] == "True"
+    assert [c for c in kube.calls if "Pod" in c] == []
+
+
+def test_an_unschedulable_pod_is_named_in_ready_with_one_event() -> None:
+    kube, reconciler = setup()
+    kube.put(a_pod("qa-chain-1", UNSCHEDULABLE))
+    reconcile(kube, reconciler)
+    ready = conditions(kube)["Ready"]
+    assert ready["reason"] == "Unschedulable"
+    assert ready["message"] == (
+        "Pod qa-chain-1 is unschedulable: 0/2 nodes are available: 2 Insufficient nvidia.com/gpu."
+    )
+    assert [(e["reason"], e["message"]) for e in kube.events] == [
+        ("Unschedulable", ready["message"])
+    ]
+    reconcile(kube, reconciler)  # a resync: the same blocker is no news
+    assert len(kube.events) == 1
+    asyncio.run(kube.delete("Pod", NS, "qa-chain-1"))
+    ready_deployment(kube)
+    reconcile(kube, reconciler)
+    assert conditions(kube)["Ready"]["reason"] == "Available"
+
+
+def test_a_crash_looping_init_container_is_named_with_its_last_log_line() -> None:
+    kube, reconciler = setup()
+    model = {
+        "name": "model",
+        "restartCount": 2,
+        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s"}},
+        "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}},
+    }
+    kube.put(a_pod("qa-chain-1", {"phase": "Pending", "initContainerStatuses": [model]}))
+    kube.logs[(NS, "qa-chain-1", "model")] = (
+        "x" * 2000 + "\nfetching\nError: cannot download https://h/m.gguf?token=s3cr3t: HTTP 403\n"
+    )
+    reconcile(kube, reconciler)
+    assert kube.calls_to("previous_log") == [("previous_log", NS, "qa-chain-1", "model")]
+    for type_ in ("Ready", "ModelReady"):
+        assert conditions(kube)[type_]["reason"] == "CrashLoopBackOff"
+    assert conditions(kube)["ModelReady"]["message"] == (
+        "The model build is blocked: Pod qa-chain-1: init container model is crash-looping "
+        "(exit code 1): Error: cannot download https://h/m.gguf?[redacted]: HTTP 403"
+    )
+
+
+def test_a_log_that_cannot_be_read_leaves_the_blocker_without_its_line() -> None:
+    kube, reconciler = setup()
+    model = {
+        "name": "model",
+        "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"exitCode": 3}},
+    }
+    kube.put(a_pod("qa-chain-1", {"phase": "Pending", "initContainerStatuses": [model]}))
+    kube.failures[("previous_log", NS)] = ApiError(403, "Forbidden", "pods/log is forbidden")
+    reconcile(kube, reconciler)
+    assert conditions(kube)["Ready"]["message"] == (
+        "Pod qa-chain-1: init container model is crash-looping (exit code 3)"
+    )
 
 
 # --- reconcile by name (from a child's event), and API errors ---------------------------------

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from llmchain_operator.status import Observed, compute_conditions, merge_conditions
+from llmchain_operator.blockers import Blocker
+from llmchain_operator.status import Observed, compute_conditions, is_ready, merge_conditions
 
 
 def deployment(ready: int, replicas: int, generation: int = 1, seen: int = 1) -> dict[str, Any]:
@@ -100,3 +101,67 @@ def test_transition_time_moves_only_when_the_status_changes() -> None:
     assert merged["Ready"]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
     assert merged["Degraded"]["lastTransitionTime"] == "2026-02-02T00:00:00Z"
     assert merged["Ready"]["observedGeneration"] == 7
+
+
+PVC_PENDING = Blocker(
+    "PVCPending", "PersistentVolumeClaim qa-model", "is Pending: it names no StorageClass", True
+)
+BUILD_UNSCHEDULABLE = Blocker(
+    "Unschedulable", "Pod qa-model-1-x", "is unschedulable: 0/1 nodes are available", True
+)
+SERVER_UNSCHEDULABLE = Blocker(
+    "Unschedulable", "Pod qa-1", "is unschedulable: 1 Insufficient nvidia.com/gpu", False
+)
+
+
+def test_a_blocked_build_is_named_in_model_ready_and_ready() -> None:
+    blockers = [PVC_PENDING, BUILD_UNSCHEDULABLE, SERVER_UNSCHEDULABLE]
+    conds = by_type(Observed(1, deployment(0, 1), job(None), True, 1, blockers=blockers))
+    assert conds["ModelReady"] == {
+        "type": "ModelReady",
+        "status": "False",
+        "reason": "PVCPending",
+        "message": "The model build is blocked: PersistentVolumeClaim qa-model is Pending: it "
+        "names no StorageClass; Pod qa-model-1-x is unschedulable: 0/1 nodes are available",
+    }
+    assert conds["Ready"]["status"] == "False"
+    assert conds["Ready"]["reason"] == "PVCPending"
+    assert conds["Ready"]["message"].endswith(
+        "; Pod qa-1 is unschedulable: 1 Insufficient nvidia.com/gpu"
+    )
+
+
+def test_a_blocked_server_pod_is_named_in_ready_only() -> None:
+    conds = by_type(
+        Observed(1, deployment(0, 1), job("Complete"), True, 1, blockers=[SERVER_UNSCHEDULABLE])
+    )
+    assert conds["ModelReady"]["reason"] == "BuildSucceeded"
+    assert conds["Ready"]["reason"] == "Unschedulable"
+    assert conds["Ready"]["message"] == "Pod qa-1 is unschedulable: 1 Insufficient nvidia.com/gpu"
+
+
+def test_a_blocked_model_init_container_is_named_in_model_ready() -> None:
+    pull = Blocker(
+        "ImagePullBackOff", "Pod qa-1", "init container model-source cannot pull m:1", True
+    )
+    conds = by_type(Observed(1, deployment(0, 1), None, False, 1, blockers=[pull]))
+    assert conds["ModelReady"]["reason"] == "ImagePullBackOff"
+    assert conds["ModelReady"]["message"] == (
+        "The model build is blocked: Pod qa-1: init container model-source cannot pull m:1"
+    )
+    assert conds["Ready"]["reason"] == "ImagePullBackOff"
+
+
+def test_a_failed_build_stays_failed_whatever_blocks_its_pods() -> None:
+    conds = by_type(
+        Observed(1, deployment(0, 1), job("Failed"), True, 1, blockers=[BUILD_UNSCHEDULABLE])
+    )
+    assert conds["ModelReady"]["reason"] == "BuildFailed"
+
+
+def test_a_ready_app_ignores_blockers() -> None:
+    ready = Observed(1, deployment(2, 2), job("Complete"), True, 2)
+    assert is_ready(ready)
+    assert not is_ready(Observed(1, deployment(0, 2), job("Complete"), True, 2))
+    conds = by_type(Observed(1, deployment(2, 2), job("Complete"), True, 2, blockers=[PVC_PENDING]))
+    assert conds["Ready"]["reason"] == "Available"
