@@ -8,8 +8,9 @@ from starlette.types import ASGIApp
 
 from llmchain_server.chains.runtime import ChainRunner
 from llmchain_server.dataplane import DataPlane, ServerMetrics
-from llmchain_server.http import errors
-from llmchain_server.http.chain_routes import add_chain_routes
+from llmchain_server.http import errors, openapi
+from llmchain_server.http.chain_routes import add_chain_routes, batch_limit
+from llmchain_server.http.chain_schemas import documented_bodies
 from llmchain_server.http.health_routes import add_health_routes
 from llmchain_server.http.middleware import Guard
 from llmchain_server.http.openai_routes import add_openai_routes
@@ -30,6 +31,8 @@ def create_app(
     add_health_routes(app, plane, metrics)
     add_openai_routes(app, plane)
     chain_paths = add_chain_routes(app, chain) if chain is not None else ()
+    bodies = documented_bodies(chain, chain_paths, batch_limit(chain)) if chain else {}
+    openapi.install(app, plane.settings, api_key is not None, bodies)
     settings = plane.settings
     return Guard(
         app, metrics, settings.max_body_bytes, api_key, chain_paths, settings.body_timeout_seconds

@@ -10,12 +10,14 @@ from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import FastAPI
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmchain_server.chains.runtime import ChainRunner, Prepared
 from llmchain_server.errors import InvalidRequest
+from llmchain_server.http.chain_schemas import answer_models
 from llmchain_server.http.errors import problem
+from llmchain_server.http.openapi import EventStream, errors, event_stream
 from llmchain_server.http.sse import named_event, sse_response
 
 MAX_BATCH = 16
@@ -39,9 +41,34 @@ def add_chain_routes(app: FastAPI, runner: ChainRunner) -> tuple[str, ...]:
     """Adds the chain's routes; returns their paths."""
     routes = ChainRoutes(runner)
     paths = tuple(f"/v1/chains/{runner.name}/{op}" for op in OPERATIONS)
+    invoked, batched = answer_models(runner)
+    streamed = event_stream(
+        "LangServe's events: `metadata`, then `data` pieces of the output, then `end`; or "
+        "`error` ({status_code, message}) for a failure after the answer began.",
+        ("metadata", "data", "end", "error"),
+    )
+    refusals = errors(400, 413, 429, 500, 502, 503)
+    answers: dict[str, dict[int | str, dict[str, Any]]] = {
+        "invoke": {200: {"model": invoked, "description": "The output."}, **refusals},
+        "batch": {200: {"model": batched, "description": "The outputs, in order."}, **refusals},
+        "stream": {200: {"description": "The output, streamed.", "content": streamed}, **refusals},
+    }
     for path, op in zip(paths, OPERATIONS, strict=True):
-        app.add_api_route(path, getattr(routes, op), methods=["POST"], tags=["chains"])
+        app.add_api_route(
+            path,
+            getattr(routes, op),
+            methods=["POST"],
+            tags=["chains"],
+            response_model=None,
+            responses=answers[op],
+            response_class=EventStream if op == "stream" else JSONResponse,
+        )
     return paths
+
+
+def batch_limit(runner: ChainRunner) -> int:
+    """The most inputs a batch may hold: a place each, within the concurrency limit."""
+    return min(MAX_BATCH, runner.plane.admission.max_concurrency)
 
 
 class ChainRoutes:

@@ -9,11 +9,22 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel
 
 from llmchain_server.dataplane import DataPlane
 from llmchain_server.engine import SamplingParams
 from llmchain_server.http.errors import problem
-from llmchain_server.http.openai_shapes import DONE, ChunkEvents, completion
+from llmchain_server.http.openai_shapes import (
+    DONE,
+    ChatCompletion,
+    ChunkEvents,
+    Model,
+    ModelList,
+    TextCompletion,
+    completion,
+    model_card,
+)
+from llmchain_server.http.openapi import errors, event_stream
 from llmchain_server.http.schemas import ChatRequest, CompletionRequest, Sampling
 from llmchain_server.http.sse import data_event, sse_response
 
@@ -23,14 +34,16 @@ Answer = JSONResponse | StreamingResponse
 def add_openai_routes(app: FastAPI, plane: DataPlane) -> None:
     model_name = plane.settings.model_name
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", response_model=ModelList)
     async def models() -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "llmchain"}],
-        }
+        return {"object": "list", "data": [model_card(model_name)]}
 
-    @app.post("/v1/chat/completions", response_model=None)
+    @app.get("/v1/models/{model_id:path}", response_model=Model, responses=errors(404))
+    async def model(model_id: str) -> dict[str, Any]:
+        plane.check_model(model_id)
+        return model_card(model_name)
+
+    @app.post("/v1/chat/completions", response_model=None, responses=_answers(ChatCompletion))
     async def chat(request: ChatRequest) -> Answer:
         plane.check_model(request.model)
         messages = [(m.role, m.text()) for m in request.messages]
@@ -38,12 +51,21 @@ def add_openai_routes(app: FastAPI, plane: DataPlane) -> None:
         prompt = functools.partial(plane.chat_prompt, messages)
         return await _answer(plane, request, prompt, params, "messages", chat=True)
 
-    @app.post("/v1/completions", response_model=None)
+    @app.post("/v1/completions", response_model=None, responses=_answers(TextCompletion))
     async def completions(request: CompletionRequest) -> Answer:
         plane.check_model(request.model)
         params = _params(plane, request, request.max_tokens)
         prompt = functools.partial(plane.text_prompt, request.text(), "prompt")
         return await _answer(plane, request, prompt, params, "prompt", chat=False)
+
+
+def _answers(whole: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """The answers of a generating route, for the OpenAPI document."""
+    streamed = event_stream("`data: <chunk JSON>` events, then `data: [DONE]` (stream: true)")
+    return {
+        200: {"model": whole, "description": "The answer.", "content": streamed},
+        **errors(400, 404, 413, 429, 500, 503),
+    }
 
 
 def _params(plane: DataPlane, request: Sampling, max_tokens: int | None) -> SamplingParams:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel
 
 from llmchain_server.dataplane import Result
 from llmchain_server.engine import Chunk
@@ -95,3 +97,72 @@ class ChunkEvents:
         if not self.include_usage or final is None:
             return None
         return self._event({}, usage(final.prompt_tokens, final.completion_tokens))
+
+
+# -- the same bodies as models, for the OpenAPI document ------------------------------------------
+Finish = Literal["stop", "length"]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"]
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: None
+    finish_reason: Finish
+
+
+class ChatCompletion(BaseModel):
+    """A whole chat answer; with `stream: true` the answer is instead `text/event-stream`:
+    `data: <chat.completion.chunk JSON>` events, then `data: [DONE]`."""
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class TextChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: None
+    finish_reason: Finish
+
+
+class TextCompletion(BaseModel):
+    """A whole text answer; with `stream: true` the answer is instead `text/event-stream`:
+    `data: <text_completion JSON>` events, then `data: [DONE]`."""
+
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[TextChoice]
+    usage: Usage
+
+
+class Model(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[Model]
+
+
+def model_card(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "llmchain"}

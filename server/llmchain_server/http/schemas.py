@@ -60,7 +60,7 @@ class Sampling(BaseModel):
     )
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     top_k: Annotated[int, Field(ge=0)] | None = None
-    seed: Annotated[int, Field(ge=-(2**63), lt=2**63)] | None = Field(
+    seed: Annotated[int, Field(ge=-(2**63), le=2**63 - 1)] | None = Field(
         None, description="A negative seed (llama.cpp's -1) means random, as unset."
     )
     stop: Stop | Annotated[list[Stop], Field(max_length=MAX_STOPS)] | None = None

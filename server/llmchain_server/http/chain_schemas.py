@@ -1,0 +1,107 @@
+"""The chain's request and answer bodies as the OpenAPI document describes them, built from the
+chain's declaration: its inputs (each required, no others), `config.configurable.session_id`
+(required when the chain has memory) and the output its last parser gives. The handlers parse
+looser bodies and the runtime checks inputs itself, so its messages never quote a bad key."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model
+
+from llmchain_server.chains.runtime import ChainRunner
+from llmchain_server.chains.values import MAX_DEPTH, MAX_ITEMS
+from llmchain_server.dataplane.memory import SESSION
+
+JSON_VALUE = (
+    f"Any JSON value (strings without lone surrogates), nested at most {MAX_DEPTH} deep; "
+    f"all inputs together hold at most {MAX_ITEMS} values and keys."
+)
+
+
+class Configurable(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    session_id: Annotated[str, Field(pattern=f"^{SESSION.pattern}$")]
+
+
+class SessionConfig(BaseModel):
+    """LangServe's config: the session of a chain with memory (its other keys are ignored)."""
+
+    model_config = ConfigDict(extra="allow")
+    configurable: Configurable
+
+
+class RunUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class RunMetadata(BaseModel):
+    run_id: str
+    feedback_tokens: list[Any]
+    usage: RunUsage
+
+
+class BatchMetadata(BaseModel):
+    run_ids: list[str]
+
+
+def _title(name: str) -> str:
+    return "".join(part.capitalize() for part in name.replace("-", "_").split("_"))
+
+
+def documented_bodies(
+    runner: ChainRunner, paths: tuple[str, ...], max_batch: int
+) -> dict[str, type[BaseModel]]:
+    """The request body of each chain path (invoke, batch, stream), by path."""
+    name = _title(runner.name)
+    inputs: Any = create_model(
+        f"{name}Input",
+        __config__=ConfigDict(extra="forbid"),
+        **{i: (Any, Field(description=JSON_VALUE)) for i in runner.chain.inputs},  # type: ignore[call-overload]
+    )
+    config: Any = (
+        (SessionConfig, ...) if runner.memory is not None else (dict[str, Any] | None, None)
+    )
+    invoke = create_model(
+        f"{name}InvokeRequest",
+        input=(inputs, ...),
+        config=config,
+        kwargs=(dict[str, Any] | None, None),
+    )
+    batch_config: Any = (
+        (SessionConfig | list[SessionConfig], ...)
+        if runner.memory is not None
+        else (dict[str, Any] | list[dict[str, Any]] | None, None)
+    )
+    batch = create_model(
+        f"{name}BatchRequest",
+        inputs=(Annotated[list[inputs], Field(min_length=1, max_length=max_batch)], ...),
+        config=batch_config,
+    )
+    invoke_path, batch_path, stream_path = paths
+    return {invoke_path: invoke, batch_path: batch, stream_path: invoke}
+
+
+def answer_models(runner: ChainRunner) -> tuple[type[BaseModel], type[BaseModel]]:
+    """The answers of invoke and batch; their output is what the output step's parser gives."""
+    step = next(s for s in runner.chain.steps if s.name == runner.output_step)
+    if step.output.type == "text":
+        output: dict[str, Any] = {"type": "string"}
+    else:
+        output = dict(step.output.json_schema or {})
+    name = _title(runner.name)
+    out: Any = Annotated[Any, WithJsonSchema(output)]
+    invoke = create_model(
+        f"{name}InvokeAnswer",
+        output=(out, ...),
+        callback_events=(list[Any], ...),
+        metadata=(RunMetadata, ...),
+    )
+    batch = create_model(
+        f"{name}BatchAnswer",
+        output=(list[out], ...),
+        callback_events=(list[Any], ...),
+        metadata=(BatchMetadata, ...),
+    )
+    return invoke, batch
