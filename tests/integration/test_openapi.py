@@ -1,8 +1,9 @@
 """The served OpenAPI document, trusted as a client generator would: schemathesis generates
 requests from it (valid and invalid, streams included) against the real server with the real
 model, a chain with memory in a real redis-server and an API key, and checks every answer
-against the document: no 5xx, only declared statuses and content types, bodies that match their
-schemas, invalid requests refused. Bounded: a few examples per operation, four tokens each."""
+against the document: no 5xx, only declared statuses, content types and headers, bodies that
+match their schemas, invalid requests refused, the key required, undeclared methods refused.
+Bounded: 30 examples per operation and mode, at most four generated tokens each (~30 s)."""
 
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    ignored_auth,
     negative_data_rejection,
     response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
+    unsupported_method,
 )
 
 from tests.support.redis import RedisServer
@@ -55,6 +58,8 @@ CHECKS = [
     response_headers_conformance,
     response_schema_conformance,
     negative_data_rejection,
+    ignored_auth,
+    unsupported_method,
 ]
 
 
