@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 import schemathesis
@@ -227,3 +228,8 @@ def test_the_openai_client_retrieves_the_model(server: ServerProcess) -> None:
         client.models.retrieve("gpt-4")
     reply = client.completions.create(model="smollm2", prompt="Once upon a time")
     assert reply.usage is not None and reply.usage.completion_tokens <= 4
+    # Model ids are client input: every id is counted under one route label, never its own.
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'route="/v1/models/{id}",status="200"' in metrics
+    assert 'route="/v1/models/{id}",status="404"' in metrics
+    assert "gpt-4" not in metrics

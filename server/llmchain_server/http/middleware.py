@@ -24,6 +24,7 @@ request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", d
 
 OPEN_PATHS = (LIVE_PATH, READY_PATH, METRICS_PATH)  # probes and scraping need no key
 ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models", *OPEN_PATHS)
+MODEL_ROUTE = "/v1/models/{id}"  # one label for every model id: ids are client input
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
@@ -44,6 +45,12 @@ class Guard:
         self.max_body_bytes = max_body_bytes
         self.api_key = api_key.encode() if api_key else None
 
+    def _route(self, path: str) -> str:
+        """The metrics label of a path: a known route, its template, or `other` (bounded)."""
+        if path in self.routes:
+            return path
+        return MODEL_ROUTE if path.startswith("/v1/models/") else "other"
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -55,7 +62,7 @@ class Guard:
         rid = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         token = request_id.set(rid)
         path = scope.get("path", "")
-        route = path if path in self.routes else "other"
+        route = self._route(path)
         started = time.monotonic()
         status = {"code": 500, "started": False}
 
