@@ -97,8 +97,8 @@ def enable_webhook() -> None:
 async def _reconcile(body: kopf.Body, memo: kopf.Memo) -> None:
     try:
         await memo.reconciler.reconcile(dict(body))
-    except RetryLater as error:
-        raise kopf.TemporaryError(str(error), delay=5) from None
+    except RetryLater as error:  # a growing delay when children were refused
+        raise kopf.TemporaryError(str(error), delay=error.delay) from None
     except ApiError as error:
         if error.status in (403, 422):
             raise kopf.TemporaryError(str(error), delay=30) from None

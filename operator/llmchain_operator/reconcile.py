@@ -36,6 +36,7 @@ from llmchain_operator.builders.model import build_job_name, builds_in_job, mode
 from llmchain_operator.builders.network import endpoint
 from llmchain_operator.kinds import CHILDREN, OPTIONAL_API_GROUPS, kind_of
 from llmchain_operator.kube import ApiError, Kube
+from llmchain_operator.ownership import controlled_by, holder
 from llmchain_operator.settings import Settings
 from llmchain_operator.status import (
     Observed,
@@ -52,7 +53,37 @@ HANDOVER_MANAGER_SUFFIX = "-handover"
 
 
 class RetryLater(Exception):
-    """The API server refused for a reason that may pass (conflict, throttling, 5xx)."""
+    """The API server refused for a reason that may pass (conflict, throttling, 5xx): try
+    again after `delay` seconds."""
+
+    def __init__(self, message: str, delay: float = 5.0) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+class ChildrenRefused(RetryLater):
+    """Children left unapplied (the API server rejected them, or another owner holds their
+    names) while the others were applied and status names them; retried with a growing delay."""
+
+
+class _Held(Exception):
+    """Another owner holds the object a child would be applied over (the message says who)."""
+
+
+class _Replaced(Exception):
+    """A child applied before is gone, or another object took its name, since."""
+
+
+BACKOFF_FIRST_SECONDS = 5.0
+BACKOFF_MAX_SECONDS = 300.0
+REFUSAL_MESSAGE_LIMIT = 1024
+"""Each refused child's message is cut here (an event's message is cut there too; a dozen of
+them stay under a condition message's 32768)."""
+
+
+def backoff_delay(attempt: int) -> float:
+    """Seconds before retrying after `attempt` (0, 1, ...) refused reconciles in a row."""
+    return min(BACKOFF_MAX_SECONDS, BACKOFF_FIRST_SECONDS * 2.0 ** min(attempt, 32))
 
 
 def _key(obj: Manifest) -> tuple[str, str]:
@@ -100,6 +131,13 @@ class Reconciler:
     _applied: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
     _waiting: set[str] = field(default_factory=set)
     _handed_over: set[str] = field(default_factory=set)
+    _owned: dict[str, dict[tuple[str, str], str]] = field(default_factory=dict)
+    """Per app uid: the children it applied, each with its uid. A child is checked for another
+    owner (a GET) only before this app first applies it; after that each apply names the
+    child's uid, which the API server checks, so an object deleted and created again by
+    someone else since is never applied over."""
+    _refusals: dict[str, int] = field(default_factory=dict)
+    """Per app uid: reconciles in a row that left children refused (the back-off's count)."""
 
     async def reconcile(self, body: Manifest) -> None:
         """Serialised per app; safe to call from any handler, any number of times."""
@@ -117,6 +155,8 @@ class Reconciler:
             del self._locks[key]
         self._applied.pop(meta.get("uid", ""), None)
         self._handed_over.discard(meta.get("uid", ""))
+        self._owned.pop(meta.get("uid", ""), None)
+        self._refusals.pop(meta.get("uid", ""), None)
 
     async def _timed(self, body: Manifest) -> None:
         started = time.perf_counter()
@@ -161,13 +201,26 @@ class Reconciler:
             app, self.settings, [g for g in OPTIONAL_API_GROUPS if g in groups]
         )
         objects = adopt(children.objects, body)
+        owned = self._owned.setdefault(meta["uid"], {})
+        for gone in set(owned) - {_key(o) for o in objects}:
+            del owned[gone]  # checked again should it be wanted again
         returned: dict[tuple[str, str], Manifest] = {}
-        for obj in objects:
-            if obj["kind"] == "Deployment" and obj["metadata"]["name"] == name:
-                await self._hand_replicas_over_once(
-                    obj, meta["uid"], app.spec.autoscaling is not None
-                )
-            returned[_key(obj)] = await self._apply(obj)
+        conflicts: list[str] = []
+        rejected: list[str] = []
+        for obj in objects:  # one refused child does not stop the others
+            what = f"{obj['kind']} {obj['metadata']['name']}"
+            try:
+                if obj["kind"] == "Deployment" and obj["metadata"]["name"] == name:
+                    await self._hand_replicas_over_once(
+                        obj, meta["uid"], app.spec.autoscaling is not None
+                    )
+                returned[_key(obj)] = await self._apply_child(obj, body, owned)
+            except _Held as held:
+                conflicts.append(f"{what} {held}")
+            except ApiError as error:
+                if not 400 <= error.status < 500:
+                    raise
+                rejected.append(f"{what}: {error.message}"[:REFUSAL_MESSAGE_LIMIT])
         await self._prune(body, {_key(o) for o in objects})
         skipped = [f"{o['kind']} {o['metadata']['name']}" for o in children.skipped]
         if skipped and self._skips_are_news(body, skipped):
@@ -189,11 +242,69 @@ class Reconciler:
             builds_in_job=builds_in_job(app),
             desired_replicas=wanted,
             skipped=skipped,
+            conflicts=conflicts,
+            rejected=rejected,
         )
+        await self._report_refusals(body, observed)
         observed = await self._with_blockers(body, app, observed, returned)
         await self._write_status(body, app, observed)
+        if conflicts or rejected:
+            attempt = self._refusals.get(meta["uid"], 0)
+            self._refusals[meta["uid"]] = attempt + 1
+            raise ChildrenRefused(
+                "Children refused: " + "; ".join(conflicts + rejected), backoff_delay(attempt)
+            )
+        self._refusals.pop(meta["uid"], None)
         self.log.info("Reconciled %s %s/%s", KIND, namespace, name)
         return "success"
+
+    async def _report_refusals(self, body: Manifest, observed: Observed) -> None:
+        """An event for each refused child whose refusal is news (the last Degraded condition
+        does not name it), so a retry or a resync does not post it again."""
+        old = body.get("status", {}).get("conditions", [])
+        degraded: Manifest = next((c for c in old if c["type"] == "Degraded"), {})
+        previous = str(degraded.get("message", "")) if degraded.get("status") == "True" else ""
+        meta = body["metadata"]
+        for reason, messages in (
+            ("NameConflict", observed.conflicts),
+            ("ChildRejected", observed.rejected),
+        ):
+            for message in messages:
+                if message not in previous:
+                    await self.kube.event(body, "Warning", reason, message)
+                    self.log.warning(
+                        "Not applied for %s %s/%s: %s",
+                        KIND,
+                        meta["namespace"],
+                        meta["name"],
+                        message,
+                    )
+
+    async def _check_holder(self, obj: Manifest, body: Manifest) -> None:
+        """Raise _Held when an object of the child's name exists that this app may not apply
+        over (one GET)."""
+        meta = obj["metadata"]
+        current = await self.kube.get(obj["kind"], meta["namespace"], meta["name"])
+        who = None if current is None else holder(current, body)
+        if who is not None:
+            raise _Held(who)
+
+    async def _apply_child(
+        self, obj: Manifest, body: Manifest, owned: dict[tuple[str, str], str]
+    ) -> Manifest:
+        """Apply a child, never over an object another owner holds (_Held). One this app
+        applied before is applied with its uid; when that object is gone or was replaced since,
+        the name is checked afresh."""
+        key = _key(obj)
+        if key in owned:
+            try:
+                return await self._apply(obj, uid=owned[key])
+            except _Replaced:
+                del owned[key]
+        await self._check_holder(obj, body)
+        result = await self._apply(obj)
+        owned[key] = str(result["metadata"]["uid"])
+        return result
 
     def _skips_are_news(self, body: Manifest, skipped: list[str]) -> bool:
         """True when this skip list is news (so the event is posted once, not every resync)."""
@@ -281,7 +392,12 @@ class Reconciler:
         """
         meta = deployment["metadata"]
         current = await self.kube.get("Deployment", meta["namespace"], meta["name"])
-        if current is None or not owns_replicas(current, self.kube.field_manager):
+        app_uid = meta["ownerReferences"][0]["uid"]
+        if (
+            current is None
+            or not controlled_by(current, app_uid)
+            or not owns_replicas(current, self.kube.field_manager)
+        ):
             return
         replicas = current["spec"].get("replicas", 1)
         await self._apply(
@@ -300,12 +416,21 @@ class Reconciler:
             meta["name"],
         )
 
-    async def _apply(self, obj: Manifest, field_manager: str | None = None) -> Manifest:
+    async def _apply(
+        self, obj: Manifest, field_manager: str | None = None, uid: str | None = None
+    ) -> Manifest:
         """Apply; refusals that may pass (conflict, throttling, 5xx, an optional API gone)
-        become RetryLater."""
+        become RetryLater. With `uid`, only over the object of that uid (the API server checks
+        it): _Replaced when there is none (409) or the object there has another uid (422)."""
+        if uid is not None:
+            obj = {**obj, "metadata": {**obj["metadata"], "uid": uid}}
         try:
             return await self.kube.apply(obj, field_manager=field_manager)
         except ApiError as error:
+            if uid is not None and (
+                error.status == 409 or (error.status == 422 and "metadata.uid" in error.message)
+            ):
+                raise _Replaced from None
             if error.status == 404 and kind_of(obj["kind"]).optional:
                 self.kube.forget_groups()  # its CRD went away since the last discovery
                 raise RetryLater(f"{obj['kind']} is no longer served") from None

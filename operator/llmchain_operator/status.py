@@ -27,6 +27,10 @@ class Observed:
     blockers: list[Blocker] = field(default_factory=list)
     """What the cluster reports as blocking the app's pods and PVCs (listed only while the app
     is not Ready; see blockers.py)."""
+    conflicts: list[str] = field(default_factory=list)
+    """Children not applied because another owner controls an object of that name."""
+    rejected: list[str] = field(default_factory=list)
+    """Children the API server refused (4xx), each with its message."""
 
 
 def skipped_message(skipped: list[str]) -> str:
@@ -149,6 +153,8 @@ def compute_conditions(observed: Observed) -> list[Manifest]:
         if not ready and observed.blockers:  # what the cluster reports, instead
             blockers = observed.blockers
             conditions[-1] = condition("Ready", False, blockers[0].reason, summarize(blockers))
+    if not observed.problems and (observed.conflicts or observed.rejected):
+        conditions = _refused(conditions, observed)
     if observed.skipped:
         conditions.append(
             condition(
@@ -165,6 +171,20 @@ def compute_conditions(observed: Observed) -> list[Manifest]:
             )
         )
     return conditions
+
+
+def _refused(conditions: list[Manifest], observed: Observed) -> list[Manifest]:
+    """Degraded and not Ready, naming each child another owner holds or the API server
+    refused; Progressing is blocked too when the server Deployment is one of them."""
+    message = "; ".join([*observed.conflicts, *observed.rejected])
+    reason = "NameConflict" if observed.conflicts else "ChildRejected"
+    replaced = {
+        "Degraded": condition("Degraded", True, reason, message),
+        "Ready": condition("Ready", False, reason, message),
+    }
+    if observed.deployment is None:
+        replaced["Progressing"] = condition("Progressing", False, "Blocked", message)
+    return [replaced.get(c["type"], c) for c in conditions]
 
 
 def is_ready(observed: Observed) -> bool:

@@ -9,7 +9,10 @@ Reconciler's tests:
   ownership; the latest applier's value wins, and a field that no manager applies any more is
   gone (as when its only owner stops applying it). Each manager has a `managedFields` entry
   `{manager, operation: Apply, fieldsV1: {f:spec: {f:<key>: {}}, f:<other key>: {}}}`.
-  `metadata.generation` moves when anything but metadata and status changes;
+  `metadata.generation` moves when anything but metadata and status changes. A `metadata.uid`
+  in the applied body is a precondition, as on the API server: 409 Conflict when there is no
+  such object, 422 Invalid (`metadata.uid ... field is immutable`) when the object's uid
+  differs; an object created by apply gets a uid of its own, never the body's;
 - get, list (namespace and an equality-based label selector: `k=v`, `k==v`, `k!=v`, comma-
   separated; list items carry kind and apiVersion, as the real client adds them), delete (a
   missing object is no error, as in Kube);
@@ -105,8 +108,9 @@ class FakeKube:
     """(namespace, pod, container) -> the log of that container's previous run."""
     failures: dict[tuple[str, str], ApiError] = field(default_factory=dict)
     """(method, kind) -> an ApiError the next such call raises (once)."""
-    failures: dict[tuple[str, str], ApiError] = field(default_factory=dict)
-    """(method, kind) -> an ApiError the next such call raises (once)."""
+    refusals: dict[tuple[str, str], ApiError] = field(default_factory=dict)
+    """(kind, name) -> an ApiError every apply of that object raises (as the API server
+    refuses an invalid object), until the test removes it."""
     _objects: dict[Key, _Stored] = field(default_factory=dict)
     _counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -118,8 +122,12 @@ class FakeKube:
         manager = field_manager or self.field_manager
         key = _key_of(obj)
         self._record("apply", *key, manager)
+        refusal = self.refusals.get((key[0], key[2]))
+        if refusal is not None:
+            raise refusal
+        self._check_uid(key, obj["metadata"].get("uid"))
         self.applied.append((manager, copy.deepcopy(obj)))
-        stored, before = self._stored(key, obj)
+        stored, before = self._stored(key, {**obj, "metadata": _without_uid(obj["metadata"])})
         stored.applied.pop(manager, None)  # re-inserted last: the latest applier wins
         stored.applied[manager] = copy.deepcopy(obj)
         self._changed(key, stored, before)
@@ -192,6 +200,10 @@ class FakeKube:
         self._changed(key, stored, before)
         return self._render(key, stored)
 
+    def remove(self, kind: str, namespace: str, name: str) -> None:
+        """Delete an object as another client would (not recorded)."""
+        del self._objects[(kind, namespace, name)]
+
     def set_status(self, kind: str, namespace: str, name: str, status: Manifest) -> None:
         """Replace an object's status, as its controller would (a Deployment's replicas)."""
         stored = self._objects[(kind, namespace, name)]
@@ -216,6 +228,26 @@ class FakeKube:
         error = self.failures.pop((method, kind), None)
         if error is not None:
             raise error
+
+    def _check_uid(self, key: Key, uid: str | None) -> None:
+        """An applied body's metadata.uid, checked as the API server checks it."""
+        if not uid:
+            return
+        stored = self._objects.get(key)
+        if stored is None:
+            raise ApiError(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {key[0]} "{key[2]}": uid mismatch: the '
+                f"provided object specified uid {uid}, and no existing object was found",
+            )
+        if stored.uid != uid:
+            raise ApiError(
+                422,
+                "Unprocessable Entity",
+                f'{key[0]} "{key[2]}" is invalid: metadata.uid: Invalid value: "{uid}": '
+                "field is immutable",
+            )
 
     def _stored(self, key: Key, obj: Manifest) -> tuple[_Stored, Manifest | None]:
         """The stored object for `key` (created when new) and its content before the change
@@ -265,6 +297,10 @@ class FakeKube:
 def _key_of(obj: Manifest) -> Key:
     meta = obj["metadata"]
     return obj["kind"], meta.get("namespace") or "", meta["name"]
+
+
+def _without_uid(meta: Manifest) -> Manifest:
+    return {k: v for k, v in meta.items() if k != "uid"}
 
 
 def _content(obj: Manifest) -> Manifest:

@@ -514,3 +514,210 @@ def test_a_deleted_app_is_forgotten() -> None:
     assert reconciler._handed_over  # checked once for this switch-on (nothing to hand over)
     reconciler.forget(body)
     assert not reconciler._applied and not reconciler._locks and not reconciler._handed_over
+
+
+# --- children the API server rejects (#12 item 1) ----------------------------------------------
+
+REJECTED = ApiError(
+    422,
+    "Unprocessable Entity",
+    'Deployment.apps "qa-chain" is invalid: spec.template.spec.containers[0].resources.requests: '
+    'Invalid value: "2": must be less than or equal to cpu limit of 1',
+)
+
+
+def refused(kube: FakeKube, reconciler: Reconciler) -> RetryLater:
+    """One reconcile that must end in a retry; the retry's exception."""
+    with pytest.raises(RetryLater) as caught:
+        reconcile(kube, reconciler)
+    return caught.value
+
+
+@pytest.mark.parametrize("status", [400, 403, 422])
+def test_a_rejected_child_degrades_the_app_and_the_others_are_still_applied(status: int) -> None:
+    kube, reconciler = setup()
+    kube.refusals[("Deployment", NAME)] = ApiError(status, "Refused", REJECTED.message)
+    refused(kube, reconciler)
+
+    degraded, ready = conditions(kube)["Degraded"], conditions(kube)["Ready"]
+    assert (degraded["status"], degraded["reason"]) == ("True", "ChildRejected")
+    assert degraded["message"] == f"Deployment qa-chain: {REJECTED.message}"
+    assert (ready["status"], ready["reason"], ready["message"]) == (
+        "False",
+        "ChildRejected",
+        degraded["message"],
+    )
+    assert [(e["type"], e["reason"], e["message"]) for e in kube.events] == [
+        ("Warning", "ChildRejected", degraded["message"])
+    ]
+    # The loop went on past the refused Deployment: what comes after it was applied.
+    assert NAME not in kube.names("Deployment")
+    assert {NAME} <= kube.names("Service") & kube.names("NetworkPolicy")
+    assert {"qa-chain-chain", "qa-chain-dashboard"} <= kube.names("ConfigMap")
+
+
+def test_a_rejection_is_posted_once_per_distinct_message() -> None:
+    kube, reconciler = setup()
+    kube.refusals[("Deployment", NAME)] = REJECTED
+    refused(kube, reconciler)
+    refused(kube, reconciler)  # the retry: the same refusal is no news
+    assert [e["reason"] for e in kube.events] == ["ChildRejected"]
+
+    other = 'Service "qa-chain" is invalid: spec.ports[0].port: Invalid value: 0'
+    kube.refusals[("Service", NAME)] = ApiError(422, "Unprocessable Entity", other)
+    refused(kube, reconciler)
+    assert [e["message"] for e in kube.events] == [
+        f"Deployment qa-chain: {REJECTED.message}",
+        f"Service qa-chain: {other}",
+    ]
+    assert conditions(kube)["Degraded"]["message"] == (
+        f"Deployment qa-chain: {REJECTED.message}; Service qa-chain: {other}"
+    )
+
+
+def test_a_rejected_child_is_retried_with_a_growing_delay_that_success_resets() -> None:
+    kube, reconciler = setup()
+    kube.refusals[("Deployment", NAME)] = REJECTED
+    delays = [refused(kube, reconciler).delay for _ in range(9)]
+    assert delays == [5, 10, 20, 40, 80, 160, 300, 300, 300]
+
+    del kube.refusals[("Deployment", NAME)]  # the spec was fixed
+    reconcile(kube, reconciler)
+    assert NAME in kube.names("Deployment")
+    assert (conditions(kube)["Degraded"]["status"], conditions(kube)["Ready"]["reason"]) == (
+        "False",
+        "NotAvailable",
+    )
+    kube.refusals[("Deployment", NAME)] = REJECTED
+    assert refused(kube, reconciler).delay == 5
+
+
+# --- children another owner controls (#12 item 2) ---------------------------------------------
+
+
+def another_apps(kind: str, name: str, owner: str = "hc") -> dict[str, Any]:
+    """An object that app `owner` controls (as this operator would have applied it)."""
+    api_version = {"Deployment": "apps/v1"}.get(kind, "v1")
+    meta = {
+        "name": name,
+        "namespace": NS,
+        "labels": {"app.kubernetes.io/instance": owner, "app.kubernetes.io/managed-by": MANAGER},
+        "ownerReferences": [
+            {
+                "apiVersion": "llmchain.io/v1alpha1",
+                "kind": "LLMChainApp",
+                "name": owner,
+                "uid": f"uid-{owner}",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
+    }
+    spec = {"replicas": 3} if kind == "Deployment" else {"selector": {"app": owner}}
+    return {"apiVersion": api_version, "kind": kind, "metadata": meta, "spec": spec}
+
+
+def test_an_object_another_app_controls_is_never_applied_over() -> None:
+    kube, reconciler = setup()
+    theirs = kube.put(another_apps("Service", NAME))
+    refused(kube, reconciler)
+
+    assert ("apply", "Service", NS, NAME, MANAGER) not in kube.calls
+    assert kube.object("Service", NS, NAME) == theirs
+    degraded, ready = conditions(kube)["Degraded"], conditions(kube)["Ready"]
+    message = "Service qa-chain is controlled by LLMChainApp hc, not by this app"
+    assert (degraded["status"], degraded["reason"], degraded["message"]) == (
+        "True",
+        "NameConflict",
+        message,
+    )
+    assert (ready["status"], ready["reason"]) == ("False", "NameConflict")
+    assert [(e["type"], e["reason"], e["message"]) for e in kube.events] == [
+        ("Warning", "NameConflict", message)
+    ]
+    assert NAME in kube.names("Deployment")  # the other children are applied
+
+    refused(kube, reconciler)  # the retry: no news, still not applied over
+    assert len(kube.events) == 1
+    assert kube.object("Service", NS, NAME) == theirs
+
+
+def test_an_object_nobody_owns_and_not_labelled_as_this_apps_is_a_conflict() -> None:
+    kube, reconciler = setup()
+    mine = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "qa-chain-chain"}}
+    mine["metadata"]["namespace"] = NS
+    kept = kube.put({**mine, "data": {"chain.yaml": "someone else's"}})
+    refused(kube, reconciler)
+    assert kube.object("ConfigMap", NS, "qa-chain-chain") == kept
+    assert conditions(kube)["Degraded"]["message"] == (
+        "ConfigMap qa-chain-chain exists and is not this app's: it has no owner"
+    )
+
+
+def test_an_orphan_labelled_as_this_apps_child_is_adopted() -> None:
+    kube, reconciler = setup()  # as after `kubectl delete lca --cascade=orphan` and a re-create
+    kube.put(a_child("ConfigMap", "qa-chain-chain", owner_uid=None))
+    reconcile(kube, reconciler)
+    adopted = kube.object("ConfigMap", NS, "qa-chain-chain")
+    assert adopted is not None and adopted["metadata"]["ownerReferences"][0]["uid"] == (
+        "uid-qa-chain"
+    )
+    assert conditions(kube)["Degraded"]["status"] == "False"
+
+
+def test_ownership_is_checked_once_then_each_apply_carries_the_childs_uid() -> None:
+    kube, reconciler = setup()
+    reconcile(kube, reconciler)
+    checked = {(c[1], c[3]) for c in kube.calls_to("get")}
+    assert {("Deployment", NAME), ("Service", NAME), ("ConfigMap", "qa-chain-chain")} <= checked
+    kube.calls.clear()
+    kube.applied.clear()
+
+    reconcile(kube, reconciler)  # a resync: no GET per child
+    assert kube.calls_to("get") == []
+    assert kube.applied
+    for _, body in kube.applied:
+        current = kube.object(body["kind"], NS, body["metadata"]["name"])
+        assert current is not None and body["metadata"]["uid"] == current["metadata"]["uid"]
+
+
+def test_a_child_deleted_and_created_again_by_another_app_is_not_taken_over() -> None:
+    kube, reconciler = setup()
+    reconcile(kube, reconciler)
+    kube.remove("Service", NS, NAME)
+    theirs = kube.put(another_apps("Service", NAME))
+    refused(kube, reconciler)
+    assert kube.object("Service", NS, NAME) == theirs
+    assert conditions(kube)["Degraded"]["reason"] == "NameConflict"
+
+
+def test_a_deleted_child_is_created_again() -> None:
+    kube, reconciler = setup()
+    reconcile(kube, reconciler)
+    kube.remove("Service", NS, NAME)
+    reconcile(kube, reconciler)
+    service = kube.object("Service", NS, NAME)
+    assert service is not None
+    assert service["metadata"]["ownerReferences"][0]["uid"] == "uid-qa-chain"
+    assert conditions(kube)["Degraded"]["status"] == "False"
+
+
+def test_the_replica_hand_over_never_touches_another_apps_deployment() -> None:
+    kube, reconciler = setup(set_("autoscaling", HPA))
+    asyncio.run(kube.apply(another_apps("Deployment", NAME)))  # applied by the same manager
+    kube.calls.clear()
+    refused(kube, reconciler)
+    assert [c for c in kube.calls_to("apply") if c[1] == "Deployment"] == []
+    deployment = kube.object("Deployment", NS, NAME)
+    assert deployment is not None and deployment["spec"] == {"replicas": 3}
+    assert conditions(kube)["Degraded"]["reason"] == "NameConflict"
+
+
+def test_a_deleted_app_forgets_its_children_and_its_back_off() -> None:
+    kube, reconciler = setup()
+    kube.refusals[("Deployment", NAME)] = REJECTED
+    refused(kube, reconciler)
+    body = kube.object("LLMChainApp", NS, NAME)
+    assert body is not None and reconciler._owned["uid-qa-chain"] and reconciler._refusals
+    reconciler.forget(body)
+    assert not reconciler._owned and not reconciler._refusals

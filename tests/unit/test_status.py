@@ -165,3 +165,27 @@ def test_a_ready_app_ignores_blockers() -> None:
     assert not is_ready(Observed(1, deployment(0, 2), job("Complete"), True, 2))
     conds = by_type(Observed(1, deployment(2, 2), job("Complete"), True, 2, blockers=[PVC_PENDING]))
     assert conds["Ready"]["reason"] == "Available"
+
+
+def test_refused_children_make_it_degraded_and_not_ready_naming_each() -> None:
+    conflict = "Service hc-memory is controlled by LLMChainApp hc, not by this app"
+    rejected = "Deployment hc-memory: Deployment.apps is invalid: spec.x: Invalid value"
+    conds = by_type(Observed(1, None, None, False, 1, conflicts=[conflict], rejected=[rejected]))
+    message = f"{conflict}; {rejected}"
+    for type_, status, reason in (
+        ("Degraded", "True", "NameConflict"),  # a conflict is named first
+        ("Ready", "False", "NameConflict"),
+        ("Progressing", "False", "Blocked"),  # the server Deployment was not applied
+    ):
+        assert (conds[type_]["status"], conds[type_]["reason"], conds[type_]["message"]) == (
+            status,
+            reason,
+            message,
+        )
+
+
+def test_a_rejected_child_beside_a_rolled_out_deployment_leaves_progressing_alone() -> None:
+    rejected = "NetworkPolicy qa: NetworkPolicy.networking.k8s.io is invalid"
+    conds = by_type(Observed(1, deployment(1, 1), None, False, 1, rejected=[rejected]))
+    assert (conds["Degraded"]["reason"], conds["Ready"]["status"]) == ("ChildRejected", "False")
+    assert conds["Progressing"]["reason"] == "RolledOut"
