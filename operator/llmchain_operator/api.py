@@ -293,13 +293,22 @@ class Toleration(Schema):
             "self.operator != 'Exists' || !has(self.value) || self.value == ''",
             "value must be empty when operator is Exists",
             ".value",
-        )
+        ),
+        (
+            "self.operator == 'Exists' || (has(self.key) && self.key != '')",
+            "operator must be Exists when key is empty (which matches every taint)",
+            ".operator",
+        ),
     )
 
     @model_validator(mode="after")
-    def _exists_has_no_value(self) -> Toleration:
+    def _operator_fits_key_and_value(self) -> Toleration:
         if self.operator == "Exists" and self.value:
             raise ValueError("value must be empty when operator is Exists")
+        if self.operator != "Exists" and not self.key:
+            raise ValueError(
+                "operator must be Exists when key is empty (which matches every taint)"
+            )
         return self
 
 

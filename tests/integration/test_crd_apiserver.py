@@ -221,6 +221,11 @@ INVALID: list[tuple[str, Mutation, list[str]]] = [
         set_path("serving.tolerations", [{"key": "k", "operator": "Exists", "value": "v"}]),
         ["spec.serving.tolerations[0].value", "must be empty when operator is Exists"],
     ),
+    (
+        "equal-toleration-without-a-key",  # Equal is the default operator
+        set_path("serving.tolerations", [{"effect": "NoSchedule"}]),
+        ["spec.serving.tolerations[0].operator", "must be Exists when key is empty"],
+    ),
     ("unknown-field", set_path("serving.replicaz", 2), ['unknown field "spec.serving.replicaz"']),
 ]
 

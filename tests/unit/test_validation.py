@@ -135,6 +135,11 @@ def test_the_longest_name_gives_children_names_kubernetes_accepts() -> None:
             [{"key": "k", "operator": "Exists", "value": "v"}],
             "spec.serving.tolerations[0]: Value error, value must be empty when operator is",
         ),
+        (
+            "serving.tolerations",
+            [{"effect": "NoSchedule"}],
+            "spec.serving.tolerations[0]: Value error, operator must be Exists when key is empty",
+        ),
     ],
     ids=[
         "duplicate-input",
@@ -145,6 +150,7 @@ def test_the_longest_name_gives_children_names_kubernetes_accepts() -> None:
         "node-selector-key",
         "node-selector-value",
         "exists-toleration-with-a-value",
+        "equal-toleration-without-a-key",
     ],
 )
 def test_meaningless_values_are_problems_naming_their_field(
