@@ -29,15 +29,19 @@ def controlled_by(obj: Manifest, uid: str) -> bool:
 
 def holder(current: Manifest, app: Manifest) -> str | None:
     """None when the app may apply over `current`: the app controls it (or is one of its
-    owners), or it has no controller and carries the labels of the app's children (an orphan,
-    left by `kubectl delete --cascade=orphan` of an app of this name). Otherwise who holds it,
-    in words that follow its kind and name."""
+    owners); an earlier app of the same name controls it (owner references are namespaced, so
+    that app is deleted: its children, not yet collected, are taken over rather than reported);
+    or it has no controller and carries the labels of the app's children (an orphan, left by
+    `kubectl delete --cascade=orphan` of an app of this name). Otherwise who holds it, in words
+    that follow its kind and name."""
     meta = current["metadata"]
     uid = app["metadata"]["uid"]
     if any(r.get("uid") == uid for r in meta.get("ownerReferences") or []):
         return None
     ref = controller(current)
     if ref is not None:
+        if ref.get("kind") == app["kind"] and ref.get("name") == app["metadata"]["name"]:
+            return None
         return f"is controlled by {ref.get('kind')} {ref.get('name')}, not by this app"
     labels = meta.get("labels") or {}
     if (

@@ -595,8 +595,8 @@ def test_a_rejected_child_is_retried_with_a_growing_delay_that_success_resets() 
 # --- children another owner controls (#12 item 2) ---------------------------------------------
 
 
-def another_apps(kind: str, name: str, owner: str = "hc") -> dict[str, Any]:
-    """An object that app `owner` controls (as this operator would have applied it)."""
+def another_apps(kind: str, name: str, owner: str = "hc", uid: str = "") -> dict[str, Any]:
+    """An object that app `owner` (of `uid`) controls, as this operator would have applied it."""
     api_version = {"Deployment": "apps/v1"}.get(kind, "v1")
     meta = {
         "name": name,
@@ -607,7 +607,7 @@ def another_apps(kind: str, name: str, owner: str = "hc") -> dict[str, Any]:
                 "apiVersion": "llmchain.io/v1alpha1",
                 "kind": "LLMChainApp",
                 "name": owner,
-                "uid": f"uid-{owner}",
+                "uid": uid or f"uid-{owner}",
                 "controller": True,
                 "blockOwnerDeletion": True,
             }
@@ -721,3 +721,15 @@ def test_a_deleted_app_forgets_its_children_and_its_back_off() -> None:
     assert body is not None and reconciler._owned["uid-qa-chain"] and reconciler._refusals
     reconciler.forget(body)
     assert not reconciler._owned and not reconciler._refusals
+
+
+def test_a_child_of_a_deleted_app_of_the_same_name_is_taken_over() -> None:
+    """`kubectl delete lca qa-chain` then `kubectl apply` again, before the garbage collector
+    deleted the old children: two apps cannot share a name, so their owner is gone."""
+    kube, reconciler = setup()
+    kube.put(another_apps("Service", NAME, owner=NAME, uid="uid-of-the-deleted-qa-chain"))
+    reconcile(kube, reconciler)
+    service = kube.object("Service", NS, NAME)
+    assert service is not None
+    assert service["metadata"]["ownerReferences"][0]["uid"] == "uid-qa-chain"
+    assert conditions(kube)["Degraded"]["status"] == "False"
