@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,9 +81,11 @@ REFUSAL_MESSAGE_LIMIT = 1024
 them stay under a condition message's 32768)."""
 
 
-def backoff_delay(attempt: int) -> float:
-    """Seconds before retrying after `attempt` (0, 1, ...) refused reconciles in a row."""
-    return min(BACKOFF_MAX_SECONDS, BACKOFF_FIRST_SECONDS * 2.0 ** min(attempt, 32))
+def backoff_delay(refused_for: float) -> float:
+    """Seconds before retrying an app whose children have been refused for `refused_for`
+    seconds: as long again (from 5 s, at most 5 min), so retries come about 5, 10, 20, 40 ... s
+    after the first refusal, however many other events reconcile the app meanwhile."""
+    return min(BACKOFF_MAX_SECONDS, max(BACKOFF_FIRST_SECONDS, refused_for))
 
 
 def _key(obj: Manifest) -> tuple[str, str]:
@@ -136,8 +138,9 @@ class Reconciler:
     owner (a GET) only before this app first applies it; after that each apply names the
     child's uid, which the API server checks, so an object deleted and created again by
     someone else since is never applied over."""
-    _refusals: dict[str, int] = field(default_factory=dict)
-    """Per app uid: reconciles in a row that left children refused (the back-off's count)."""
+    _refused_since: dict[str, float] = field(default_factory=dict)
+    """Per app uid: when its reconciles began to leave children refused (for the back-off)."""
+    clock: Callable[[], float] = time.monotonic
 
     async def reconcile(self, body: Manifest) -> None:
         """Serialised per app; safe to call from any handler, any number of times."""
@@ -156,7 +159,7 @@ class Reconciler:
         self._applied.pop(meta.get("uid", ""), None)
         self._handed_over.discard(meta.get("uid", ""))
         self._owned.pop(meta.get("uid", ""), None)
-        self._refusals.pop(meta.get("uid", ""), None)
+        self._refused_since.pop(meta.get("uid", ""), None)
 
     async def _timed(self, body: Manifest) -> None:
         started = time.perf_counter()
@@ -249,12 +252,12 @@ class Reconciler:
         observed = await self._with_blockers(body, app, observed, returned)
         await self._write_status(body, app, observed)
         if conflicts or rejected:
-            attempt = self._refusals.get(meta["uid"], 0)
-            self._refusals[meta["uid"]] = attempt + 1
+            since = self._refused_since.setdefault(meta["uid"], self.clock())
             raise ChildrenRefused(
-                "Children refused: " + "; ".join(conflicts + rejected), backoff_delay(attempt)
+                "Children refused: " + "; ".join(conflicts + rejected),
+                backoff_delay(self.clock() - since),
             )
-        self._refusals.pop(meta["uid"], None)
+        self._refused_since.pop(meta["uid"], None)
         self.log.info("Reconciled %s %s/%s", KIND, namespace, name)
         return "success"
 

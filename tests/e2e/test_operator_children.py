@@ -95,7 +95,7 @@ def test_a_deployment_the_api_server_rejects_is_reported_and_the_rest_applied(
     ):
         assert exists(cluster, app_namespace, kind, name), (kind, name)
 
-    # Retried (5 s, then 10 s) and resynced (every 5 s here): the event is not posted again.
+    # Retried (5 and 10 s after the refusal) and resynced (every 5 s here): no second event.
     time.sleep(12)
     posted = events(cluster, app_namespace, "rejected", "ChildRejected")
     assert len(posted) == 1 and posted[0]["type"] == "Warning", posted

@@ -577,9 +577,18 @@ def test_a_rejection_is_posted_once_per_distinct_message() -> None:
 
 def test_a_rejected_child_is_retried_with_a_growing_delay_that_success_resets() -> None:
     kube, reconciler = setup()
+    now = [1000.0]
+    reconciler.clock = lambda: now[0]
     kube.refusals[("Deployment", NAME)] = REJECTED
-    delays = [refused(kube, reconciler).delay for _ in range(9)]
-    assert delays == [5, 10, 20, 40, 80, 160, 300, 300, 300]
+    assert refused(kube, reconciler).delay == 5
+    now[0] += 1
+    assert refused(kube, reconciler).delay == 5  # a child's event meanwhile: no faster growth
+    now[0] += 4
+    delays = []
+    for _ in range(8):  # each retry when the last delay is over
+        delays.append(refused(kube, reconciler).delay)
+        now[0] += delays[-1]
+    assert delays == [5, 10, 20, 40, 80, 160, 300, 300]
 
     del kube.refusals[("Deployment", NAME)]  # the spec was fixed
     reconcile(kube, reconciler)
@@ -589,6 +598,7 @@ def test_a_rejected_child_is_retried_with_a_growing_delay_that_success_resets() 
         "NotAvailable",
     )
     kube.refusals[("Deployment", NAME)] = REJECTED
+    now[0] += 3600
     assert refused(kube, reconciler).delay == 5
 
 
@@ -718,9 +728,9 @@ def test_a_deleted_app_forgets_its_children_and_its_back_off() -> None:
     kube.refusals[("Deployment", NAME)] = REJECTED
     refused(kube, reconciler)
     body = kube.object("LLMChainApp", NS, NAME)
-    assert body is not None and reconciler._owned["uid-qa-chain"] and reconciler._refusals
+    assert body is not None and reconciler._owned["uid-qa-chain"] and reconciler._refused_since
     reconciler.forget(body)
-    assert not reconciler._owned and not reconciler._refusals
+    assert not reconciler._owned and not reconciler._refused_since
 
 
 def test_a_child_of_a_deleted_app_of_the_same_name_is_taken_over() -> None:
