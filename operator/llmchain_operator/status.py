@@ -175,13 +175,13 @@ def compute_conditions(observed: Observed) -> list[Manifest]:
 
 def _refused(conditions: list[Manifest], observed: Observed) -> list[Manifest]:
     """Degraded and not Ready, naming each child another owner holds or the API server
-    refused; Progressing is blocked too when the server Deployment is one of them."""
+    refused; Progressing is blocked too when the server Deployment is one of them. A blocker
+    the pods report keeps Ready's message (it is already not Ready, and says what else to fix)."""
     message = "; ".join([*observed.conflicts, *observed.rejected])
     reason = "NameConflict" if observed.conflicts else "ChildRejected"
-    replaced = {
-        "Degraded": condition("Degraded", True, reason, message),
-        "Ready": condition("Ready", False, reason, message),
-    }
+    replaced = {"Degraded": condition("Degraded", True, reason, message)}
+    if not observed.blockers:
+        replaced["Ready"] = condition("Ready", False, reason, message)
     if observed.deployment is None:
         replaced["Progressing"] = condition("Progressing", False, "Blocked", message)
     return [replaced.get(c["type"], c) for c in conditions]

@@ -743,3 +743,15 @@ def test_a_child_of_a_deleted_app_of_the_same_name_is_taken_over() -> None:
     assert service is not None
     assert service["metadata"]["ownerReferences"][0]["uid"] == "uid-qa-chain"
     assert conditions(kube)["Degraded"]["status"] == "False"
+
+
+def test_a_refused_child_and_a_blocked_pod_are_both_named_each_event_once() -> None:
+    kube, reconciler = setup()
+    kube.put(a_pod("qa-chain-1", UNSCHEDULABLE))
+    kube.refusals[("NetworkPolicy", NAME)] = ApiError(422, "Invalid", "spec.ingress: Invalid")
+    for _ in range(3):  # the first reconcile, a retry, a resync
+        refused(kube, reconciler)
+    assert [e["reason"] for e in kube.events] == ["ChildRejected", "Unschedulable"]
+    degraded, ready = conditions(kube)["Degraded"], conditions(kube)["Ready"]
+    assert degraded["message"] == "NetworkPolicy qa-chain: spec.ingress: Invalid"
+    assert (ready["status"], ready["reason"]) == ("False", "Unschedulable")
