@@ -299,6 +299,8 @@ class Reconciler:
         applied before is applied with its uid; when that object is gone or was replaced since,
         the name is checked afresh."""
         key = _key(obj)
+        if obj["kind"] == "Job":
+            return await self._job_once(obj, body, owned)
         if key in owned:
             try:
                 return await self._apply(obj, uid=owned[key])
@@ -307,6 +309,26 @@ class Reconciler:
         await self._check_holder(obj, body)
         result = await self._apply(obj)
         owned[key] = str(result["metadata"]["uid"])
+        return result
+
+    async def _job_once(
+        self, obj: Manifest, body: Manifest, owned: dict[tuple[str, str], str]
+    ) -> Manifest:
+        """A build Job is created once, then only read. Its pod template is immutable, so
+        applying a changed one (an operator upgrade's new image or flag, new resources) would be
+        refused for as long as the Job lives; the Job of another model digest has another name,
+        so a new model still gets a new build. One GET, as an apply would cost."""
+        meta = obj["metadata"]
+        current = await self.kube.get("Job", meta["namespace"], meta["name"])
+        if current is not None:
+            who = holder(current, body)
+            if who is not None:
+                raise _Held(who)
+            if controlled_by(current, body["metadata"]["uid"]):
+                owned[_key(obj)] = str(current["metadata"]["uid"])
+                return current
+        result = await self._apply(obj)  # created, or an orphan of this app's name adopted
+        owned[_key(obj)] = str(result["metadata"]["uid"])
         return result
 
     def _skips_are_news(self, body: Manifest, skipped: list[str]) -> bool:

@@ -152,3 +152,41 @@ def test_an_app_never_takes_over_the_children_of_another(
     assert after == before
     hc = conditions(cluster, app_namespace, "hc")
     assert (hc["Ready"]["status"], hc["Degraded"]["status"]) == ("True", "False")
+
+
+def test_an_operator_upgrade_leaves_a_build_job_as_it_is(
+    cluster: Cluster, operator: OperatorProcess, app_namespace: str
+) -> None:
+    """A Job's pod template is immutable: an operator started with a new server image (as an
+    upgrade is) updates the Deployment and leaves the model build Job alone, instead of having
+    the Job refused (ChildRejected) for as long as it lives."""
+    app = named("upgraded", model={**QA["spec"]["model"], "volume": {"size": "1Gi"}})
+    apply(cluster, app_namespace, app)
+    wait_for(lambda: cluster.get("-n", app_namespace, "jobs")["items"], timeout=60, what="the Job")
+    (job,) = cluster.get("-n", app_namespace, "jobs")["items"]
+    image = job["spec"]["template"]["spec"]["containers"][0]["image"]
+
+    new_image = "example.invalid/llmchain-server:upgraded"
+    before = dict(operator.env)
+    operator.stop()
+    operator.env = {**before, "LLMCHAIN_SERVER_IMAGE": new_image}
+    try:
+        operator.start()
+
+        def deployment_upgraded() -> bool:
+            deployment = cluster.get("-n", app_namespace, "deployment", "upgraded")
+            containers = deployment["spec"]["template"]["spec"]["containers"]
+            return any(c["image"] == new_image for c in containers)
+
+        wait_for(deployment_upgraded, timeout=60, what="the Deployment on the new image")
+        time.sleep(6)  # one more resync (5 s in the tests)
+        degraded = conditions(cluster, app_namespace, "upgraded")["Degraded"]
+        assert degraded["reason"] != "ChildRejected", degraded["message"]
+        assert events(cluster, app_namespace, "upgraded", "ChildRejected") == []
+        (after,) = cluster.get("-n", app_namespace, "jobs")["items"]
+        assert after["metadata"]["uid"] == job["metadata"]["uid"]
+        assert after["spec"]["template"]["spec"]["containers"][0]["image"] == image
+    finally:
+        operator.stop()
+        operator.env = before
+        operator.start()

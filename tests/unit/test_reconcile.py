@@ -755,3 +755,44 @@ def test_a_refused_child_and_a_blocked_pod_are_both_named_each_event_once() -> N
     degraded, ready = conditions(kube)["Degraded"], conditions(kube)["Ready"]
     assert degraded["message"] == "NetworkPolicy qa-chain: spec.ingress: Invalid"
     assert (ready["status"], ready["reason"]) == ("False", "Unschedulable")
+
+
+# --- the model build Job ----------------------------------------------------------------------
+
+VOLUME = {"size": "2Gi", "accessMode": "ReadWriteMany"}
+
+
+def test_a_build_job_is_created_once_and_then_only_read() -> None:
+    """A Job's pod template is immutable: re-applying it with a new image (an operator upgrade)
+    would be refused by the API server for as long as the Job lives."""
+    kube, reconciler = setup(set_("model.volume", VOLUME))
+    reconcile(kube, reconciler)
+    jobs = [body for _, body in kube.applied if body["kind"] == "Job"]
+    assert len(jobs) == 1
+    name = jobs[0]["metadata"]["name"]
+    kube.applied.clear()
+
+    upgraded = Reconciler(kube=kube, settings=Settings(server_image="example/server:2"))  # type: ignore[arg-type]
+    reconcile(kube, upgraded)
+    reconcile(kube, reconciler)
+    assert [body for _, body in kube.applied if body["kind"] == "Job"] == []
+    job = kube.object("Job", NS, name)
+    assert job is not None
+    images = [c["image"] for c in job["spec"]["template"]["spec"]["containers"]]
+    assert "example/server:2" not in images
+    assert conditions(kube)["Degraded"]["status"] == "False"
+
+
+def test_a_build_job_deleted_is_created_again_and_another_apps_is_never_taken() -> None:
+    kube, reconciler = setup(set_("model.volume", VOLUME))
+    reconcile(kube, reconciler)
+    (name,) = [body["metadata"]["name"] for _, body in kube.applied if body["kind"] == "Job"]
+    kube.remove("Job", NS, name)
+    reconcile(kube, reconciler)
+    assert kube.object("Job", NS, name) is not None
+
+    kube.remove("Job", NS, name)
+    theirs = kube.put(another_apps("Job", name))
+    refused(kube, reconciler)
+    assert kube.object("Job", NS, name) == theirs
+    assert conditions(kube)["Degraded"]["reason"] == "NameConflict"
