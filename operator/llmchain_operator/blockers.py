@@ -9,6 +9,7 @@ an unbound PVC, an unschedulable pod, an image pull back-off, a crash-looping co
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -46,6 +47,9 @@ LOG_TAIL_BYTES = 512
 SHOWN = 5
 """Blockers named in one message; the rest are counted."""
 PODS_NAMED = 3
+PVC_GRACE_SECONDS = 60.0
+"""A claim with a StorageClass is Pending until its provisioner binds it (the apply that creates
+it always returns it Pending): it is named only once Pending this long."""
 
 
 @dataclass(frozen=True)
@@ -67,8 +71,23 @@ def _cut(text: str, limit: int = DETAIL_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def pvc_blockers(pvcs: Iterable[Manifest]) -> list[Blocker]:
-    """Claims that are not Bound, and why as far as the claim itself tells."""
+def _young(pvc: Manifest, now: datetime.datetime | None) -> bool:
+    """Created less than PVC_GRACE_SECONDS before `now` (never, when either is unknown)."""
+    created = pvc["metadata"].get("creationTimestamp")
+    if now is None or not created:
+        return False
+    try:
+        born = datetime.datetime.fromisoformat(str(created))
+    except ValueError:
+        return False
+    return (now - born).total_seconds() <= PVC_GRACE_SECONDS
+
+
+def pvc_blockers(pvcs: Iterable[Manifest], now: datetime.datetime | None = None) -> list[Blocker]:
+    """Claims that are not Bound, and why as far as the claim itself tells. One that names no
+    StorageClass and no volume is named at once (nothing will bind it); one that waits for its
+    StorageClass only once Pending past PVC_GRACE_SECONDS before `now` (an aware datetime;
+    without it, at once)."""
     found = []
     for pvc in pvcs:
         meta, spec = pvc["metadata"], pvc.get("spec", {})
@@ -84,6 +103,8 @@ def pvc_blockers(pvcs: Iterable[Manifest]) -> list[Blocker]:
                 "is Pending: it names no StorageClass, the cluster has no default one, "
                 "and no PersistentVolume is bound to it"
             )
+        elif _young(pvc, now):
+            continue
         else:
             annotations = meta.get("annotations", {})
             provisioner = annotations.get(
@@ -201,9 +222,10 @@ def find_blockers(
     pods: Iterable[Manifest],
     pvcs: Iterable[Manifest] = (),
     logs: Mapping[tuple[str, str], str] | None = None,
+    now: datetime.datetime | None = None,
 ) -> list[Blocker]:
-    """Every blocker of the app's pods and PVCs, causes first."""
-    found = pvc_blockers(pvcs) + pod_blockers(pods, logs)
+    """Every blocker of the app's pods and PVCs, causes first (`now`: see pvc_blockers)."""
+    found = pvc_blockers(pvcs, now) + pod_blockers(pods, logs)
     return sorted(found, key=lambda b: (ORDER.index(b.reason), b.subject))
 
 

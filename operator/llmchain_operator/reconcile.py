@@ -141,6 +141,10 @@ class Reconciler:
     _refused_since: dict[str, float] = field(default_factory=dict)
     """Per app uid: when its reconciles began to leave children refused (for the back-off)."""
     clock: Callable[[], float] = time.monotonic
+    wall_clock: Callable[[], datetime.datetime] = field(
+        default=lambda: datetime.datetime.now(datetime.UTC)
+    )
+    """Now, to compare with the API server's timestamps (a new PVC's grace)."""
 
     async def reconcile(self, body: Manifest) -> None:
         """Serialised per app; safe to call from any handler, any number of times."""
@@ -367,7 +371,7 @@ class Reconciler:
                     "Could not read the log of %s/%s %s: %s", namespace, pod, container, error
                 )
         pvc = returned.get(("PersistentVolumeClaim", model_pvc_name(app)))
-        blockers = find_blockers(pods, [pvc] if pvc else [], logs)
+        blockers = find_blockers(pods, [pvc] if pvc else [], logs, self.wall_clock())
         if blockers:
             await self._report_blockers(body, summarize(blockers), blockers[0].reason)
         return dataclasses.replace(observed, blockers=blockers)

@@ -12,7 +12,8 @@ Reconciler's tests:
   `metadata.generation` moves when anything but metadata and status changes. A `metadata.uid`
   in the applied body is a precondition, as on the API server: 409 Conflict when there is no
   such object, 422 Invalid (`metadata.uid ... field is immutable`) when the object's uid
-  differs; an object created by apply gets a uid of its own, never the body's;
+  differs; an object created by apply gets a uid of its own, never the body's, and a
+  `metadata.creationTimestamp` from `clock`;
 - get, list (namespace and an equality-based label selector: `k=v`, `k==v`, `k!=v`, comma-
   separated; list items carry kind and apiVersion, as the real client adds them), delete (a
   missing object is no error, as in Kube);
@@ -37,7 +38,9 @@ from __future__ import annotations
 
 import builtins
 import copy
+import datetime
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +93,7 @@ class _Stored:
     applied: dict[str, Manifest] = field(default_factory=dict)
     status: Manifest | None = None
     uid: str = ""
+    created: str = ""
     generation: int = 1
     resource_version: int = 1
 
@@ -111,6 +115,10 @@ class FakeKube:
     refusals: dict[tuple[str, str], ApiError] = field(default_factory=dict)
     """(kind, name) -> an ApiError every apply of that object raises (as the API server
     refuses an invalid object), until the test removes it."""
+    clock: Callable[[], datetime.datetime] = field(
+        default=lambda: datetime.datetime.now(datetime.UTC)
+    )
+    """Now, for an object's metadata.creationTimestamp."""
     _objects: dict[Key, _Stored] = field(default_factory=dict)
     _counter: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -256,7 +264,8 @@ class FakeKube:
         if stored is not None:
             return stored, _content(self._render(key, stored))
         uid = str(obj["metadata"].get("uid") or f"fake-uid-{next(self._counter)}")
-        stored = self._objects[key] = _Stored(base={}, uid=uid)
+        created = self.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
+        stored = self._objects[key] = _Stored(base={}, uid=uid, created=created)
         return stored, None
 
     def _changed(self, key: Key, stored: _Stored, before: Manifest | None) -> None:
@@ -282,6 +291,7 @@ class FakeKube:
             name=name,
             namespace=namespace,
             uid=stored.uid,
+            creationTimestamp=stored.created,
             generation=stored.generation,
             resourceVersion=str(stored.resource_version),
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 from llmchain_operator.blockers import (
@@ -110,6 +111,25 @@ def test_a_pending_claim_names_its_class_and_provisioner() -> None:
     [blocker] = find_blockers([], [waiting_class])
     assert "waiting for provisioner csi.example.org (StorageClass fast)" in blocker.problem
     assert find_blockers([], [pvc("qa-model", phase="Bound", storageClassName="fast")]) == []
+
+
+CREATED = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+
+
+def test_a_claim_with_a_class_is_named_only_once_pending_past_the_grace() -> None:
+    """A new claim is Pending until its provisioner binds it (the apply that creates it always
+    returns it Pending): only one Pending past the grace is a blocker."""
+    claim = pvc("qa-model", storageClassName="fast")
+    claim["metadata"]["creationTimestamp"] = "2026-01-01T00:00:00Z"
+    for seconds in (0, 30, 60):
+        now = CREATED + datetime.timedelta(seconds=seconds)
+        assert find_blockers([], [claim], now=now) == [], seconds
+    [blocker] = find_blockers([], [claim], now=CREATED + datetime.timedelta(seconds=61))
+    assert blocker.problem == "is Pending: StorageClass fast has not bound a volume to it"
+    # No StorageClass and no volume: nothing will bind it, so it is named at once.
+    del claim["spec"]["storageClassName"]
+    [blocker] = find_blockers([], [claim], now=CREATED)
+    assert "names no StorageClass" in blocker.problem
 
 
 def test_an_unschedulable_pod_carries_the_schedulers_message() -> None:

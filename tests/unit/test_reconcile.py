@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import datetime
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -781,6 +782,25 @@ def test_a_build_job_is_created_once_and_then_only_read() -> None:
     images = [c["image"] for c in job["spec"]["template"]["spec"]["containers"]]
     assert "example/server:2" not in images
     assert conditions(kube)["Degraded"]["status"] == "False"
+
+
+def test_a_new_model_pvc_is_not_a_blocker_until_pending_past_the_grace() -> None:
+    """The apply that creates the model PVC returns it Pending (its StorageClass, set here as
+    the API server defaults it, has not provisioned it yet): no PVCPending for a healthy app."""
+    created = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    now = [created]
+    kube, reconciler = setup(set_("model.volume", {**VOLUME, "storageClassName": "standard"}))
+    kube.clock = reconciler.wall_clock = lambda: now[0]
+    reconcile(kube, reconciler)
+    assert kube.events == []
+    assert conditions(kube)["ModelReady"]["reason"] == "Building"
+    now[0] += datetime.timedelta(seconds=30)
+    reconcile(kube, reconciler)
+    assert kube.events == []
+    now[0] += datetime.timedelta(seconds=31)  # still Pending a minute on: the class is stuck
+    reconcile(kube, reconciler)
+    assert [e["reason"] for e in kube.events] == ["PVCPending"]
+    assert conditions(kube)["ModelReady"]["reason"] == "PVCPending"
 
 
 def test_a_build_job_deleted_is_created_again_and_another_apps_is_never_taken() -> None:
