@@ -21,7 +21,7 @@ from llmchain_operator.api import GROUP, PLURAL, VERSION
 from llmchain_operator.builders.common import MANAGED_BY
 from llmchain_operator.kinds import WATCHED
 from llmchain_operator.kube import ApiError, Kube
-from llmchain_operator.reconcile import Reconciler, RetryLater
+from llmchain_operator.reconcile import ChildrenRefused, Reconciler, RetryLater
 from llmchain_operator.settings import Settings
 from llmchain_operator.validation import validate
 
@@ -112,6 +112,18 @@ async def reconcile_app(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     await _reconcile(body, memo)
 
 
+async def resync(reconciler: Reconciler, app: dict[str, Any]) -> None:
+    """One app's resync. Refused children were logged (and posted) when they were new: meeting
+    them again is no warning; the app's own handler retries them with its back-off."""
+    log = logging.getLogger("llmchain.operator")
+    try:
+        await reconciler.reconcile(app)
+    except ChildrenRefused as error:
+        log.debug("Resync of %s: %s", app["metadata"]["name"], error)
+    except (RetryLater, ApiError) as error:
+        log.warning("Resync of %s failed: %s", app["metadata"]["name"], error)
+
+
 async def _resync_forever(reconciler: Reconciler, period: float) -> None:
     """Level-triggered safety net: every app is reconciled each `period`, so drift in kinds
     the operator does not watch (ScaledObject, ServiceMonitor, PrometheusRule) and optional APIs
@@ -120,12 +132,9 @@ async def _resync_forever(reconciler: Reconciler, period: float) -> None:
     log = logging.getLogger("llmchain.operator")
     slots = asyncio.Semaphore(RESYNC_CONCURRENCY)
 
-    async def resync(app: dict[str, Any]) -> None:
+    async def limited(app: dict[str, Any]) -> None:
         async with slots:
-            try:
-                await reconciler.reconcile(app)
-            except (RetryLater, ApiError) as error:
-                log.warning("Resync of %s failed: %s", app["metadata"]["name"], error)
+            await resync(reconciler, app)
 
     while True:
         await asyncio.sleep(period)
@@ -135,7 +144,7 @@ async def _resync_forever(reconciler: Reconciler, period: float) -> None:
             log.warning("Could not list apps to resync: %s", error)
             continue
         await asyncio.gather(
-            *(resync(app) for app in apps if not app["metadata"].get("deletionTimestamp"))
+            *(limited(app) for app in apps if not app["metadata"].get("deletionTimestamp"))
         )
 
 
@@ -173,12 +182,13 @@ def _owner(body: kopf.Body) -> str | None:
 async def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     owner = _owner(body)
     if owner is not None:
+        log = logging.getLogger("llmchain.operator")
         try:
             await memo.reconciler.reconcile_named(body["metadata"]["namespace"], owner)
+        except ChildrenRefused as error:  # logged and posted when new (see resync)
+            log.debug("Reconciled %s after a change of its child: %s", owner, error)
         except (RetryLater, ApiError) as error:
-            logging.getLogger("llmchain.operator").warning(
-                "Could not reconcile %s after a change of its child: %s", owner, error
-            )
+            log.warning("Could not reconcile %s after a change of its child: %s", owner, error)
 
 
 # Children whose changes (drift, deletion, status) trigger a reconcile of their owner.

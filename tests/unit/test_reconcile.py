@@ -16,9 +16,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import kopf
 import pytest
 import yaml
 
+from llmchain_operator import main
 from llmchain_operator.kube import ApiError
 from llmchain_operator.reconcile import Reconciler, RetryLater
 from llmchain_operator.settings import Settings
@@ -601,6 +603,32 @@ def test_a_rejected_child_is_retried_with_a_growing_delay_that_success_resets() 
     kube.refusals[("Deployment", NAME)] = REJECTED
     now[0] += 3600
     assert refused(kube, reconciler).delay == 5
+
+
+def test_a_refused_app_is_logged_once_not_on_every_resync_or_child_event(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The refusal is logged (and posted) once when it is new; the resync and a child's event
+    that meet it again log nothing above debug, while kopf's handler keeps its back-off."""
+    kube, reconciler = setup()
+    kube.refusals[("Deployment", NAME)] = REJECTED
+    memo = kopf.Memo(reconciler=reconciler)
+    body = kube.object("LLMChainApp", NS, NAME)
+    assert body is not None
+    with caplog.at_level("DEBUG", logger="llmchain.operator"):
+        with pytest.raises(kopf.TemporaryError) as caught:
+            asyncio.run(main.reconcile_app(body=body, memo=memo))
+        assert caught.value.delay == 5
+        first = [r for r in caplog.records if r.levelname == "WARNING"]
+        assert len(first) == 1 and REJECTED.message in first[0].getMessage()
+        caplog.clear()
+        child = a_child("Service", NAME, "uid-qa-chain")
+        child["metadata"]["ownerReferences"][0].update(name=NAME, controller=True)
+        asyncio.run(main.child_changed(body=child, memo=memo))
+        asyncio.run(main.resync(reconciler, kube.object("LLMChainApp", NS, NAME) or {}))
+    assert [r.levelname for r in caplog.records if r.levelname != "DEBUG"] == []
+    assert len([r for r in caplog.records if REJECTED.message in r.getMessage()]) == 2
+    assert len(kube.calls_to("apply")) > 0 and len(kube.events) == 1
 
 
 # --- children another owner controls (#12 item 2) ---------------------------------------------
