@@ -138,6 +138,8 @@ class Reconciler:
     owner (a GET) only before this app first applies it; after that each apply names the
     child's uid, which the API server checks, so an object deleted and created again by
     someone else since is never applied over."""
+    _unlisted: set[str] = field(default_factory=set)
+    """App uids whose pods could not be listed (warned once until a list succeeds)."""
     _refused_since: dict[str, float] = field(default_factory=dict)
     """Per app uid: when its reconciles began to leave children refused (for the back-off)."""
     clock: Callable[[], float] = time.monotonic
@@ -164,6 +166,7 @@ class Reconciler:
         self._handed_over.discard(meta.get("uid", ""))
         self._owned.pop(meta.get("uid", ""), None)
         self._refused_since.pop(meta.get("uid", ""), None)
+        self._unlisted.discard(meta.get("uid", ""))
 
     async def _timed(self, body: Manifest) -> None:
         started = time.perf_counter()
@@ -359,7 +362,14 @@ class Reconciler:
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         selector = f"app.kubernetes.io/instance={name},app.kubernetes.io/managed-by={MANAGED_BY}"
-        pods = await self.kube.list("Pod", namespace, selector)
+        try:
+            pods = await self.kube.list("Pod", namespace, selector)
+        except ApiError as error:  # no RBAC to list pods (an older release's role), a 5xx
+            if meta["uid"] not in self._unlisted:
+                self._unlisted.add(meta["uid"])
+                self.log.warning("Could not list the pods of %s/%s: %s", namespace, name, error)
+            return observed
+        self._unlisted.discard(meta["uid"])
         logs = {}
         for pod, container in crash_looping_init_containers(pods):
             try:

@@ -115,6 +115,9 @@ class FakeKube:
     refusals: dict[tuple[str, str], ApiError] = field(default_factory=dict)
     """(kind, name) -> an ApiError every apply of that object raises (as the API server
     refuses an invalid object), until the test removes it."""
+    list_refusals: dict[str, ApiError] = field(default_factory=dict)
+    """kind -> an ApiError every list of that kind raises (as for a client without RBAC to list
+    it), until the test removes it."""
     clock: Callable[[], datetime.datetime] = field(
         default=lambda: datetime.datetime.now(datetime.UTC)
     )
@@ -147,6 +150,9 @@ class FakeKube:
 
     async def list(self, kind: str, namespace: str | None, selector: str = "") -> list[Manifest]:
         self._record("list", kind, namespace or "", selector)
+        refusal = self.list_refusals.get(kind)
+        if refusal is not None:
+            raise refusal
         return [
             self._render(key, stored)
             for key, stored in self._objects.items()

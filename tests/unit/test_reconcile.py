@@ -439,6 +439,27 @@ def test_a_log_that_cannot_be_read_leaves_the_blocker_without_its_line() -> None
     )
 
 
+def test_pods_that_cannot_be_listed_leave_the_status_written_and_warn_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 403 (RBAC of an older release) or a 5xx on the pod list: status is written without
+    blockers, and the warning is not repeated on every reconcile."""
+    kube, reconciler = setup()
+    kube.put(a_pod("qa-chain-1", UNSCHEDULABLE))
+    kube.list_refusals["Pod"] = ApiError(403, "Forbidden", 'pods is forbidden: cannot list "pods"')
+    with caplog.at_level("WARNING", logger="llmchain.operator"):
+        for _ in range(3):
+            reconcile(kube, reconciler)
+    assert (conditions(kube)["Ready"]["status"], conditions(kube)["Ready"]["reason"]) == (
+        "False",
+        "NotAvailable",
+    )
+    assert len([r for r in caplog.records if "pods is forbidden" in r.getMessage()]) == 1
+    del kube.list_refusals["Pod"]  # RBAC fixed: the blocker shows
+    reconcile(kube, reconciler)
+    assert conditions(kube)["Ready"]["reason"] == "Unschedulable"
+
+
 # --- reconcile by name (from a child's event), and API errors ---------------------------------
 
 
