@@ -24,6 +24,7 @@ from llmchain_operator.blockers import (
     LOG_TAIL_BYTES,
     crash_looping_init_containers,
     find_blockers,
+    redact,
     summarize,
 )
 from llmchain_operator.builders import build_children
@@ -230,7 +231,8 @@ class Reconciler:
             except ApiError as error:
                 if not 400 <= error.status < 500:
                     raise
-                rejected.append(f"{what}: {error.message}"[:REFUSAL_MESSAGE_LIMIT])
+                # Redacted: the message can echo the pod's args (`--source <url?signature>`).
+                rejected.append(f"{what}: {redact(error.message)}"[:REFUSAL_MESSAGE_LIMIT])
         await self._prune(body, {_key(o) for o in objects})
         skipped = [f"{o['kind']} {o['metadata']['name']}" for o in children.skipped]
         if skipped and self._skips_are_news(body, skipped):

@@ -580,6 +580,27 @@ def test_a_rejected_child_degrades_the_app_and_the_others_are_still_applied(stat
     assert {"qa-chain-chain", "qa-chain-dashboard"} <= kube.names("ConfigMap")
 
 
+def test_a_refusal_message_is_redacted_in_status_events_and_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The API server's refusal can echo the pod's args (`--source <url?signature>`)."""
+    kube, reconciler = setup()
+    echoed = (
+        'Deployment.apps "qa-chain" is invalid: spec.template.spec.initContainers[0].args: '
+        'Invalid value: ["--source", "https://user:pw@host/x?sig=abc", "token=s3cr3tv4lue"]'
+    )
+    kube.refusals[("Deployment", NAME)] = ApiError(422, "Unprocessable Entity", echoed)
+    with caplog.at_level("DEBUG", logger="llmchain.operator"):
+        error = refused(kube, reconciler)
+    degraded = conditions(kube)["Degraded"]
+    shown = [degraded["message"], conditions(kube)["Ready"]["message"], str(error)]
+    shown += [e["message"] for e in kube.events] + [r.getMessage() for r in caplog.records]
+    assert len(shown) == 5 and all("initContainers[0].args" in text for text in shown)
+    for secret in ("user:pw", "sig=abc", "s3cr3tv4lue"):
+        assert not [text for text in shown if secret in text], secret
+    assert "https://[redacted]@host/x?[redacted]" in degraded["message"]
+
+
 def test_a_rejection_is_posted_once_per_distinct_message() -> None:
     kube, reconciler = setup()
     kube.refusals[("Deployment", NAME)] = REJECTED
