@@ -51,6 +51,8 @@ from llmchain_operator.validation import validate
 
 Manifest = dict[str, Any]
 HANDOVER_MANAGER_SUFFIX = "-handover"
+BLOCKERS, INVALID = "blockers", "InvalidSpec"
+"""Reports remembered per app (see Reconciler._reported), besides NameConflict, ChildRejected."""
 
 
 class RetryLater(Exception):
@@ -139,6 +141,11 @@ class Reconciler:
     owner (a GET) only before this app first applies it; after that each apply names the
     child's uid, which the API server checks, so an object deleted and created again by
     someone else since is never applied over."""
+    _reported: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
+    """Per app uid, per report (NameConflict, ChildRejected, blockers, InvalidSpec): what this
+    operator last reported. An event is posted only when it is news to both this and the
+    status in the body, which kopf read before waiting for the app's lock: a child event's
+    reconcile may have written a newer one meanwhile."""
     _unlisted: set[str] = field(default_factory=set)
     """App uids whose pods could not be listed (warned once until a list succeeds)."""
     _refused_since: dict[str, float] = field(default_factory=dict)
@@ -168,6 +175,7 @@ class Reconciler:
         self._owned.pop(meta.get("uid", ""), None)
         self._refused_since.pop(meta.get("uid", ""), None)
         self._unlisted.discard(meta.get("uid", ""))
+        self._reported.pop(meta.get("uid", ""), None)
 
     async def _timed(self, body: Manifest) -> None:
         started = time.perf_counter()
@@ -207,6 +215,7 @@ class Reconciler:
         if app is None or problems:
             await self._report_invalid(body, problems)
             return "invalid"
+        self._reported.get(meta["uid"], {}).pop(INVALID, None)
         groups = await self.kube.available_groups()
         children = build_children(
             app, self.settings, [g for g in OPTIONAL_API_GROUPS if g in groups]
@@ -277,12 +286,14 @@ class Reconciler:
         degraded: Manifest = next((c for c in old if c["type"] == "Degraded"), {})
         previous = str(degraded.get("message", "")) if degraded.get("status") == "True" else ""
         meta = body["metadata"]
+        reported = self._reported.setdefault(meta["uid"], {})
         for reason, messages in (
             ("NameConflict", observed.conflicts),
             ("ChildRejected", observed.rejected),
         ):
+            before, reported[reason] = reported.get(reason, ()), tuple(messages)
             for message in messages:
-                if message not in previous:
+                if message not in previous and message not in before:
                     await self.kube.event(body, "Warning", reason, message)
                     self.log.warning(
                         "Not applied for %s %s/%s: %s",
@@ -359,9 +370,10 @@ class Reconciler:
 
         Pods are not watched (a watch of pods streams every pod event of the cluster): a
         blocker shows at the next event of a watched child or at the resync."""
-        if is_ready(observed):
-            return observed
         meta = body["metadata"]
+        if is_ready(observed):
+            self._reported.get(meta["uid"], {}).pop(BLOCKERS, None)
+            return observed
         namespace, name = meta["namespace"], meta["name"]
         selector = f"app.kubernetes.io/instance={name},app.kubernetes.io/managed-by={MANAGED_BY}"
         try:
@@ -384,18 +396,21 @@ class Reconciler:
                 )
         pvc = returned.get(("PersistentVolumeClaim", model_pvc_name(app)))
         blockers = find_blockers(pods, [pvc] if pvc else [], logs, self.wall_clock())
-        if blockers:
-            await self._report_blockers(body, summarize(blockers), blockers[0].reason)
+        if not blockers:
+            self._reported.get(meta["uid"], {}).pop(BLOCKERS, None)
+        elif self._is_news(body, BLOCKERS, message := summarize(blockers), "Ready"):
+            await self.kube.event(body, "Warning", blockers[0].reason, message)
+            self.log.warning("Blocked %s %s/%s: %s", KIND, namespace, name, message)
         return dataclasses.replace(observed, blockers=blockers)
 
-    async def _report_blockers(self, body: Manifest, message: str, reason: str) -> None:
-        """An event when what blocks the app is news (not on every resync)."""
+    def _is_news(self, body: Manifest, report: str, message: str, condition: str) -> bool:
+        """True when `message` is neither what this operator last reported for `report` nor the
+        message of `condition` in the body's status; remembers it as the last."""
+        reported = self._reported.setdefault(body["metadata"]["uid"], {})
+        before, reported[report] = reported.get(report, ()), (message,)
         old = body.get("status", {}).get("conditions", [])
-        ready: Manifest = next((c for c in old if c["type"] == "Ready"), {})
-        if ready.get("message") != message:
-            await self.kube.event(body, "Warning", reason, message)
-            meta = body["metadata"]
-            self.log.warning("Blocked %s %s/%s: %s", KIND, meta["namespace"], meta["name"], message)
+        shown: Manifest = next((c for c in old if c["type"] == condition), {})
+        return message not in before and shown.get("message") != message
 
     async def _missing_secrets(self, app: LLMChainApp) -> list[str]:
         refs = []
@@ -518,10 +533,9 @@ class Reconciler:
             problems=problems,
         )
         old = body.get("status", {}).get("conditions", [])
-        degraded: Manifest = next((c for c in old if c["type"] == "Degraded"), {})
         message = "; ".join(problems)
-        if degraded.get("message") != message:
-            await self.kube.event(body, "Warning", "InvalidSpec", message)
+        if self._is_news(body, INVALID, message, "Degraded"):
+            await self.kube.event(body, "Warning", INVALID, message)
             self.log.warning(
                 "Rejected %s %s/%s: %s", KIND, meta["namespace"], meta["name"], message
             )

@@ -828,6 +828,37 @@ def test_a_refused_child_and_a_blocked_pod_are_both_named_each_event_once() -> N
     assert (ready["status"], ready["reason"]) == ("False", "Unschedulable")
 
 
+def test_reconciles_of_the_same_stale_body_post_each_event_once() -> None:
+    """kopf's handler reads the body before it waits for the app's lock, so a child event's
+    reconcile may have written the status meanwhile: what was posted is remembered too."""
+    kube, reconciler = setup()
+    kube.put(a_pod("qa-chain-1", UNSCHEDULABLE))
+    kube.refusals[("NetworkPolicy", NAME)] = ApiError(422, "Invalid", "spec.ingress: Invalid")
+    stale = kube.object("LLMChainApp", NS, NAME)
+    for _ in range(2):
+        with pytest.raises(RetryLater):
+            asyncio.run(reconciler.reconcile(copy.deepcopy(stale)))
+    assert [e["reason"] for e in kube.events] == ["ChildRejected", "Unschedulable"]
+
+    # Gone and back: news again.
+    del kube.refusals[("NetworkPolicy", NAME)]
+    asyncio.run(kube.delete("Pod", NS, "qa-chain-1"))
+    ready_deployment(kube)
+    reconcile(kube, reconciler)
+    assert conditions(kube)["Ready"]["status"] == "True"
+    kube.refusals[("NetworkPolicy", NAME)] = ApiError(422, "Invalid", "spec.ingress: Invalid")
+    kube.put(a_pod("qa-chain-1", UNSCHEDULABLE))
+    kube.set_status("Deployment", NS, NAME, {"observedGeneration": 1, "replicas": 1})
+    refused(kube, reconciler)
+    assert [e["reason"] for e in kube.events] == ["ChildRejected", "Unschedulable"] * 2
+
+    edit(kube, set_("chain.steps", [{"name": "answer", "prompt": "Q: {{ questoin }}\nA:"}]))
+    stale = kube.object("LLMChainApp", NS, NAME)
+    for _ in range(2):
+        asyncio.run(reconciler.reconcile(copy.deepcopy(stale)))
+    assert [e["reason"] for e in kube.events][4:] == ["InvalidSpec"]
+
+
 # --- the model build Job ----------------------------------------------------------------------
 
 VOLUME = {"size": "2Gi", "accessMode": "ReadWriteMany"}
