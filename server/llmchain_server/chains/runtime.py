@@ -17,12 +17,13 @@ from llmchain_server.chains.values import (
     depth_and_items,
     has_lone_surrogate,
     mapped_strings,
+    string_chars,
 )
 from llmchain_server.config import ChainConfig, LLMStep
 from llmchain_server.dataplane import DataPlane
 from llmchain_server.dataplane.memory import SESSION, MemoryStore
 from llmchain_server.engine import SamplingParams
-from llmchain_server.errors import InvalidRequest, OutputInvalid
+from llmchain_server.errors import InvalidRequest, OutputInvalid, PromptTooLong
 
 log = logging.getLogger(__name__)
 FIELD = "input"
@@ -39,7 +40,7 @@ class Prepared:
     (503 with the memory store down, 400 for a prompt too long) instead of a 200 and an error
     event: the checked inputs, the session's history read, the first step's prompt fitted."""
 
-    inputs: dict[str, Any]
+    inputs: dict[str, Any]  # cleaned of special-token strings: what memory keeps
     session: str | None
     variables: dict[str, Any]
     first_prompt: list[int]
@@ -90,7 +91,23 @@ class ChainRunner:
                 )
             if items > MAX_ITEMS:
                 raise ChainInputError(f"input holds more than {MAX_ITEMS} values and keys")
+        self._check_chars(given)
         return dict(given)
+
+    def _check_chars(self, given: dict[str, Any]) -> None:
+        """The server's character cap over the inputs' strings, before they are cleaned of
+        special tokens or rendered (cleaning 1 MB takes a second, which a cap makes bounded)."""
+        limit = self.plane.settings.max_prompt_chars
+        total = 0
+        for name in self.chain.inputs:
+            chars = string_chars(given[name])
+            total += chars
+            if chars > limit:
+                raise PromptTooLong(
+                    f"input.{name} has {chars} characters; the limit is {limit}", f"input.{name}"
+                )
+        if total > limit:
+            raise PromptTooLong(f"input has {total} characters; the limit is {limit}", param=FIELD)
 
     def session(self, config: Any) -> str | None:
         if self.memory is None:
@@ -111,13 +128,24 @@ class ChainRunner:
         not recursion: a turn stored by an older server may be deeper than inputs now are)."""
         return mapped_strings(value, self.plane.strip_special)
 
-    async def _variables(self, inputs: dict[str, Any], session: str | None) -> dict[str, Any]:
-        variables: dict[str, Any] = {k: self._clean(v) for k, v in inputs.items()}
+    def _cleaned(self, inputs: dict[str, Any], history: list[Any]) -> tuple[dict[str, Any], Any]:
+        return {k: self._clean(v) for k, v in inputs.items()}, self._clean(history)
+
+    async def _variables(
+        self, inputs: dict[str, Any], session: str | None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The cleaned inputs and the template variables (those, and the history). Cleaning
+        is a loop over every character of a text that holds a special token, so it runs off
+        the event loop. Turns are stored cleaned; the history is cleaned again as it is read,
+        for turns an older server stored as given."""
+        history: list[Any] = []
         if self.memory is not None and session is not None:
-            variables["history"] = self._clean(await self.memory.history(session))
-        elif self.chain.memory is not None:
-            variables["history"] = []
-        return variables
+            history = await self.memory.history(session)
+        cleaned, history = await self.plane.off_loop(self._cleaned, inputs, history)
+        variables: dict[str, Any] = dict(cleaned)
+        if (self.memory is not None and session is not None) or self.chain.memory is not None:
+            variables["history"] = history
+        return cleaned, variables
 
     def _prompt_text(self, step: LLMStep, variables: dict[str, Any]) -> str:
         prompt_t, system_t = self._templates[step.name]
@@ -202,9 +230,9 @@ class ChainRunner:
     async def prepare(self, inputs: dict[str, Any], session: str | None) -> Prepared:
         """The run's start: history read (Unavailable when the store is down) and the first
         step's prompt fitted (PromptTooLong), before anything is answered."""
-        variables = await self._variables(inputs, session)
+        cleaned, variables = await self._variables(inputs, session)
         first = await self._fitted_prompt(self.chain.steps[0], variables)
-        return Prepared(inputs, session, variables, first)
+        return Prepared(cleaned, session, variables, first)
 
     async def invoke(self, inputs: dict[str, Any], session: str | None) -> ChainRun:
         ready = await self.prepare(inputs, session)
@@ -214,7 +242,7 @@ class ChainRunner:
             ready.variables[step.name] = value
             run.steps[step.name] = value
         run.output = run.steps[self.output_step]
-        await self._remember(inputs, session, run.output)
+        await self._remember(ready.inputs, session, run.output)
         return run
 
     async def stream(self, ready: Prepared) -> AsyncIterator[Any]:

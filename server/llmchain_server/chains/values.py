@@ -72,3 +72,19 @@ def mapped_strings(value: Any, change: Callable[[str], str]) -> Any:
             else:
                 copy.append(new)
     return root
+
+
+def string_chars(value: Any) -> int:
+    """How many characters the strings in `value` hold, keys included (a loop, any depth)."""
+    total = 0
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, dict):
+            total += sum(len(k) for k in item if isinstance(k, str))
+            pending.extend(item.values())
+    return total

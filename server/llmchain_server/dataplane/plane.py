@@ -87,13 +87,13 @@ class DataPlane:
         """A chat request's prompt from its (role, text) messages: the texts lose their
         special-token strings, `developer` is the system role. Made off the event loop."""
         self._check_chars(sum(len(text) for _, text in messages), field)
-        return await self._off_loop(self._chat_prompt, messages, field)
+        return await self.off_loop(self._chat_prompt, messages, field)
 
     async def text_prompt(self, text: str, field: str) -> list[int]:
         """The token ids of `text`, within the prompt limits; errors name the request `field`.
         Tokenized off the event loop."""
         self._check_chars(len(text), field)
-        return await self._off_loop(self._encode, text, field)
+        return await self.off_loop(self._encode, text, field)
 
     async def fitted_prompt(
         self,
@@ -106,13 +106,14 @@ class DataPlane:
         prompt limits and the context with max_tokens), and how many of the oldest turns were
         left out. Each turn is measured once; the prompt is rendered and tokenized again only
         when the estimate fell short, not once per turn left out. Off the event loop."""
-        return await self._off_loop(self._fit_history, render, list(history), params, field)
+        return await self.off_loop(self._fit_history, render, list(history), params, field)
 
-    # -- prompts, in the prompt threads ----------------------------------------------------------
-    async def _off_loop(self, work: Callable[..., _T], *args: Any) -> _T:
-        """`work(*args)` in the prompt threads: rendering and tokenizing a long text takes
-        long enough (a second for 1 MB) to stall every request, and /healthz, on the loop.
-        Callers hold an admission place, so at most max_concurrency of these are queued."""
+    # -- the prompt threads ----------------------------------------------------------------------
+    async def off_loop(self, work: Callable[..., _T], *args: Any) -> _T:
+        """`work(*args)` in the prompt threads: rendering, tokenizing or cleaning a long text
+        takes long enough (a second for 1 MB) to stall every request, and /healthz, on the
+        loop. Callers hold an admission place, so at most max_concurrency of these are queued;
+        callers check the character cap first, so none of them is unbounded."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._prompt_threads, functools.partial(work, *args))
 
