@@ -2,7 +2,8 @@
 
 Validate what the schema cannot (templates, referenced Secrets) → build the desired children
 (pure) → adopt them (owner references) → server-side apply under one field manager → prune
-children no longer wanted → compute status from what the API server returned.
+children no longer wanted (both in children.py) → compute status from what the API server
+returned, with what blocks the app, and post the events that are news.
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ from llmchain_operator.builders.common import (
 )
 from llmchain_operator.builders.model import build_job_name, builds_in_job, model_pvc_name
 from llmchain_operator.builders.network import endpoint
-from llmchain_operator.kinds import CHILDREN, OPTIONAL_API_GROUPS, kind_of
+from llmchain_operator.children import Children, Held, key_of
+from llmchain_operator.children import RetryLater as RetryLater
+from llmchain_operator.kinds import OPTIONAL_API_GROUPS
 from llmchain_operator.kube import ApiError, Kube
-from llmchain_operator.ownership import controlled_by, holder
 from llmchain_operator.settings import Settings
 from llmchain_operator.status import (
     Observed,
@@ -50,31 +52,13 @@ from llmchain_operator.status import (
 from llmchain_operator.validation import validate
 
 Manifest = dict[str, Any]
-HANDOVER_MANAGER_SUFFIX = "-handover"
 BLOCKERS, INVALID = "blockers", "InvalidSpec"
 """Reports remembered per app (see Reconciler._reported), besides NameConflict, ChildRejected."""
-
-
-class RetryLater(Exception):
-    """The API server refused for a reason that may pass (conflict, throttling, 5xx): try
-    again after `delay` seconds."""
-
-    def __init__(self, message: str, delay: float = 5.0) -> None:
-        super().__init__(message)
-        self.delay = delay
 
 
 class ChildrenRefused(RetryLater):
     """Children left unapplied (the API server rejected them, or another owner holds their
     names) while the others were applied and status names them; retried with a growing delay."""
-
-
-class _Held(Exception):
-    """Another owner holds the object a child would be applied over (the message says who)."""
-
-
-class _Replaced(Exception):
-    """A child applied before is gone, or another object took its name, since."""
 
 
 BACKOFF_FIRST_SECONDS = 5.0
@@ -89,10 +73,6 @@ def backoff_delay(refused_for: float) -> float:
     seconds: as long again (from 5 s, at most 5 min), so retries come about 5, 10, 20, 40 ... s
     after the first refusal, however many other events reconcile the app meanwhile."""
     return min(BACKOFF_MAX_SECONDS, max(BACKOFF_FIRST_SECONDS, refused_for))
-
-
-def _key(obj: Manifest) -> tuple[str, str]:
-    return obj["kind"], obj["metadata"]["name"]
 
 
 def _now() -> str:
@@ -115,32 +95,13 @@ def adopt(objects: Iterable[Manifest], body: Manifest) -> list[Manifest]:
     return [{**o, "metadata": {**o["metadata"], "ownerReferences": [ref]}} for o in objects]
 
 
-def owns_replicas(deployment: Manifest, manager: str) -> bool:
-    for entry in deployment["metadata"].get("managedFields", []):
-        fields = entry.get("fieldsV1", {}).get("f:spec", {})
-        if (
-            entry.get("manager") == manager
-            and entry.get("operation") == "Apply"
-            and "f:replicas" in fields
-        ):
-            return True
-    return False
-
-
 @dataclass
 class Reconciler:
     kube: Kube
     settings: Settings
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("llmchain.operator"))
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
-    _applied: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
     _waiting: set[str] = field(default_factory=set)
-    _handed_over: set[str] = field(default_factory=set)
-    _owned: dict[str, dict[tuple[str, str], str]] = field(default_factory=dict)
-    """Per app uid: the children it applied, each with its uid. A child is checked for another
-    owner (a GET) only before this app first applies it; after that each apply names the
-    child's uid, which the API server checks, so an object deleted and created again by
-    someone else since is never applied over."""
     _reported: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
     """Per app uid, per report (NameConflict, ChildRejected, blockers, InvalidSpec): what this
     operator last reported. An event is posted only when it is news to both this and the
@@ -155,6 +116,10 @@ class Reconciler:
         default=lambda: datetime.datetime.now(datetime.UTC)
     )
     """Now, to compare with the API server's timestamps (a new PVC's grace)."""
+    children: Children = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.children = Children(self.kube, self.log)
 
     async def reconcile(self, body: Manifest) -> None:
         """Serialised per app; safe to call from any handler, any number of times."""
@@ -170,9 +135,7 @@ class Reconciler:
         lock = self._locks.get(key)
         if lock is not None and not lock.locked():
             del self._locks[key]
-        self._applied.pop(meta.get("uid", ""), None)
-        self._handed_over.discard(meta.get("uid", ""))
-        self._owned.pop(meta.get("uid", ""), None)
+        self.children.forget(meta.get("uid", ""))
         self._refused_since.pop(meta.get("uid", ""), None)
         self._unlisted.discard(meta.get("uid", ""))
         self._reported.pop(meta.get("uid", ""), None)
@@ -221,9 +184,7 @@ class Reconciler:
             app, self.settings, [g for g in OPTIONAL_API_GROUPS if g in groups]
         )
         objects = adopt(children.objects, body)
-        owned = self._owned.setdefault(meta["uid"], {})
-        for gone in set(owned) - {_key(o) for o in objects}:
-            del owned[gone]  # checked again should it be wanted again
+        self.children.want(meta["uid"], {key_of(o) for o in objects})
         returned: dict[tuple[str, str], Manifest] = {}
         conflicts: list[str] = []
         rejected: list[str] = []
@@ -231,18 +192,18 @@ class Reconciler:
             what = f"{obj['kind']} {obj['metadata']['name']}"
             try:
                 if obj["kind"] == "Deployment" and obj["metadata"]["name"] == name:
-                    await self._hand_replicas_over_once(
+                    await self.children.hand_replicas_over_once(
                         obj, meta["uid"], app.spec.autoscaling is not None
                     )
-                returned[_key(obj)] = await self._apply_child(obj, body, owned)
-            except _Held as held:
+                returned[key_of(obj)] = await self.children.apply(obj, body)
+            except Held as held:
                 conflicts.append(f"{what} {held}")
             except ApiError as error:
                 if not 400 <= error.status < 500:
                     raise
                 # Redacted: the message can echo the pod's args (`--source <url?signature>`).
                 rejected.append(f"{what}: {redact(error.message)}"[:REFUSAL_MESSAGE_LIMIT])
-        await self._prune(body, {_key(o) for o in objects})
+        await self.children.prune(body, {key_of(o) for o in objects})
         skipped = [f"{o['kind']} {o['metadata']['name']}" for o in children.skipped]
         if skipped and self._skips_are_news(body, skipped):
             await self.kube.event(
@@ -302,54 +263,6 @@ class Reconciler:
                         meta["name"],
                         message,
                     )
-
-    async def _check_holder(self, obj: Manifest, body: Manifest) -> None:
-        """Raise _Held when an object of the child's name exists that this app may not apply
-        over (one GET)."""
-        meta = obj["metadata"]
-        current = await self.kube.get(obj["kind"], meta["namespace"], meta["name"])
-        who = None if current is None else holder(current, body)
-        if who is not None:
-            raise _Held(who)
-
-    async def _apply_child(
-        self, obj: Manifest, body: Manifest, owned: dict[tuple[str, str], str]
-    ) -> Manifest:
-        """Apply a child, never over an object another owner holds (_Held). One this app
-        applied before is applied with its uid; when that object is gone or was replaced since,
-        the name is checked afresh."""
-        key = _key(obj)
-        if obj["kind"] == "Job":
-            return await self._job_once(obj, body, owned)
-        if key in owned:
-            try:
-                return await self._apply(obj, uid=owned[key])
-            except _Replaced:
-                del owned[key]
-        await self._check_holder(obj, body)
-        result = await self._apply(obj)
-        owned[key] = str(result["metadata"]["uid"])
-        return result
-
-    async def _job_once(
-        self, obj: Manifest, body: Manifest, owned: dict[tuple[str, str], str]
-    ) -> Manifest:
-        """A build Job is created once, then only read. Its pod template is immutable, so
-        applying a changed one (an operator upgrade's new image or flag, new resources) would be
-        refused for as long as the Job lives; the Job of another model digest has another name,
-        so a new model still gets a new build. One GET, as an apply would cost."""
-        meta = obj["metadata"]
-        current = await self.kube.get("Job", meta["namespace"], meta["name"])
-        if current is not None:
-            who = holder(current, body)
-            if who is not None:
-                raise _Held(who)
-            if controlled_by(current, body["metadata"]["uid"]):
-                owned[_key(obj)] = str(current["metadata"]["uid"])
-                return current
-        result = await self._apply(obj)  # created, or an orphan of this app's name adopted
-        owned[_key(obj)] = str(result["metadata"]["uid"])
-        return result
 
     def _skips_are_news(self, body: Manifest, skipped: list[str]) -> bool:
         """True when this skip list is news (so the event is posted once, not every resync)."""
@@ -427,99 +340,6 @@ class Reconciler:
             elif ref.key not in (secret.get("data") or {}):
                 problems.append(f"{where}: Secret {ref.name} has no key {ref.key}")
         return problems
-
-    async def _hand_replicas_over_once(
-        self, deployment: Manifest, uid: str, autoscaled: bool
-    ) -> None:
-        """Hand `replicas` over when autoscaling is on; checked once per app and switch-on, not
-        on every reconcile (the check costs a GET)."""
-        if not autoscaled:
-            self._handed_over.discard(uid)
-        elif uid not in self._handed_over:
-            await self._hand_replicas_over(deployment)
-            self._handed_over.add(uid)
-
-    async def _hand_replicas_over(self, deployment: Manifest) -> None:
-        """Switching autoscaling on: keep the replica count when we stop applying `replicas`.
-
-        A field that its only manager stops applying is removed and falls back to its default
-        (1). So first a second manager applies the current count, co-owning the field; then the
-        main apply drops it, and the autoscaler's updates take it over from there.
-        """
-        meta = deployment["metadata"]
-        current = await self.kube.get("Deployment", meta["namespace"], meta["name"])
-        app_uid = meta["ownerReferences"][0]["uid"]
-        if (
-            current is None
-            or not controlled_by(current, app_uid)
-            or not owns_replicas(current, self.kube.field_manager)
-        ):
-            return
-        replicas = current["spec"].get("replicas", 1)
-        await self._apply(
-            {
-                "apiVersion": "apps/v1",
-                "kind": "Deployment",
-                "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
-                "spec": {"replicas": replicas},
-            },
-            self.kube.field_manager + HANDOVER_MANAGER_SUFFIX,
-        )
-        self.log.info(
-            "Handed replicas (%s) of Deployment %s/%s over to the autoscaler",
-            replicas,
-            meta["namespace"],
-            meta["name"],
-        )
-
-    async def _apply(
-        self, obj: Manifest, field_manager: str | None = None, uid: str | None = None
-    ) -> Manifest:
-        """Apply; refusals that may pass (conflict, throttling, 5xx, an optional API gone)
-        become RetryLater. With `uid`, only over the object of that uid (the API server checks
-        it): _Replaced when there is none (409) or the object there has another uid (422)."""
-        if uid is not None:
-            obj = {**obj, "metadata": {**obj["metadata"], "uid": uid}}
-        try:
-            return await self.kube.apply(obj, field_manager=field_manager)
-        except ApiError as error:
-            if uid is not None and (
-                error.status == 409 or (error.status == 422 and "metadata.uid" in error.message)
-            ):
-                raise _Replaced from None
-            if error.status == 404 and kind_of(obj["kind"]).optional:
-                self.kube.forget_groups()  # its CRD went away since the last discovery
-                raise RetryLater(f"{obj['kind']} is no longer served") from None
-            if error.status in (409, 429) or error.status >= 500:
-                raise RetryLater(str(error)) from None
-            raise
-
-    async def _prune(self, body: Manifest, desired: set[tuple[str, str]]) -> None:
-        """Delete children this app owns that are no longer desired (autoscaler switched off,
-        memory removed, a build Job of an older model digest, ...)."""
-        meta = body["metadata"]
-        uid = meta["uid"]
-        if self._applied.get(uid) == desired:
-            return
-        groups = await self.kube.available_groups()
-        selector = (
-            f"app.kubernetes.io/instance={meta['name']},app.kubernetes.io/managed-by={MANAGED_BY}"
-        )
-        for row in CHILDREN:
-            if row.optional and row.group not in groups:
-                continue
-            kind = row.kind
-            for obj in await self.kube.list(kind, meta["namespace"], selector):
-                owners = obj["metadata"].get("ownerReferences", [])
-                if any(o.get("uid") == uid for o in owners) and _key(obj) not in desired:
-                    await self.kube.delete(kind, meta["namespace"], obj["metadata"]["name"])
-                    self.log.info(
-                        "Deleted %s %s/%s (no longer wanted)",
-                        kind,
-                        meta["namespace"],
-                        obj["metadata"]["name"],
-                    )
-        self._applied[uid] = desired
 
     async def _report_invalid(self, body: Manifest, problems: list[str]) -> None:
         """Degraded with the problems named; the running children are left as they are."""

@@ -534,10 +534,16 @@ def test_a_deleted_app_is_forgotten() -> None:
     kube, reconciler = setup(set_("autoscaling", HPA))
     reconcile(kube, reconciler)
     body = kube.object("LLMChainApp", NS, NAME)
-    assert body is not None and reconciler._applied and reconciler._locks
-    assert reconciler._handed_over  # checked once for this switch-on (nothing to hand over)
+    assert body is not None and reconciler.children._applied and reconciler._locks
+    assert (
+        reconciler.children._handed_over
+    )  # checked once for this switch-on (nothing to hand over)
     reconciler.forget(body)
-    assert not reconciler._applied and not reconciler._locks and not reconciler._handed_over
+    assert (
+        not reconciler.children._applied
+        and not reconciler._locks
+        and not reconciler.children._handed_over
+    )
 
 
 # --- children the API server rejects (#12 item 1) ----------------------------------------------
@@ -799,9 +805,13 @@ def test_a_deleted_app_forgets_its_children_and_its_back_off() -> None:
     kube.refusals[("Deployment", NAME)] = REJECTED
     refused(kube, reconciler)
     body = kube.object("LLMChainApp", NS, NAME)
-    assert body is not None and reconciler._owned["uid-qa-chain"] and reconciler._refused_since
+    assert (
+        body is not None
+        and reconciler.children._owned["uid-qa-chain"]
+        and reconciler._refused_since
+    )
     reconciler.forget(body)
-    assert not reconciler._owned and not reconciler._refused_since
+    assert not reconciler.children._owned and not reconciler._refused_since
 
 
 def test_a_child_of_a_deleted_app_of_the_same_name_is_taken_over() -> None:
