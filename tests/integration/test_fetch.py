@@ -31,10 +31,12 @@ ENDLESS_LIMIT = 256 * 2**20  # the "endless" body ends here, so an unfixed fetch
 class HostileServer:
     """Serves /good.bin (3 MiB) and hostile answers: /endless (no Content-Length, 256 MiB),
     /huge (Content-Length 10 TB, then 1 MiB and a close), /slow (trickles 64 KiB a second),
-    redirects to ftp://, file:// and /good.bin. Counts the bytes each path sent."""
+    redirects to ftp://, file:// and /good.bin, and /ranged (/endless, resumable: a Range
+    gets a 206 from there). Counts the bytes each path sent and keeps the Range it was asked."""
 
     def __init__(self, local_file: Path) -> None:
         self.sent: dict[str, int] = {}
+        self.ranges: dict[str, str | None] = {}
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -50,12 +52,14 @@ class HostileServer:
                     "/to-ftp": lambda: self._redirect("ftp://127.0.0.1/model.gguf"),
                     "/to-file": lambda: self._redirect(local_file.as_uri()),
                     "/to-good": lambda: self._redirect("/good.bin"),
+                    "/ranged": self._ranged,
                 }
                 route = routes.get(self.path)
                 if route is None:
                     self.send_error(404)
                     return
                 owner.sent[self.path] = 0
+                owner.ranges[self.path] = self.headers.get("Range")
                 with contextlib.suppress(OSError):  # the client went away: sent is counted
                     route()
 
@@ -75,6 +79,19 @@ class HostileServer:
                 self.end_headers()
                 block = b"x" * 65536
                 while owner.sent[self.path] < ENDLESS_LIMIT:
+                    self._write(block)
+
+            def _ranged(self) -> None:
+                asked = self.headers.get("Range", "")
+                if not asked.startswith("bytes="):
+                    self._endless()
+                    return
+                start = int(asked.removeprefix("bytes=").rstrip("-"))
+                self.send_response(206)  # no Content-Length: the body ends at close
+                self.send_header("Content-Range", f"bytes {start}-{ENDLESS_LIMIT - 1}/*")
+                self.end_headers()
+                block = b"x" * 65536
+                while owner.sent[self.path] < ENDLESS_LIMIT - start:
                     self._write(block)
 
             def _slow(self) -> None:
@@ -130,6 +147,23 @@ def test_an_endless_body_stops_at_the_cap_and_leaves_nothing(
     assert cache_files(cache) == []
     time.sleep(0.5)  # the server notices the closed connection
     assert hostile.sent["/endless"] < ENDLESS_LIMIT
+
+
+def test_a_kept_partial_larger_than_the_cap_is_discarded_not_resumed(
+    tmp_path: Path, hostile: HostileServer
+) -> None:
+    """A .partial a broken-off run with a larger cap left: resuming it would read with a
+    negative size, which http.client takes as "to the end" (the cap no longer holds)."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / f"sha256-{GOOD_SHA256}.partial").write_bytes(b"x" * (CAP + 2**20))
+    (cache / f"sha256-{GOOD_SHA256}.partial.validator").write_text('"v1"')
+    with pytest.raises(FetchError, match=rf"/ranged is larger than the cap of {CAP} bytes"):
+        fetch(f"{hostile.url}/ranged", GOOD_SHA256, cache, max_bytes=CAP)
+    assert hostile.ranges["/ranged"] is None  # started over, not resumed
+    assert cache_files(cache) == []
+    time.sleep(0.5)  # the server notices the closed connection
+    assert hostile.sent["/ranged"] < ENDLESS_LIMIT
 
 
 def test_the_default_cap_comes_from_the_environment(

@@ -266,6 +266,13 @@ def _open(url: str, partial: Path, have: int) -> http.client.HTTPResponse | None
 def _download(url: str, partial: Path, cap: int) -> None:
     label = redact(url)
     have = partial.stat().st_size if partial.exists() else 0
+    if have > cap:  # kept by a run with a larger cap: resuming it could not keep this one
+        Progress(f"download {label}").say(
+            f"discarded a partial download of {have} bytes, above the cap of {cap} bytes"
+        )
+        partial.unlink()
+        _validator(partial).unlink(missing_ok=True)
+        have = 0
     response = _open(url, partial, have)
     if response is None:
         return
