@@ -52,7 +52,7 @@ from llmchain_operator.status import (
 from llmchain_operator.validation import validate
 
 Manifest = dict[str, Any]
-BLOCKERS, INVALID = "blockers", "InvalidSpec"
+BLOCKERS, INVALID, SKIPPED = "blockers", "InvalidSpec", "APINotInstalled"
 """Reports remembered per app (see Reconciler._reported), besides NameConflict, ChildRejected."""
 
 
@@ -103,10 +103,10 @@ class Reconciler:
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _waiting: set[str] = field(default_factory=set)
     _reported: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
-    """Per app uid, per report (NameConflict, ChildRejected, blockers, InvalidSpec): what this
-    operator last reported. An event is posted only when it is news to both this and the
-    status in the body, which kopf read before waiting for the app's lock: a child event's
-    reconcile may have written a newer one meanwhile."""
+    """Per app uid, per report (NameConflict, ChildRejected, blockers, InvalidSpec,
+    APINotInstalled): what this operator last reported. An event is posted only when it is news
+    to both this and the status in the body, which kopf read before waiting for the app's lock:
+    a child event's reconcile may have written a newer one meanwhile."""
     _unlisted: set[str] = field(default_factory=set)
     """App uids whose pods could not be listed (warned once until a list succeeds)."""
     _refused_since: dict[str, float] = field(default_factory=dict)
@@ -205,13 +205,10 @@ class Reconciler:
                 rejected.append(f"{what}: {redact(error.message)}"[:REFUSAL_MESSAGE_LIMIT])
         await self.children.prune(body, {key_of(o) for o in objects})
         skipped = [f"{o['kind']} {o['metadata']['name']}" for o in children.skipped]
-        if skipped and self._skips_are_news(body, skipped):
-            await self.kube.event(
-                body,
-                "Warning",
-                "APINotInstalled",
-                skipped_message(skipped),
-            )
+        if not skipped:
+            self._reported.get(meta["uid"], {}).pop(SKIPPED, None)
+        elif self._is_news(body, SKIPPED, message := skipped_message(skipped), "OptionalAPIs"):
+            await self.kube.event(body, "Warning", SKIPPED, message)
         job = returned.get(("Job", build_job_name(app))) if builds_in_job(app) else None
         deployment = returned.get(("Deployment", name))
         wanted = (
@@ -263,12 +260,6 @@ class Reconciler:
                         meta["name"],
                         message,
                     )
-
-    def _skips_are_news(self, body: Manifest, skipped: list[str]) -> bool:
-        """True when this skip list is news (so the event is posted once, not every resync)."""
-        conditions = {c["type"]: c for c in body.get("status", {}).get("conditions", [])}
-        previous = str(conditions.get("OptionalAPIs", {}).get("message", ""))
-        return previous != skipped_message(skipped)
 
     async def _with_blockers(
         self,

@@ -272,6 +272,15 @@ def test_a_missing_optional_api_is_reported_once_until_it_is_news_again() -> Non
     assert [e["reason"] for e in kube.events] == ["APINotInstalled", "APINotInstalled"]
 
 
+def test_a_missing_optional_api_is_reported_once_from_a_stale_body() -> None:
+    keda = {**HPA, "engine": "keda", "prometheusAddress": "http://prometheus:9090"}
+    kube, reconciler = setup(set_("autoscaling", keda), groups=set())
+    stale = kube.object("LLMChainApp", NS, NAME)
+    for _ in range(2):
+        asyncio.run(reconciler.reconcile(copy.deepcopy(stale)))
+    assert [e["reason"] for e in kube.events] == ["APINotInstalled"]
+
+
 def test_an_invalid_spec_is_reported_once_per_distinct_problem() -> None:
     kube, reconciler = setup(
         set_("chain.steps", [{"name": "answer", "prompt": "Q: {{ questoin }}\nA:"}])
