@@ -2,8 +2,15 @@
 it has been idle after a response (keep-alive), so a client that connects and sends nothing, or
 trickles its headers a byte at a time, would keep its socket forever. Here a connection has
 `header_timeout` seconds to send each request's line and headers (bodies have theirs in the
-Guard), and past `max_connections` open connections a new one gets a 503 and is closed, so the
-server never runs out of file descriptors."""
+Guard), and past `max_connections` open connections a new one gets a 503 and is closed.
+
+What that guarantees about file descriptors: the cap refuses in `connection_made`, which asyncio
+calls two loop ticks after accept(), and its accept loop takes up to `backlog` sockets a tick;
+a refused socket is closed the tick after its refusal. So up to 3 x BACKLOG sockets may be open
+beyond the cap for a moment. At start-up the soft RLIMIT_NOFILE is raised to the hard limit, and
+the cap is kept FD_RESERVE (those sockets and 64 for the model, Redis, logs and threads) below
+it, so accept() does not meet EMFILE unless something else in the process holds more than that
+margin; if it ever does, asyncio retries a second later and the log filter counts the repeats."""
 
 from __future__ import annotations
 
@@ -18,12 +25,42 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from llmchain_server.http.errors import error_body
 
 log = logging.getLogger(__name__)
-FD_RESERVE = 64
-"""Descriptors kept for everything but client connections (the model, Redis, logs, threads)."""
+BACKLOG = 128
+"""The listening socket's backlog, given to uvicorn (its default, 2048, is also how many
+sockets asyncio accepts in one tick, before the cap can refuse any of them)."""
+FD_MARGIN = 64
+"""Descriptors for everything but client connections (the model, Redis, logs, threads)."""
+FD_RESERVE = 3 * BACKLOG + FD_MARGIN
+"""Descriptors kept below the limit: sockets accepted but not yet refused (at most three
+ticks' worth of accepts, see above) and the margin."""
+
+
+def raise_descriptor_limit() -> tuple[int, int]:
+    """Raises the soft RLIMIT_NOFILE to the hard limit (a process may, unprivileged); returns
+    the soft limit before and after, and logs them."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    raised = soft
+    if hard != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            raised = hard
+        except (ValueError, OSError) as e:  # an unlimited hard limit is above fs.nr_open
+            log.warning("Kept the file-descriptor limit at %d (hard %d): %s", soft, hard, e)
+    log.info(
+        "File-descriptor limit %s (was %s, hard %s)",
+        _limit(raised),
+        _limit(soft),
+        _limit(hard),
+    )
+    return soft, raised
+
+
+def _limit(value: int) -> str:
+    return "unlimited" if value == resource.RLIM_INFINITY else str(value)
 
 
 def connection_cap(wanted: int) -> int:
-    """`wanted`, or less to stay below the process's file-descriptor limit."""
+    """`wanted`, or less to stay FD_RESERVE below the process's file-descriptor limit."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return wanted

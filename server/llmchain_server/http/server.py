@@ -13,7 +13,12 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from llmchain_server.dataplane import Admission
-from llmchain_server.http.connections import connection_cap, guarded_protocol
+from llmchain_server.http.connections import (
+    BACKLOG,
+    connection_cap,
+    guarded_protocol,
+    raise_descriptor_limit,
+)
 
 log = logging.getLogger(__name__)
 TEARDOWN_SECONDS = 0.5
@@ -74,16 +79,26 @@ def serve(
     max_connections: int = 1000,
 ) -> None:
     """Serves `app` until SIGTERM (drained) or a second signal."""
+    raise_descriptor_limit()
+    config = uvicorn_config(app, host, port, header_timeout, max_connections)
+    DrainingServer(config, admission, grace_seconds).run()
+
+
+def uvicorn_config(
+    app: ASGIApp, host: str, port: int, header_timeout: float, max_connections: int
+) -> uvicorn.Config:
+    """uvicorn's settings: the guarded protocol with the connection cap (below the current
+    file-descriptor limit) and a backlog the cap's reserve covers."""
     cap = connection_cap(max_connections)
     if cap < max_connections:
         log.info("Limited connections to %d, below the file-descriptor limit", cap)
-    config = uvicorn.Config(
+    return uvicorn.Config(
         app,
         host=host,
         port=port,
         log_config=None,
         access_log=False,
         http=guarded_protocol(header_timeout, cap),
+        backlog=BACKLOG,
         timeout_graceful_shutdown=1,  # set by the drain to what remains of the grace period
     )
-    DrainingServer(config, admission, grace_seconds).run()
