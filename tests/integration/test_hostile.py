@@ -255,50 +255,59 @@ def test_a_failing_request_logs_one_bounded_line(
 
 
 # -- item 9: connections -----------------------------------------------------------------------
-def closed_within(sock: socket.socket, seconds: float, trickle: bytes = b"") -> str:
-    """How the server ended the connection (its first reply line, or `closed`), sending
-    `trickle` a byte every 0.2 s; fails when it is still open after `seconds`."""
-    sock.settimeout(0.2)
-    deadline = time.monotonic() + seconds
-    sent = 0
+def closed_within(
+    sock: socket.socket, seconds: float, trickle: bytes = b"", every: float = 0.5
+) -> str:
+    """How the server ended the connection (its first reply line, or `closed`, or the error
+    name of a reset), sending `trickle` a byte every `every` seconds until then; fails when it
+    is still open after `seconds`. A trickle lasts past `seconds`, so the server has to close a
+    connection that is still sending (a deadline reset by each byte would never fire)."""
+    assert not trickle or len(trickle) * every > seconds, "the trickle would end too soon"
+    sock.settimeout(0.05)
+    now = time.monotonic()
+    deadline, next_byte, sent = now + seconds, now, 0
     while time.monotonic() < deadline:
         try:
-            if sent < len(trickle):
+            if sent < len(trickle) and time.monotonic() >= next_byte:
                 sock.sendall(trickle[sent : sent + 1])
-                sent += 1
+                sent, next_byte = sent + 1, next_byte + every
             reply = sock.recv(200)
             return reply.split(b"\r\n")[0].decode() if reply else "closed"
         except TimeoutError:
             continue
         except OSError as e:  # reset or broken pipe: closed by the server
             return type(e).__name__
-    raise AssertionError(f"the connection was still open after {seconds} s")
+    raise AssertionError(f"the connection was still open after {seconds} s ({sent} bytes sent)")
+
+
+TIMEOUT = float(SERVER_ENV["LLMCHAIN_HEADER_TIMEOUT_SECONDS"])
+assert float(SERVER_ENV["LLMCHAIN_BODY_TIMEOUT_SECONDS"]) == TIMEOUT
+MARGIN = 2.0  # for a loaded machine; far less than a trickle's length
 
 
 def test_idle_and_trickling_connections_are_closed(hostile_server: ServerProcess) -> None:
-    """Header and body timeouts of 3 s (SERVER_ENV): before, all three stayed open."""
+    """Header and body timeouts of 3 s (SERVER_ENV), each connection opened just before its
+    check and trickling a byte every 0.5 s throughout: each is closed within the timeout (and
+    a margin) while still sending. Before, all three stayed open."""
     address = ("127.0.0.1", hostile_server.port)
-    idle = socket.create_connection(address)
-    headers = socket.create_connection(address)
-    body = socket.create_connection(address)
-    body.sendall(
-        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Content-Length: 500\r\n\r\n{"
-    )
-    assert closed_within(idle, 6) == "closed"
-    assert closed_within(headers, 6, b"GET /healthz HTTP/1.1\r\nX-Slow: " + b"y" * 200) in (
-        "closed",
-        "ConnectionResetError",
-        "BrokenPipeError",
-    )
-    assert closed_within(body, 6, b" " * 400) in (
-        "HTTP/1.1 408 Request Timeout",
-        "closed",
-        "ConnectionResetError",
-        "BrokenPipeError",
-    )
-    for s in (idle, headers, body):
-        s.close()
+    closed = ("closed", "ConnectionResetError", "BrokenPipeError")
+    cases: list[tuple[bytes, bytes, tuple[str, ...]]] = [
+        (b"", b"", ("closed",)),  # idle
+        (b"", b"GET /healthz HTTP/1.1\r\nX-Slow: " + b"y" * 200, closed),  # headers
+        (
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 500\r\n\r\n{",
+            b" " * 400,
+            ("HTTP/1.1 408 Request Timeout", *closed),
+        ),  # body
+    ]
+    for head, trickle, outcomes in cases:
+        with socket.create_connection(address) as sock:
+            opened = time.monotonic()
+            sock.sendall(head)
+            assert closed_within(sock, TIMEOUT + MARGIN, trickle) in outcomes, (head, trickle)
+            took = time.monotonic() - opened
+        assert took > TIMEOUT - 0.5, f"closed after {took:.1f} s, before its timeout"
 
 
 def test_connections_beyond_the_cap_are_refused(model_dirs: Callable[[str], Path]) -> None:
