@@ -135,17 +135,35 @@ def _is_build_pod(pod: Manifest) -> bool:
     return labels.get("app.kubernetes.io/component") == MODEL_BUILD_COMPONENT
 
 
-def crash_looping_init_containers(pods: Iterable[Manifest]) -> list[tuple[str, str]]:
-    """(pod, container) of each init container in CrashLoopBackOff with no termination message:
-    the ones whose last log line reconcile reads (a GET of pods/log each)."""
+def crash_looping_init_containers(pods: Iterable[Manifest]) -> list[tuple[str, str, bool]]:
+    """(pod, container, previous) of each crash-looping init container with no termination
+    message: the ones whose last log line reconcile reads (a GET of pods/log each). `previous`:
+    the failed run is the container's previous one (it waits to be restarted), not the current
+    one (reported `terminated` itself; its previous run's log may be collected already)."""
     found = []
     for pod in _live(pods):
         for status in pod.get("status", {}).get("initContainerStatuses", []):
-            waiting = status.get("state", {}).get("waiting", {})
-            terminated = status.get("lastState", {}).get("terminated", {})
-            if waiting.get("reason") == CRASH_LOOP and not terminated.get("message"):
-                found.append((pod["metadata"]["name"], status["name"]))
+            failure = _crash_loop_failure(status, init=True)
+            if failure is not None and not failure.get("message"):
+                previous = "terminated" not in status.get("state", {})
+                found.append((pod["metadata"]["name"], status["name"], previous))
     return found
+
+
+def _crash_loop_failure(status: Manifest, init: bool) -> Manifest | None:
+    """The last failure of a crash-looping container (its `terminated` state), or None.
+
+    The kubelet reports a container waiting to be restarted as `waiting: CrashLoopBackOff`. An
+    init container of a pod with sidecar init containers (restartPolicy Always) stays reported
+    as `terminated` with its exit code through the back-off instead, so a failed init container
+    that has been restarted before counts as crash-looping too."""
+    state = status.get("state", {})
+    if state.get("waiting", {}).get("reason") == CRASH_LOOP:
+        return dict(status.get("lastState", {}).get("terminated", {}))
+    terminated = state.get("terminated", {})
+    if init and terminated.get("exitCode") and int(status.get("restartCount", 0)) >= 1:
+        return dict(terminated)
+    return None
 
 
 def _unschedulable(pod: Manifest) -> str | None:
@@ -172,8 +190,8 @@ def _container_blocker(
         image = status.get("image") or "its image"
         problem = f"{what} cannot pull image {image}{shown}" + (f": {message}" if message else "")
         return Blocker(IMAGE_PULL, f"Pod {name}", problem, model)
-    if why == CRASH_LOOP:
-        last = status.get("lastState", {}).get("terminated", {})
+    last = _crash_loop_failure(status, init)
+    if last is not None:
         code, ended = last.get("exitCode"), last.get("reason")
         how = ", ".join(
             [
@@ -287,9 +305,14 @@ def redact(line: str) -> str:
     return _OPAQUE.sub(_opaque, line)
 
 
+NO_LOG = "unable to retrieve container logs"
+
+
 def last_log_line(text: str) -> str:
     """The last non-empty line of a log tail, without control characters, redacted and cut to
     LOG_LINE_CHARS."""
+    if text.startswith(NO_LOG):
+        return ""  # the kubelet's answer when that run's log is gone (a collected container)
     lines = [_CONTROL.sub("", line).strip() for line in text.splitlines()]
     lines = [line for line in lines if line]
     return _cut(redact(lines[-1]), LOG_LINE_CHARS) if lines else ""

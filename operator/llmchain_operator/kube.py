@@ -159,13 +159,19 @@ class Kube:
         return [{"apiVersion": api_version, "kind": kind, **item} for item in items]
 
     async def previous_log(
-        self, namespace: str, pod: str, container: str, limit_bytes: int, tail_lines: int = 2
+        self,
+        namespace: str,
+        pod: str,
+        container: str,
+        limit_bytes: int,
+        tail_lines: int = 2,
+        previous: bool = True,
     ) -> str:
-        """The last `tail_lines` lines of a container's previous run (a crash-looping one's), cut
-        after `limit_bytes` by the API server."""
+        """The last `tail_lines` lines of a container's previous run (a crash-looping one's; its
+        current run with `previous=False`), cut after `limit_bytes` by the API server."""
         query = [
             ("container", container),
-            ("previous", "true"),
+            ("previous", "true" if previous else "false"),
             ("tailLines", str(tail_lines)),
             ("limitBytes", str(limit_bytes)),
         ]

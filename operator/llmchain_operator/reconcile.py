@@ -289,10 +289,10 @@ class Reconciler:
             return observed
         self._unlisted.discard(meta["uid"])
         logs = {}
-        for pod, container in crash_looping_init_containers(pods):
+        for pod, container, previous in crash_looping_init_containers(pods):
             try:
                 logs[(pod, container)] = await self.kube.previous_log(
-                    namespace, pod, container, LOG_TAIL_BYTES
+                    namespace, pod, container, LOG_TAIL_BYTES, previous=previous
                 )
             except ApiError as error:  # gone meanwhile, or no RBAC for pods/log: no log line
                 self.log.warning(

@@ -186,7 +186,13 @@ class FakeKube:
         )
 
     async def previous_log(
-        self, namespace: str, pod: str, container: str, limit_bytes: int, tail_lines: int = 2
+        self,
+        namespace: str,
+        pod: str,
+        container: str,
+        limit_bytes: int,
+        tail_lines: int = 2,
+        previous: bool = True,
     ) -> str:
         self._record("previous_log", namespace, pod, container)
         if (namespace, pod, container) not in self.logs:

@@ -175,7 +175,7 @@ def test_an_image_pull_back_off_names_the_image_and_the_kubelets_message() -> No
 
 def test_a_crash_looping_init_container_shows_its_last_log_line() -> None:
     pods = [pod("qa-1", init=[crashed("model")])]
-    assert crash_looping_init_containers(pods) == [("qa-1", "model")]
+    assert crash_looping_init_containers(pods) == [("qa-1", "model", True)]
     log = "fetching\nError: cannot download http://models.local/absent.gguf: HTTP 404 Not Found\n"
     [blocker] = find_blockers(pods, logs={("qa-1", "model"): log})
     assert blocker.reason == "CrashLoopBackOff" and blocker.model
@@ -183,6 +183,38 @@ def test_a_crash_looping_init_container_shows_its_last_log_line() -> None:
         "Pod qa-1: init container model is crash-looping (exit code 1): "
         "Error: cannot download http://models.local/absent.gguf: HTTP 404 Not Found"
     )
+
+
+def test_an_init_container_reported_terminated_through_its_back_off_is_crash_looping() -> None:
+    """Beside a sidecar init container (restartPolicy Always), the kubelet (v1.36 on the real
+    node) reports a failed init container as `terminated` through its back-off, never as
+    `waiting: CrashLoopBackOff`; it had been restarted 4 times when this was seen."""
+    sidecar = {"name": "cache", "restartCount": 0, "state": {"running": {}}}
+    failed = {"exitCode": 1, "reason": "Error"}
+    model = {
+        "name": "model",
+        "restartCount": 4,
+        "state": {"terminated": failed},
+        "lastState": {"terminated": failed},
+    }
+    pods = [pod("qa-1", init=[sidecar, model])]
+    assert crash_looping_init_containers(pods) == [("qa-1", "model", False)]
+    log = "Error: cannot download http://models.local/absent.gguf: HTTP 404 Not Found\n"
+    [blocker] = find_blockers(pods, logs={("qa-1", "model"): log})
+    assert blocker.reason == "CrashLoopBackOff" and blocker.model
+    assert blocker.problem == (
+        "init container model is crash-looping (exit code 1): "
+        "Error: cannot download http://models.local/absent.gguf: HTTP 404 Not Found"
+    )
+    # The kubelet's answer when that run's log is gone is no log line.
+    gone = "unable to retrieve container logs for containerd://c024f7560abd"
+    [blocker] = find_blockers(pods, logs={("qa-1", "model"): gone})
+    assert blocker.problem == "init container model is crash-looping (exit code 1)"
+    # Its first failure, before any restart, is not a loop yet; an exit code 0 is no failure.
+    first = {**model, "restartCount": 0}
+    done = {**model, "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}
+    assert find_blockers([pod("qa-1", init=[sidecar, first])]) == []
+    assert find_blockers([pod("qa-1", init=[sidecar, done])]) == []
 
 
 def test_a_termination_message_is_used_and_no_log_is_read() -> None:
