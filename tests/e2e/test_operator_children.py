@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.apps import conditions, wait_condition
+from tests.support.apps import conditions, wait_condition, wait_reason
 from tests.support.cluster import ROOT, Cluster, wait_for
 from tests.support.operator import OperatorProcess
 
@@ -55,17 +55,6 @@ def events(cluster: Cluster, namespace: str, name: str, reason: str) -> list[dic
         "-n", namespace, "events", "--field-selector", selector
     )["items"]
     return items
-
-
-def wait_reason(
-    cluster: Cluster, namespace: str, name: str, type_: str, reason: str
-) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        cond = conditions(cluster, namespace, name).get(type_)
-        return cond if cond and cond["reason"] == reason else None
-
-    found: dict[str, Any] = wait_for(check, timeout=60, what=f"{type_} {reason} on {name}")
-    return found
 
 
 def test_a_deployment_the_api_server_rejects_is_reported_and_the_rest_applied(

@@ -16,27 +16,29 @@ def wait_condition(
     cluster: Cluster, namespace: str, name: str, type_: str, status: str, timeout: float = 60
 ) -> dict[str, Any]:
     """Wait until condition `type_` has `status`; return it."""
-
-    def check() -> dict[str, Any] | None:
-        cond = conditions(cluster, namespace, name).get(type_)
-        return cond if cond and cond["status"] == status else None
-
-    result: dict[str, Any] = wait_for(
-        check, timeout=timeout, what=f"{type_}={status} on {namespace}/{name}"
-    )
-    return result
+    return _wait_field(cluster, namespace, name, type_, "status", status, timeout)
 
 
 def wait_reason(
     cluster: Cluster, namespace: str, name: str, type_: str, reason: str, timeout: float = 90
 ) -> dict[str, Any]:
     """Wait until condition `type_` has `reason`; return it."""
+    return _wait_field(cluster, namespace, name, type_, "reason", reason, timeout)
 
+
+def _wait_field(
+    cluster: Cluster,
+    namespace: str,
+    name: str,
+    type_: str,
+    field: str,
+    value: str,
+    timeout: float,
+) -> dict[str, Any]:
     def check() -> dict[str, Any] | None:
         cond = conditions(cluster, namespace, name).get(type_)
-        return cond if cond and cond["reason"] == reason else None
+        return cond if cond and cond[field] == value else None
 
-    result: dict[str, Any] = wait_for(
-        check, timeout=timeout, what=f"{type_} reason {reason} on {namespace}/{name}"
-    )
+    what = f"{type_} {field} {value} on {namespace}/{name}"
+    result: dict[str, Any] = wait_for(check, timeout=timeout, what=what)
     return result
