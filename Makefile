@@ -9,7 +9,7 @@ TOOLBIN := $(CURDIR)/.toolchain/bin
 export PATH := $(TOOLBIN):$(CURDIR)/$(BIN):$(PATH)
 
 ##@ Newcomer
-demo: install toolchain images cluster-up ## Set up everything and run the demo: cluster, operator in it, the app's real pods, answers
+demo: install toolchain images cluster-up monitoring ## Set up everything and run the demo: cluster, monitoring, operator in it, the app's real pods, answers, live numbers
 	@hack/demo.sh
 
 demo-down: ## Stop everything the demo started (the app, the operator, the cluster and its node)
@@ -25,15 +25,18 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt hack/install.sh
 	@hack/install.sh
 	@touch $@
 
-toolchain: ## Build the control plane, the real node (kubelet, containerd, CNI, CoreDNS), etcd, kwok, helm, promtool, CRDs from Go modules (cached)
+toolchain: ## Build the control plane, the real node (kubelet, containerd, CNI, CoreDNS), etcd, kwok, helm, Prometheus, the Prometheus Operator, KEDA, CRDs from Go modules (cached)
 	@toolchain/build.sh
 
-images: install toolchain ## Build the images (server, operator, redis, model, pause, CoreDNS) daemonlessly (cached by input hash)
+images: install toolchain ## Build the images (server, operator, redis, model, pause, CoreDNS, monitoring stack) daemonlessly (cached by input hash)
 	@hack/images.sh build
 
 ##@ Local cluster
 cluster-up: toolchain images ## Start the local cluster (control plane, the real node with CoreDNS, KWOK fake GPU nodes)
 	@hack/cluster.sh up
+
+monitoring: cluster-up ## Install Prometheus (run by the Prometheus Operator) and KEDA in the local cluster, on the real node
+	@hack/monitoring.sh up
 
 cluster-down: ## Stop the local cluster and every process it started
 	@hack/cluster.sh down
@@ -106,4 +109,4 @@ help: ## List the targets
 	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
 
 .PHONY: demo demo-down test install toolchain images cluster-up cluster-down kubeconfig lint fmt test-unit \
-	test-integration test-e2e test-e2e-real crds manifests bench bench-engine bench-server bench-hostile bench-fidelity goldens model clean help
+	monitoring test-integration test-e2e test-e2e-real crds manifests bench bench-engine bench-server bench-hostile bench-fidelity goldens model clean help

@@ -7,6 +7,8 @@
 #   operator  images/operator/Dockerfile
 #   redis     images/redis/Dockerfile (the cache sidecar and conversation memory)
 #   model     images/model/Dockerfile (the SmolLM2 GGUF for model.source.image)
+#   prometheus, prometheus-operator, prometheus-config-reloader, keda
+#             the monitoring stack (hack/monitoring.sh), from the binaries `make toolchain` built
 #
 #   hack/images.sh build [NAME ...]   build (cached by the hash of each image's inputs) and
 #                                     import them into the local cluster's node when it runs
@@ -23,7 +25,8 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${LLMCHAIN_IMAGE_CACHE:-$HOME/.cache/llmchain/images}
 refs=$root/.images/refs.env
-all_images=(base pause coredns redis model server operator)
+all_images=(base pause coredns redis model server operator prometheus prometheus-operator
+  prometheus-config-reloader keda)
 # Bump when the way images are built changes, so every cached image is rebuilt.
 recipe=1
 suite=bookworm
@@ -91,13 +94,27 @@ image_key() { # NAME
   case $1 in
     base) inputs_hash "$suite $base_packages" -- ;;
     pause) inputs_hash "$(go version)" -- images/pause ;;
-    coredns) inputs_hash "$(readlink -f "$root/.toolchain/bin/coredns")" -- images/coredns ;;
+    coredns|prometheus|prometheus-operator|prometheus-config-reloader|keda)
+      inputs_hash "$(binaries_key "$1")" -- "images/$1" ;;
     redis) inputs_hash "$(image_key base)" -- images/redis ;;
     model) gguf=$(model_gguf); inputs_hash "$(image_key base) $(basename "$gguf") $(stat -c %s "$gguf")" -- images/model ;;
     server|operator)
       inputs_hash "$(image_key base)" -- "images/$1" pyproject.toml README.md requirements operator server cli ;;
     *) die "unknown image '$1' (known: ${all_images[*]})" ;;
   esac
+}
+
+# The toolchain binaries an image made of Go binaries holds (FROM scratch, no base).
+binaries_of() { # NAME
+  case $1 in
+    coredns|prometheus|prometheus-operator|prometheus-config-reloader) echo "$1" ;;
+    keda) echo keda-operator keda-adapter ;;
+  esac
+}
+
+binaries_key() { # NAME
+  local b
+  for b in $(binaries_of "$1"); do readlink -f "$root/.toolchain/bin/$b"; done
 }
 
 model_gguf() {
@@ -177,10 +194,13 @@ build_image() { # NAME
       (cd "$root/images/pause" && CGO_ENABLED=0 GOFLAGS= go build -trimpath -ldflags "-s -w" \
         -o "$work/pause" pause.go)
       run_logged "$name" "$logfile" buildah bud --isolation chroot -f "$root/images/pause/Dockerfile" -t "$ref" "$work" ;;
-    coredns)
-      [ -x "$root/.toolchain/bin/coredns" ] || die "coredns is missing: run 'make toolchain' first"
-      cp "$(readlink -f "$root/.toolchain/bin/coredns")" "$work/coredns"
-      run_logged "$name" "$logfile" buildah bud --isolation chroot -f "$root/images/coredns/Dockerfile" -t "$ref" "$work" ;;
+    coredns|prometheus|prometheus-operator|prometheus-config-reloader|keda)
+      local b
+      for b in $(binaries_of "$name"); do
+        [ -x "$root/.toolchain/bin/$b" ] || die "$b is missing: run 'make toolchain' first"
+        cp "$(readlink -f "$root/.toolchain/bin/$b")" "$work/$b"
+      done
+      run_logged "$name" "$logfile" buildah bud --isolation chroot -f "$root/images/$name/Dockerfile" -t "$ref" "$work" ;;
     redis)
       build_image base
       say "redis: buildah bud images/redis/Dockerfile (apt-get from the base's mirrors)"

@@ -74,10 +74,14 @@ install() {
   redis=$(sed -n 's/^redis=//p' "$refs")
   kubectl apply -f "$root/crds" >/dev/null
   kubectl apply -f "$root/deploy/namespace.yaml" >/dev/null
+  # The operator's own ServiceMonitor, where the Prometheus Operator's CRDs are installed.
+  local monitor=false
+  kubectl get crd servicemonitors.monitoring.coreos.com >/dev/null 2>&1 && monitor=true
   helm upgrade --install "$release" "$root/charts/llmchain-operator" -n llmchain-system \
     --set image.repository="${operator%:*}" --set image.tag="${operator##*:}" \
     --set image.pullPolicy=Never --set defaults.serverImage="$server" \
     --set defaults.cacheImage="$redis" --set defaults.memoryImage="$redis" \
+    --set metrics.serviceMonitor.enabled=$monitor --set metrics.serviceMonitor.interval=10s \
     --wait --timeout 180s "$@" >/dev/null
   say "installed: $(kubectl -n llmchain-system get pods -l app.kubernetes.io/instance=$release \
     -o jsonpath='{range .items[*]}{.metadata.name} on {.spec.nodeName}; {end}')"

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Builds the local control-plane toolchain from Go modules (see DESIGN.md, "Local control plane").
 #
-#   toolchain/build.sh [COMPONENT ...]      components: kubernetes etcd kwok helm promtool crds
-#                                            containerd cni coredns
+#   toolchain/build.sh [COMPONENT ...]      components: kubernetes etcd kwok helm prometheus crds
+#                                            containerd cni coredns prometheus-operator keda
 #
 # Each component is pinned by the wrapper module toolchain/<component>/go.mod (+ go.sum). Results
 # are cached outside the checkout in $LLMCHAIN_TOOLCHAIN_CACHE (default ~/.cache/llmchain/toolchain)
 # under <component>-<version>-<hash of the wrapper files>, so a second run takes seconds; the
-# checkout gets symlinks in .toolchain/bin and .toolchain/crds. A failure stops at once and names
+# checkout gets symlinks in .toolchain/bin, .toolchain/crds and .toolchain/manifests. A failure stops at once and names
 # the component and its log file.
 set -euo pipefail
 
@@ -16,7 +16,7 @@ root=$(cd "$here/.." && pwd)
 cache=${LLMCHAIN_TOOLCHAIN_CACHE:-$HOME/.cache/llmchain/toolchain}
 links=$root/.toolchain
 export CGO_ENABLED=0 GOFLAGS=-mod=mod
-all_components=(kubernetes etcd kwok helm promtool crds containerd cni coredns)
+all_components=(kubernetes etcd kwok helm prometheus crds containerd cni coredns prometheus-operator keda)
 
 log() { printf '[toolchain %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 die() { printf '[toolchain] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -79,7 +79,9 @@ ldflags_for() { # COMPONENT VERSION
     helm) printf '%s' "-s -w -X helm.sh/helm/v3/internal/version.version=$2" ;;
     kwok) printf '%s' "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${2#v}" ;;
     # Prometheus 3.x publishes its Go module as v0.3MM.P for release 3.MM.P.
-    promtool) printf '%s' "-s -w -X github.com/prometheus/common/version.Version=3.${2#v0.3}" ;;
+    prometheus) printf '%s' "-s -w -X github.com/prometheus/common/version.Version=3.${2#v0.3}" ;;
+    prometheus-operator) printf '%s' "-s -w -X github.com/prometheus/common/version.Version=${2#v}" ;;
+    keda) printf '%s' "-s -w -X github.com/kedacore/keda/v2/version.Version=$2" ;;
     containerd) printf '%s' "-s -w -X github.com/containerd/containerd/v2/version.Version=$2" ;;
     *) printf '%s' "-s -w" ;;
   esac
@@ -105,11 +107,13 @@ main_module_of() {
     etcd) echo go.etcd.io/etcd/server/v3 ;;
     kwok) echo sigs.k8s.io/kwok ;;
     helm) echo helm.sh/helm/v3 ;;
-    promtool) echo github.com/prometheus/prometheus ;;
+    prometheus) echo github.com/prometheus/prometheus ;;
     crds) echo github.com/prometheus-operator/prometheus-operator ;;
     containerd) echo github.com/containerd/containerd/v2 ;;
     cni) echo github.com/containernetworking/plugins ;;
     coredns) echo github.com/coredns/coredns ;;
+    prometheus-operator) echo github.com/prometheus-operator/prometheus-operator ;;
+    keda) echo github.com/kedacore/keda/v2 ;;
     *) die "unknown component '$1' (known: ${all_components[*]})" ;;
   esac
 }
@@ -124,8 +128,13 @@ build_binaries() { # COMPONENT VERSION DEST LOG
   (cd "$here/$component" && run_logged "$component" "$logfile" \
     go build -trimpath -tags "$(tags_for "$component")" -ldflags "$(ldflags_for "$component" "$version")" \
       -o "$out/" $tools)
-  # go names a binary after its package path (go.etcd.io/etcd/server/v3 -> server).
-  if [ "$component" = etcd ]; then mv "$dest/bin/server" "$dest/bin/etcd"; fi
+  # go names a binary after its package path (go.etcd.io/etcd/server/v3 -> server); the
+  # operators' cmd/operator and KEDA's cmd/adapter get their project's name.
+  case $component in
+    etcd) mv "$dest/bin/server" "$dest/bin/etcd" ;;
+    prometheus-operator) mv "$dest/bin/operator" "$dest/bin/prometheus-operator" ;;
+    keda) mv "$dest/bin/operator" "$dest/bin/keda-operator"; mv "$dest/bin/adapter" "$dest/bin/keda-adapter" ;;
+  esac
 }
 
 # Upstream CRDs: files copied out of the pinned modules' source (prometheus-operator, KEDA).
@@ -139,11 +148,18 @@ build_crds() { # DEST LOG
       || die "crds: could not fetch $mod@$ver; log: $logfile"
     case $mod in
       github.com/prometheus-operator/prometheus-operator)
-        for kind in servicemonitors podmonitors prometheusrules; do
-          install -m 0644 "$dir/example/prometheus-operator-crd/monitoring.coreos.com_$kind.yaml" "$dest/crds/"
-        done ;;
+        # The whole monitoring.coreos.com set: the Prometheus Operator in the cluster needs it.
+        install -m 0644 "$dir"/example/prometheus-operator-crd/monitoring.coreos.com_*.yaml "$dest/crds/"
+        # Its deployment and RBAC, and Prometheus' RBAC, for hack/monitoring.sh.
+        mkdir -p "$dest/manifests/prometheus-operator"
+        install -m 0644 "$dir"/example/rbac/prometheus-operator/prometheus-operator-{cluster-role,cluster-role-binding,deployment,service-account,service}.yaml \
+          "$dir"/example/rbac/prometheus/prometheus-{cluster-role,cluster-role-binding,service-account}.yaml \
+          "$dest/manifests/prometheus-operator/" ;;
       github.com/kedacore/keda/v2)
-        install -m 0644 "$dir/config/crd/bases/keda.sh_scaledobjects.yaml" "$dest/crds/" ;;
+        install -m 0644 "$dir"/config/crd/bases/*.yaml "$dest/crds/"
+        # Its kustomize tree (operator, metrics API server, RBAC), for hack/monitoring.sh.
+        mkdir -p "$dest/manifests"
+        cp -r "$dir/config" "$dest/manifests/keda"; chmod -R u+w "$dest/manifests/keda" ;;
     esac
   done < <((cd "$here/crds" && go mod edit -json) | python3 -c \
     'import json,sys; [print(r["Path"], r["Version"]) for r in json.load(sys.stdin)["Require"]]')
@@ -172,9 +188,9 @@ build_component() { # COMPONENT
   local link
   for link in "$links"/*/*; do  # links to another build of this component
     [ -L "$link" ] || continue
-    case $(readlink "$link") in "$cache/$component-"*) rm -f "$link" ;; esac
+    case $(readlink "$link") in "$cache/$component-v"*) rm -f "$link" ;; esac
   done
-  for kind in bin cni crds; do
+  for kind in bin cni crds manifests; do
     [ -d "$dest/$kind" ] || continue
     mkdir -p "$links/$kind"
     for f in "$dest/$kind"/*; do ln -sfn "$f" "$links/$kind/$(basename "$f")"; done

@@ -165,6 +165,35 @@ def render(file: TextIO, namespace: str | None, missing: tuple[str, ...]) -> Non
         raise click.ClickException(str(error)) from None
 
 
+@cli.command("rule-tests")
+@click.argument("file", type=click.File("r"))
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder to write the rule and test files into (created if missing).",
+)
+@click.option("-n", "--namespace", help="Namespace of apps that name none (default: default).")
+def rule_tests(file: TextIO, out: Path, namespace: str | None) -> None:
+    """Write, per LLMChainApp in FILE, its alert rules and a `promtool test rules` file in which
+    each alert fires on synthetic series and stays quiet on others.
+
+    Run them with `promtool test rules OUT/*.test.yaml`: after changing thresholds or `for`, the
+    tests say whether each alert still fires when it should.
+    """
+    from llmchain_operator.render import RenderError, rule_test_files
+
+    try:
+        files = rule_test_files(file.read(), namespace=namespace)
+    except RenderError as error:
+        raise click.ClickException(str(error)) from None
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (out / name).write_text(text)
+        click.echo(out / name)
+
+
 @cli.command()
 def crd() -> None:
     """Print the LLMChainApp CustomResourceDefinition generated from the API models."""

@@ -478,6 +478,14 @@ class Alerts(Schema):
     cache_hit_rate_percent: float | None = Field(
         None, ge=0, le=100, description="Alert when the cache hit rate falls below this."
     )
+    for_duration: str | None = Field(
+        None,
+        pattern=r"^([0-9]+(ms|s|m|h|d|w|y))+$",
+        max_length=32,
+        description="How long an alert's condition must hold before it fires, as a Prometheus "
+        "duration (30s, 2m, 1h30m); unset: 5m for LLMChainAppDown, 10m for latency and "
+        "error rate, 30m for the cache hit rate.",
+    )
 
 
 class Monitoring(Schema):
@@ -580,6 +588,22 @@ class Condition(Schema):
     )
 
 
+class AutoscalerStatus(Schema):
+    """What the app's autoscaler reports (its HorizontalPodAutoscaler; KEDA's for engine keda)."""
+
+    engine: Literal["hpa", "keda"] = Field(description="The autoscaling engine.")
+    hpa: str | None = Field(None, description="Name of the HorizontalPodAutoscaler that scales.")
+    active: bool = Field(
+        description="Whether the autoscaler is acting on its metric: the HPA's ScalingActive "
+        "condition (engine hpa) or the ScaledObject's Active condition (engine keda)."
+    )
+    reason: str | None = Field(None, max_length=1024, description="Reason of that condition.")
+    message: str | None = Field(None, max_length=4096, description="Message of that condition.")
+    current_replicas: int | None = Field(None, ge=0, description="Replicas the HPA last saw.")
+    desired_replicas: int | None = Field(None, ge=0, description="Replicas the HPA wants.")
+    last_scale_time: str | None = Field(None, description="When the HPA last changed the count.")
+
+
 class LLMChainAppStatus(Schema):
     """Observed state, written by the operator."""
 
@@ -593,6 +617,14 @@ class LLMChainAppStatus(Schema):
     )
     replicas: int | None = Field(None, ge=0, description="Pods of the Deployment.")
     ready_replicas: int | None = Field(None, ge=0, description="Ready pods of the Deployment.")
+    desired_replicas: int | None = Field(
+        None,
+        ge=0,
+        description="Replicas the Deployment is asked for (by the autoscaler, if any).",
+    )
+    autoscaler: AutoscalerStatus | None = Field(
+        None, description="The autoscaler's view (spec.autoscaling set)."
+    )
     selector: str | None = Field(
         None, description="Label selector of the pods (for the scale subresource)."
     )

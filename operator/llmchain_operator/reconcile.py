@@ -31,6 +31,8 @@ from llmchain_operator.blockers import (
 from llmchain_operator.builders import build_children
 from llmchain_operator.builders.common import (
     MANAGED_BY,
+    app_name,
+    app_namespace,
     model_digest,
     selector_labels,
 )
@@ -43,6 +45,7 @@ from llmchain_operator.kube import ApiError, Kube
 from llmchain_operator.settings import Settings
 from llmchain_operator.status import (
     Observed,
+    autoscaler_status,
     compute_conditions,
     counts_for_status,
     is_ready,
@@ -224,6 +227,9 @@ class Reconciler:
             conflicts=conflicts,
             rejected=rejected,
         )
+        if app.spec.autoscaling is not None:
+            autoscaler = await self._autoscaler(app, returned)
+            observed = dataclasses.replace(observed, autoscaler=autoscaler)
         await self._report_refusals(body, observed)
         observed = await self._with_blockers(body, app, observed, returned)
         await self._write_status(body, app, observed)
@@ -236,6 +242,26 @@ class Reconciler:
         self._refused_since.pop(meta["uid"], None)
         self.log.info("Reconciled %s %s/%s", KIND, namespace, name)
         return "success"
+
+    async def _autoscaler(
+        self, app: LLMChainApp, returned: dict[tuple[str, str], Manifest]
+    ) -> Manifest:
+        """status.autoscaler: our HPA as the apply returned it (engine hpa), or the ScaledObject
+        and the HPA KEDA made for it (one GET; its name is in the ScaledObject's status)."""
+        assert app.spec.autoscaling is not None
+        name, namespace = app_name(app), app_namespace(app)
+        engine = app.spec.autoscaling.engine
+        if engine == "hpa":
+            return autoscaler_status(engine, returned.get(("HorizontalPodAutoscaler", name)))
+        scaled = returned.get(("ScaledObject", name))
+        hpa = None
+        hpa_name = (scaled or {}).get("status", {}).get("hpaName")
+        if hpa_name:
+            try:
+                hpa = await self.kube.get("HorizontalPodAutoscaler", namespace, str(hpa_name))
+            except ApiError as error:  # a 5xx or no RBAC: the status says less, nothing fails
+                self.log.warning("Could not read HPA %s/%s: %s", namespace, hpa_name, error)
+        return autoscaler_status(engine, hpa, scaled)
 
     async def _report_refusals(self, body: Manifest, observed: Observed) -> None:
         """An event for each refused child whose refusal is news (the last Degraded condition
@@ -378,6 +404,7 @@ class Reconciler:
             "observedGeneration": observed.generation,
             "conditions": conditions,
             **counts_for_status(observed.deployment),
+            **({"autoscaler": observed.autoscaler} if observed.autoscaler else {}),
             "selector": selector,
             "endpoint": endpoint(app, self.settings),
             "modelDigest": model_digest(app),

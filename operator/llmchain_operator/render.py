@@ -9,6 +9,7 @@ import yaml
 
 from llmchain_operator.api import KIND, LLMChainApp
 from llmchain_operator.builders import build_children
+from llmchain_operator.builders.monitoring import build_prometheus_rule, rule_tests
 from llmchain_operator.kinds import OPTIONAL_API_GROUPS
 from llmchain_operator.settings import Settings
 from llmchain_operator.validation import validate
@@ -54,3 +55,19 @@ def render(
                 f"API {obj['apiVersion']} not available\n"
             )
     return "---\n".join(out)
+
+
+def rule_test_files(text: str, *, namespace: str | None = None) -> dict[str, str]:
+    """`llmchain rule-tests`: per app with alerts, its rule groups (`<ns>-<name>.rules.yaml`, the
+    PrometheusRule's spec) and a `promtool test rules` file (`<ns>-<name>.test.yaml`) in which
+    each alert fires on synthetic series and stays quiet on others. File name -> content."""
+    files = {}
+    for app in parse_apps(yaml.safe_load_all(text), namespace):
+        rule = build_prometheus_rule(app)
+        if rule is None:
+            continue
+        stem = f"{app.metadata['namespace']}-{app.metadata['name']}"
+        files[f"{stem}.rules.yaml"] = yaml.safe_dump(rule["spec"], sort_keys=False, width=100)
+        tests = rule_tests(app, f"{stem}.rules.yaml")
+        files[f"{stem}.test.yaml"] = yaml.safe_dump(tests, sort_keys=False, width=100)
+    return files

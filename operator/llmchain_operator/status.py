@@ -31,6 +31,8 @@ class Observed:
     """Children not applied because another owner controls an object of that name."""
     rejected: list[str] = field(default_factory=list)
     """Children the API server refused (4xx), each with its message."""
+    autoscaler: Manifest | None = None
+    """status.autoscaler (autoscaler_status), when the app autoscales."""
 
 
 def skipped_message(skipped: list[str]) -> str:
@@ -210,7 +212,47 @@ def merge_conditions(
 
 def counts_for_status(deployment: Manifest | None) -> dict[str, int]:
     status = (deployment or {}).get("status", {})
-    return {
+    counts = {
         "replicas": int(status.get("replicas", 0)),
         "readyReplicas": int(status.get("readyReplicas", 0)),
     }
+    if deployment is not None and "replicas" in deployment.get("spec", {}):
+        counts["desiredReplicas"] = int(deployment["spec"]["replicas"])
+    return counts
+
+
+def _condition_of(obj: Manifest | None, type_: str) -> Manifest | None:
+    conditions = (obj or {}).get("status", {}).get("conditions") or []
+    return next((c for c in conditions if c.get("type") == type_), None)
+
+
+def autoscaler_status(
+    engine: str, hpa: Manifest | None, scaled_object: Manifest | None = None
+) -> Manifest:
+    """status.autoscaler from the HPA that scales the Deployment and, for engine keda, the
+    ScaledObject that owns that HPA. Active: the HPA's ScalingActive condition (hpa) or the
+    ScaledObject's Active condition (keda: the trigger's metric is above its activation)."""
+    status: Manifest = {"engine": engine, "active": False}
+    if hpa is not None:
+        status["hpa"] = hpa["metadata"]["name"]
+        observed = hpa.get("status", {})
+        for field in ("currentReplicas", "desiredReplicas"):
+            if field in observed:
+                status[field] = int(observed[field])
+        if observed.get("lastScaleTime"):
+            status["lastScaleTime"] = observed["lastScaleTime"]
+    source = scaled_object if engine == "keda" else hpa
+    condition_ = _condition_of(source, "Active" if engine == "keda" else "ScalingActive")
+    if condition_ is not None:
+        status["active"] = condition_.get("status") == "True"
+        for field in ("reason", "message"):
+            if condition_.get(field):
+                status[field] = str(condition_[field])[: 1024 if field == "reason" else 4096]
+    elif source is None:
+        status["reason"] = "NotCreated"
+        status["message"] = (
+            "The ScaledObject has no HPA yet (is KEDA installed and running?)."
+            if engine == "keda"
+            else "The HorizontalPodAutoscaler does not exist yet."
+        )
+    return status

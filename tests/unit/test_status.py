@@ -5,7 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from llmchain_operator.blockers import Blocker
-from llmchain_operator.status import Observed, compute_conditions, is_ready, merge_conditions
+from llmchain_operator.status import (
+    Observed,
+    autoscaler_status,
+    compute_conditions,
+    counts_for_status,
+    is_ready,
+    merge_conditions,
+)
 
 
 def deployment(ready: int, replicas: int, generation: int = 1, seen: int = 1) -> dict[str, Any]:
@@ -189,3 +196,62 @@ def test_a_rejected_child_beside_a_rolled_out_deployment_leaves_progressing_alon
     conds = by_type(Observed(1, deployment(1, 1), None, False, 1, rejected=[rejected]))
     assert (conds["Degraded"]["reason"], conds["Ready"]["status"]) == ("ChildRejected", "False")
     assert conds["Progressing"]["reason"] == "RolledOut"
+
+
+KEDA_HPA = {
+    "metadata": {"name": "keda-hpa-chat"},
+    "status": {
+        "currentReplicas": 1,
+        "desiredReplicas": 3,
+        "lastScaleTime": "2026-12-02T04:00:00Z",
+        "conditions": [{"type": "ScalingActive", "status": "True", "reason": "ValidMetricFound"}],
+    },
+}
+SCALED_OBJECT = {
+    "metadata": {"name": "chat"},
+    "status": {
+        "hpaName": "keda-hpa-chat",
+        "conditions": [
+            {"type": "Ready", "status": "True", "reason": "ScaledObjectReady"},
+            {"type": "Active", "status": "False", "reason": "ScalerNotActive", "message": "idle"},
+        ],
+    },
+}
+
+
+def test_keda_activity_comes_from_the_scaled_object_and_counts_from_its_hpa() -> None:
+    status = autoscaler_status("keda", KEDA_HPA, SCALED_OBJECT)
+    assert status == {
+        "engine": "keda",
+        "active": False,
+        "hpa": "keda-hpa-chat",
+        "currentReplicas": 1,
+        "desiredReplicas": 3,
+        "lastScaleTime": "2026-12-02T04:00:00Z",
+        "reason": "ScalerNotActive",
+        "message": "idle",
+    }
+
+
+def test_an_hpas_activity_is_its_scaling_active_condition() -> None:
+    hpa = {**KEDA_HPA, "metadata": {"name": "chat"}}
+    status = autoscaler_status("hpa", hpa)
+    assert status["active"] is True and status["reason"] == "ValidMetricFound"
+    assert status["hpa"] == "chat" and status["desiredReplicas"] == 3
+
+
+def test_a_missing_autoscaler_is_reported_inactive_with_why() -> None:
+    keda = autoscaler_status("keda", None, None)
+    assert keda["active"] is False and keda["reason"] == "NotCreated"
+    assert "KEDA" in keda["message"]
+    assert autoscaler_status("hpa", None)["reason"] == "NotCreated"
+
+
+def test_status_counts_include_the_replicas_the_deployment_is_asked_for() -> None:
+    deployment = {"spec": {"replicas": 3}, "status": {"replicas": 2, "readyReplicas": 1}}
+    assert counts_for_status(deployment) == {
+        "replicas": 2,
+        "readyReplicas": 1,
+        "desiredReplicas": 3,
+    }
+    assert counts_for_status(None) == {"replicas": 0, "readyReplicas": 0}

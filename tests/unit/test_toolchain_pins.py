@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 TOOLCHAIN = Path(__file__).resolve().parents[2] / "toolchain"
-COMPONENTS = ("kubernetes", "etcd", "kwok", "helm", "promtool")
+COMPONENTS = ("kubernetes", "etcd", "kwok", "helm", "prometheus", "prometheus-operator", "keda")
 
 
 def requires(go_mod: str) -> dict[str, str]:
@@ -37,3 +37,24 @@ def test_each_binary_component_has_tools_and_a_go_sum(component: str) -> None:
 def test_etcd_is_3_6() -> None:
     go_mod = (TOOLCHAIN / "etcd" / "go.mod").read_text()
     assert requires(go_mod)["go.etcd.io/etcd/server/v3"].startswith("v3.6.")
+
+
+@pytest.mark.parametrize(
+    ("component", "module"),
+    [
+        ("prometheus-operator", "github.com/prometheus-operator/prometheus-operator"),
+        ("keda", "github.com/kedacore/keda/v2"),
+    ],
+)
+def test_the_operators_built_are_the_releases_whose_crds_are_applied(
+    component: str, module: str
+) -> None:
+    built = requires((TOOLCHAIN / component / "go.mod").read_text())[module]
+    crds = requires((TOOLCHAIN / "crds" / "go.mod").read_text())[module]
+    assert built == crds, f"{component} is built at {built} but its CRDs come from {crds}"
+
+
+def test_prometheus_and_promtool_come_from_one_module() -> None:
+    go_mod = (TOOLCHAIN / "prometheus" / "go.mod").read_text()
+    assert "github.com/prometheus/prometheus/cmd/prometheus\n" in go_mod
+    assert "github.com/prometheus/prometheus/cmd/promtool\n" in go_mod

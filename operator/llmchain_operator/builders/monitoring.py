@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
+import re
+from dataclasses import dataclass
 
 from llmchain_operator.api import LLMChainApp
 from llmchain_operator.builders.common import (
@@ -28,6 +31,18 @@ def _selector(app: LLMChainApp) -> str:
     return f'namespace="{app_namespace(app)}",service="{app_name(app)}"'
 
 
+# Endpoints of pods that are not Ready are not scraped, so `up` counts the ready replicas: the
+# endpoint-ready label of either service discovery role (endpoints, endpointslice) is "false".
+NOT_READY_RELABEL: Manifest = {
+    "action": "drop",
+    "sourceLabels": [
+        "__meta_kubernetes_endpoint_ready",
+        "__meta_kubernetes_endpointslice_endpoint_conditions_ready",
+    ],
+    "regex": ".*false.*",
+}
+
+
 def build_service_monitor(app: LLMChainApp) -> Manifest | None:
     monitoring = app.spec.monitoring
     if not monitoring.service_monitor:
@@ -40,71 +55,107 @@ def build_service_monitor(app: LLMChainApp) -> Manifest | None:
             "selector": {"matchLabels": selector_labels(app, "server")},
             "namespaceSelector": {"matchNames": [app_namespace(app)]},
             "endpoints": [
-                {"port": "http", "path": METRICS_PATH, "interval": monitoring.scrape_interval}
+                {
+                    "port": "http",
+                    "path": METRICS_PATH,
+                    "interval": monitoring.scrape_interval,
+                    "relabelings": [NOT_READY_RELABEL],
+                }
             ],
         },
     }
 
 
+@dataclass(frozen=True)
+class Alert:
+    """One alerting rule: `value op threshold` (then `suffix`), held for `for_` before firing."""
+
+    name: str
+    value: str
+    """The PromQL the threshold applies to; it returns data whenever the app is scraped (a test
+    evaluates it against the real Prometheus)."""
+    op: str
+    threshold: float
+    for_: str
+    severity: str
+    summary: str
+    suffix: str = ""
+
+    @property
+    def expr(self) -> str:
+        return f"{self.value} {self.op} {self.threshold:g}{self.suffix}"
+
+
+def alerts(app: LLMChainApp) -> list[Alert]:
+    """The app's alerts (LLMChainAppDown, LLMChainHighLatency, LLMChainHighErrorRate, and
+    LLMChainLowCacheHitRate when a floor is set)."""
+    spec = app.spec.monitoring.alerts
+    name, sel = app_name(app), _selector(app)
+    pending = spec.for_duration
+
+    def rate(metric: str, window: str, extra: str = "") -> str:
+        return f"sum(rate({metric}{{{sel}{extra}}}[{window}]))"
+
+    errors = rate(REQUESTS, "5m", ',status=~"5.."')
+    found = [
+        Alert(
+            "LLMChainAppDown",
+            f"sum(up{{{sel}}})",
+            "==",
+            0,
+            pending or "5m",
+            "critical",
+            f"No ready replica of {name} is being scraped.",
+            suffix=f" or absent(up{{{sel}}})",
+        ),
+        Alert(
+            "LLMChainHighLatency",
+            f"histogram_quantile(0.99, sum by (le) (rate({LATENCY}_bucket{{{sel}}}[5m])))",
+            ">",
+            spec.p99_latency_seconds,
+            pending or "10m",
+            "warning",
+            f"p99 latency of {name} is above {spec.p99_latency_seconds:g}s.",
+        ),
+        Alert(
+            "LLMChainHighErrorRate",
+            # `or vector(0)`: no 5xx series exists before the first failure.
+            f"({errors} or vector(0)) / {rate(REQUESTS, '5m')}",
+            ">",
+            spec.error_rate_percent / 100,
+            pending or "10m",
+            "warning",
+            f"More than {spec.error_rate_percent:g}% of requests to {name} fail.",
+        ),
+    ]
+    if spec.cache_hit_rate_percent is not None:
+        hits, misses = rate(CACHE_HITS, "15m"), rate(CACHE_MISSES, "15m")
+        found.append(
+            Alert(
+                "LLMChainLowCacheHitRate",
+                f"{hits} / ({hits} + {misses})",
+                "<",
+                spec.cache_hit_rate_percent / 100,
+                pending or "30m",
+                "info",
+                f"Cache hit rate of {name} is below {spec.cache_hit_rate_percent:g}%.",
+            )
+        )
+    return found
+
+
 def alert_rules(app: LLMChainApp) -> list[Manifest]:
     """The alerting rules, as a Prometheus rule group's `rules`."""
-    alerts = app.spec.monitoring.alerts
-    sel = _selector(app)
-    labels = {"severity": "warning", "llmchain_app": app_name(app)}
-    ratio = alerts.error_rate_percent / 100
-    rules: list[Manifest] = [
+    return [
         {
-            "alert": "LLMChainAppDown",
-            "expr": f"sum(up{{{sel}}}) == 0 or absent(up{{{sel}}})",
-            "for": "5m",
-            "labels": {**labels, "severity": "critical"},
-            "annotations": {"summary": f"No replica of {app_name(app)} is being scraped."},
-        },
-        {
-            "alert": "LLMChainHighLatency",
-            "expr": (
-                f"histogram_quantile(0.99, sum by (le) (rate({LATENCY}_bucket{{{sel}}}[5m])))"
-                f" > {alerts.p99_latency_seconds:g}"
-            ),
-            "for": "10m",
-            "labels": labels,
-            "annotations": {
-                "summary": f"p99 latency of {app_name(app)} is above "
-                f"{alerts.p99_latency_seconds:g}s."
-            },
-        },
-        {
-            "alert": "LLMChainHighErrorRate",
-            "expr": (
-                f'sum(rate({REQUESTS}{{{sel},status=~"5.."}}[5m])) / '
-                f"sum(rate({REQUESTS}{{{sel}}}[5m])) > {ratio:g}"
-            ),
-            "for": "10m",
-            "labels": labels,
-            "annotations": {
-                "summary": f"More than {alerts.error_rate_percent:g}% of requests "
-                f"to {app_name(app)} fail."
-            },
-        },
+            "alert": alert.name,
+            "expr": alert.expr,
+            "for": alert.for_,
+            "labels": {"severity": alert.severity, "llmchain_app": app_name(app)},
+            "annotations": {"summary": alert.summary},
+        }
+        for alert in alerts(app)
     ]
-    if alerts.cache_hit_rate_percent is not None:
-        floor = alerts.cache_hit_rate_percent / 100
-        rules.append(
-            {
-                "alert": "LLMChainLowCacheHitRate",
-                "expr": (
-                    f"sum(rate({CACHE_HITS}{{{sel}}}[15m])) / (sum(rate({CACHE_HITS}{{{sel}}}"
-                    f"[15m])) + sum(rate({CACHE_MISSES}{{{sel}}}[15m]))) < {floor:g}"
-                ),
-                "for": "30m",
-                "labels": {**labels, "severity": "info"},
-                "annotations": {
-                    "summary": f"Cache hit rate of {app_name(app)} is below "
-                    f"{alerts.cache_hit_rate_percent:g}%."
-                },
-            }
-        )
-    return rules
 
 
 def build_prometheus_rule(app: LLMChainApp) -> Manifest | None:
@@ -118,14 +169,56 @@ def build_prometheus_rule(app: LLMChainApp) -> Manifest | None:
     }
 
 
-def _panel(index: int, title: str, expr: str, unit: str) -> Manifest:
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    unit: str
+    targets: tuple[tuple[str, str], ...]
+    """(legend, PromQL) per line of the panel."""
+
+
+def panels(app: LLMChainApp) -> list[Panel]:
+    """The dashboard's panels; each query returns data once the app has served a little load
+    (a test evaluates them all against the real Prometheus)."""
+    sel = _selector(app)
+
+    def quantile(q: float, metric: str) -> str:
+        return f"histogram_quantile({q:g}, sum by (le) (rate({metric}_bucket{{{sel}}}[5m])))"
+
+    hits, misses = (f"sum(rate({m}{{{sel}}}[5m]))" for m in (CACHE_HITS, CACHE_MISSES))
+    return [
+        Panel(
+            "Requests per second by status",
+            "reqps",
+            (("{{status}}", f"sum by (status) (rate({REQUESTS}{{{sel}}}[5m]))"),),
+        ),
+        Panel(
+            "Latency p50 / p99",
+            "s",
+            (("p50", quantile(0.5, LATENCY)), ("p99", quantile(0.99, LATENCY))),
+        ),
+        Panel("Time to first token p99", "s", (("p99", quantile(0.99, TTFT)),)),
+        Panel(
+            "Generated tokens per second",
+            "short",
+            (("tokens/s", f"sum(rate({GENERATED_TOKENS}{{{sel}}}[5m]))"),),
+        ),
+        Panel("In-flight requests per pod", "short", (("{{pod}}", f"{INFLIGHT}{{{sel}}}"),)),
+        Panel("Cache hit rate", "percentunit", (("hits", f"{hits} / ({hits} + {misses})"),)),
+    ]
+
+
+def _panel(index: int, panel: Panel) -> Manifest:
     return {
         "id": index + 1,
         "type": "timeseries",
-        "title": title,
+        "title": panel.title,
         "gridPos": {"h": 8, "w": 12, "x": 12 * (index % 2), "y": 8 * (index // 2)},
-        "fieldConfig": {"defaults": {"unit": unit}},
-        "targets": [{"expr": expr, "refId": "A"}],
+        "fieldConfig": {"defaults": {"unit": panel.unit}},
+        "targets": [
+            {"expr": expr, "legendFormat": legend, "refId": chr(ord("A") + i)}
+            for i, (legend, expr) in enumerate(panel.targets)
+        ],
     }
 
 
@@ -133,38 +226,12 @@ def build_dashboard_configmap(app: LLMChainApp) -> Manifest | None:
     """A ConfigMap the Grafana dashboard sidecar discovers by its grafana_dashboard label."""
     if not app.spec.monitoring.dashboard:
         return None
-    sel = _selector(app)
-    panels = [
-        (
-            "Requests per second by status",
-            f"sum by (status) (rate({REQUESTS}{{{sel}}}[5m]))",
-            "reqps",
-        ),
-        (
-            "Latency p50 / p99",
-            f"histogram_quantile(0.99, sum by (le) (rate({LATENCY}_bucket{{{sel}}}[5m])))",
-            "s",
-        ),
-        (
-            "Time to first token p99",
-            f"histogram_quantile(0.99, sum by (le) (rate({TTFT}_bucket{{{sel}}}[5m])))",
-            "s",
-        ),
-        ("Generated tokens per second", f"sum(rate({GENERATED_TOKENS}{{{sel}}}[5m]))", "short"),
-        ("In-flight requests per pod", f"{INFLIGHT}{{{sel}}}", "short"),
-        (
-            "Cache hit rate",
-            f"sum(rate({CACHE_HITS}{{{sel}}}[5m])) / (sum(rate({CACHE_HITS}"
-            f"{{{sel}}}[5m])) + sum(rate({CACHE_MISSES}{{{sel}}}[5m])))",
-            "percentunit",
-        ),
-    ]
     dashboard = {
         "title": f"LLM chain: {app_namespace(app)}/{app_name(app)}",
         "uid": f"llmchain-{app_namespace(app)}-{app_name(app)}"[:40],
         "schemaVersion": 39,
         "time": {"from": "now-6h", "to": "now"},
-        "panels": [_panel(i, *panel) for i, panel in enumerate(panels)],
+        "panels": [_panel(i, panel) for i, panel in enumerate(panels(app))],
     }
     return {
         "apiVersion": "v1",
@@ -174,3 +241,138 @@ def build_dashboard_configmap(app: LLMChainApp) -> Manifest | None:
         ),
         "data": {f"{app_name(app)}.json": json.dumps(dashboard, indent=2, sort_keys=True)},
     }
+
+
+# --- promtool unit tests of the alerts ------------------------------------------------------
+
+_DURATION = re.compile(r"([0-9]+)(ms|s|m|h|d|w|y)")
+_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds of a Prometheus duration (1h30m, 45s)."""
+    return sum(int(n) * _SECONDS[unit] for n, unit in _DURATION.findall(text))
+
+
+def _series(metric: str, labels: dict[str, str], values: str) -> Manifest:
+    inner = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    return {"series": f"{metric}{{{inner}}}", "values": values}
+
+
+@dataclass(frozen=True)
+class _Case:
+    series: list[Manifest]
+    fires: bool
+    labels: dict[str, str]
+    """Labels the alert carries beyond the rule's own (absent() keeps its matchers)."""
+
+
+class _Synthetic:
+    """Series of one app's metrics for `promtool test rules`, one sample a minute."""
+
+    def __init__(self, app: LLMChainApp, alert: Alert) -> None:
+        self.ns, self.name = app_namespace(app), app_name(app)
+        self.target = {"namespace": self.ns, "service": self.name, "pod": f"{self.name}-0"}
+        self.route = {**self.target, "route": "/v1/chat/completions"}
+        # Evaluated once the condition has held past `for` and the 15m rate windows are full.
+        self.eval_minutes = int(duration_seconds(alert.for_) // 60) + 20
+        self.samples = self.eval_minutes + 5
+
+    def grow(self, per_minute: int) -> str:
+        return f"0+{per_minute}x{self.samples}"
+
+    def down(self, alert: Alert) -> list[_Case]:
+        other = {**self.target, "namespace": f"{self.ns}-other"}  # another app's target only
+        return [
+            _Case([_series("up", self.target, f"0x{self.samples}")], True, {}),
+            _Case(
+                [_series("up", other, f"1x{self.samples}")],
+                True,
+                {"namespace": self.ns, "service": self.name},
+            ),
+            _Case([_series("up", self.target, f"1x{self.samples}")], False, {}),
+        ]
+
+    def latency(self, alert: Alert) -> list[_Case]:
+        t = alert.threshold
+
+        def buckets(slow: int, fast: int) -> list[Manifest]:
+            bounds = ((f"{t / 2:g}", fast), (f"{t * 4:g}", fast + slow), ("+Inf", fast + slow))
+            return [
+                _series(f"{LATENCY}_bucket", {**self.route, "le": le}, self.grow(count))
+                for le, count in bounds
+            ]
+
+        return [
+            _Case(buckets(slow=10, fast=0), True, {}),
+            _Case(buckets(slow=0, fast=10), False, {}),
+        ]
+
+    def error_rate(self, alert: Alert) -> list[_Case]:
+        r = alert.threshold
+
+        def requests(failed: int, ok: int) -> list[Manifest]:
+            return [
+                _series(REQUESTS, {**self.route, "status": "500"}, self.grow(failed)),
+                _series(REQUESTS, {**self.route, "status": "200"}, self.grow(ok)),
+            ]
+
+        cases = []
+        if r < 1:  # a failing share above the threshold (none can be above 100%)
+            cases.append(_Case(requests(100, int(100 * (1 - r) / r / 2)), True, {}))
+        cases.append(_Case(requests(100, math.ceil(100 * (1 - r) / r * 2) + 1), False, {}))
+        cases.append(
+            _Case([_series(REQUESTS, {**self.route, "status": "200"}, self.grow(100))], False, {})
+        )
+        return cases
+
+    def cache(self, alert: Alert) -> list[_Case]:
+        def lookups(hits: int, misses: int) -> list[Manifest]:
+            return [
+                _series(CACHE_HITS, self.target, self.grow(hits)),
+                _series(CACHE_MISSES, self.target, self.grow(misses)),
+            ]
+
+        cases = []
+        if alert.threshold > 0:  # nothing is below a floor of 0
+            cases.append(_Case(lookups(0, 100), True, {}))
+        cases.append(_Case(lookups(100, 0), False, {}))
+        return cases
+
+
+_CASES = {
+    "LLMChainAppDown": _Synthetic.down,
+    "LLMChainHighLatency": _Synthetic.latency,
+    "LLMChainHighErrorRate": _Synthetic.error_rate,
+    "LLMChainLowCacheHitRate": _Synthetic.cache,
+}
+
+
+def rule_tests(app: LLMChainApp, rule_file: str) -> Manifest:
+    """A `promtool test rules` file for the app's alerts: for each, synthetic series on which it
+    fires (held past its `for`) and series on which it stays quiet. `rule_file` is the path of
+    the rule groups (the PrometheusRule's spec) as promtool will read it."""
+    tests = []
+    for alert in alerts(app):
+        synthetic = _Synthetic(app, alert)
+        for i, case in enumerate(_CASES[alert.name](synthetic, alert)):
+            expected = []
+            if case.fires:
+                labels = {"severity": alert.severity, "llmchain_app": app_name(app), **case.labels}
+                expected = [{"exp_labels": labels, "exp_annotations": {"summary": alert.summary}}]
+            verdict = "fires" if case.fires else "stays quiet"
+            tests.append(
+                {
+                    "name": f"{alert.name} {verdict} ({i + 1})",
+                    "interval": "1m",
+                    "input_series": case.series,
+                    "alert_rule_test": [
+                        {
+                            "eval_time": f"{synthetic.eval_minutes}m",
+                            "alertname": alert.name,
+                            "exp_alerts": expected,
+                        }
+                    ],
+                }
+            )
+    return {"rule_files": [rule_file], "evaluation_interval": "1m", "tests": tests}
