@@ -2,7 +2,8 @@
 # `make demo`: the operator, installed with Helm from the image built here and running in the
 # local cluster, turns the seed's Q&A chain (examples/01-qa-chain) into real pods on the real
 # node: the init container builds the model from a URL served in the cluster, the server passes
-# its real probes, and the seed's question is answered through the Service.
+# its real probes, and the seed's question is answered through the Service; Prometheus, run by
+# the Prometheus Operator from the app's ServiceMonitor, then shows the live numbers.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 kubeconfig=$("$root/hack/cluster.sh" kubeconfig)
@@ -20,8 +21,9 @@ echo "(the KWOK nodes are fake and tainted: only GPU-scheduling and scale tests 
 step "Images built here without a daemon (hack/images.sh), imported into the node's containerd"
 sed 's/^/  /' "$root/.images/refs.env"
 
-step "Optional APIs: Prometheus Operator and KEDA CRDs"
-kubectl apply --server-side --force-conflicts -f "$root/.toolchain/crds" | sed 's/^/  /'
+step "Monitoring (make monitoring): Prometheus, run by the Prometheus Operator, and KEDA, built here"
+"$root/hack/monitoring.sh" up
+kubectl get pods -n monitoring -o wide; kubectl get pods -n keda -o wide
 
 step "The operator in the cluster: helm install, two replicas, one leading"
 "$root/hack/operator.sh" stop >/dev/null  # a local one from an older demo would share the lease
@@ -87,6 +89,10 @@ port=$(sed -n 's/^Forwarding from 127.0.0.1:\([0-9]*\).*/\1/p' "$log" | head -1)
 echo "  http://127.0.0.1:$port → qa-chain.demo.svc:80"
 "$root/.venv/bin/python" "$root/hack/demo_ask.py" "http://127.0.0.1:$port" qa-chain
 
+step "Live numbers from Prometheus (it scraped the app through the ServiceMonitor the operator made)"
+"$root/.venv/bin/python" "$root/hack/demo_prometheus.py" "$("$root/hack/monitoring.sh" url)" \
+  "$root/examples/01-qa-chain/app.yaml" demo
+
 step "The real pods: containers, restarts, IPs"
 kubectl -n demo get pods -o wide
 kubectl -n demo get pods -o jsonpath='{range .items[*]}{.metadata.name}{range .status.initContainerStatuses[*]}{"\n  "}{.name}{": "}{.containerID}{" restarts="}{.restartCount}{end}{range .status.containerStatuses[*]}{"\n  "}{.name}{": "}{.containerID}{" restarts="}{.restartCount}{end}{"\n"}{end}'
@@ -98,5 +104,6 @@ The cluster, the operator and the app keep running:
   kubectl -n demo edit lca qa-chain      # change the prompt: the Deployment rolls, for real
   kubectl -n demo port-forward service/qa-chain 8000:80
   llmchain render examples/02-gpu-autoscaled/app.yaml   # offline, what the operator would apply
+  curl "$("$root/hack/monitoring.sh" url)/api/v1/alerts"   # Prometheus' API (alerts, queries)
   make demo-down                         # stop everything the demo started
 TEXT

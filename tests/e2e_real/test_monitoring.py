@@ -216,7 +216,7 @@ def test_every_rule_and_dashboard_query_returns_data_after_a_little_load(
         for question in ("What is the capital of France?", f"Name a colour ({i})."):
             status = post(f"{base}/v1/chains/watched/invoke", {"input": {"question": question}})
             assert status == 200
-    chat = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8}
+    chat = {"model": "watched", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
     assert post(f"{base}/v1/chat/completions", {**chat, "stream": True}) == 200
     app = LLMChainApp.model_validate(apps["watched"])
     queries = {f"rule {a.name}": a.value for a in alerts(app)}

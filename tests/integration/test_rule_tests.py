@@ -91,6 +91,8 @@ def test_an_app_without_alerts_gets_no_rule_tests(tmp_path: Path) -> None:
         ("LLMChainHighErrorRate", " > 0.05", " > 0.5"),
         ("LLMChainHighLatency", " > 5", " > 50"),
         ("LLMChainAppDown", " == 0 or absent", " == 1 or absent"),
+        # Probes and scrapes counted as requests: their many fast 200s hide the failures.
+        ("LLMChainHighErrorRate", ',route!~"/healthz|/readyz|/metrics"', ""),
     ],
 )
 def test_the_generated_tests_fail_when_a_rule_is_broken(
@@ -99,7 +101,7 @@ def test_the_generated_tests_fail_when_a_rule_is_broken(
     rules, tests = write_tests(with_alerts(EXAMPLES[0]), tmp_path)
     text = rules.read_text()
     assert original in text
-    rules.write_text(text.replace(original, broken, 1))
+    rules.write_text(text.replace(original, broken))
     result = promtool_test(tests)
     assert result.returncode != 0
     assert f"alertname: {alert}" in result.stdout + result.stderr

@@ -50,7 +50,7 @@ class Load:
             serial = self.serial
         body = json.dumps(
             {
-                "model": "default",
+                "model": "load",
                 "messages": [
                     {"role": "user", "content": f"Request {serial}: count from one to twenty."}
                 ],

@@ -21,7 +21,9 @@ from llmchain_server.contract import (
     GENERATED_TOKENS,
     INFLIGHT,
     LATENCY,
+    LIVE_PATH,
     METRICS_PATH,
+    READY_PATH,
     REQUESTS,
     TTFT,
 )
@@ -29,6 +31,15 @@ from llmchain_server.contract import (
 
 def _selector(app: LLMChainApp) -> str:
     return f'namespace="{app_namespace(app)}",service="{app_name(app)}"'
+
+
+# Probes and scrapes are requests too (several a minute per pod, all fast and successful): the
+# error rate, latency and request rate are of the API's requests only.
+_NOT_API = "|".join((LIVE_PATH, READY_PATH, METRICS_PATH))
+
+
+def _api_selector(app: LLMChainApp) -> str:
+    return f'{_selector(app)},route!~"{_NOT_API}"'
 
 
 # Endpoints of pods that are not Ready are not scraped, so `up` counts the ready replicas: the
@@ -90,13 +101,14 @@ def alerts(app: LLMChainApp) -> list[Alert]:
     """The app's alerts (LLMChainAppDown, LLMChainHighLatency, LLMChainHighErrorRate, and
     LLMChainLowCacheHitRate when a floor is set)."""
     spec = app.spec.monitoring.alerts
-    name, sel = app_name(app), _selector(app)
+    name, sel, api = app_name(app), _selector(app), _api_selector(app)
     pending = spec.for_duration
 
     def rate(metric: str, window: str, extra: str = "") -> str:
         return f"sum(rate({metric}{{{sel}{extra}}}[{window}]))"
 
-    errors = rate(REQUESTS, "5m", ',status=~"5.."')
+    api_routes = f',route!~"{_NOT_API}"'
+    errors = rate(REQUESTS, "5m", f'{api_routes},status=~"5.."')
     found = [
         Alert(
             "LLMChainAppDown",
@@ -110,7 +122,7 @@ def alerts(app: LLMChainApp) -> list[Alert]:
         ),
         Alert(
             "LLMChainHighLatency",
-            f"histogram_quantile(0.99, sum by (le) (rate({LATENCY}_bucket{{{sel}}}[5m])))",
+            f"histogram_quantile(0.99, sum by (le) (rate({LATENCY}_bucket{{{api}}}[5m])))",
             ">",
             spec.p99_latency_seconds,
             pending or "10m",
@@ -120,7 +132,7 @@ def alerts(app: LLMChainApp) -> list[Alert]:
         Alert(
             "LLMChainHighErrorRate",
             # `or vector(0)`: no 5xx series exists before the first failure.
-            f"({errors} or vector(0)) / {rate(REQUESTS, '5m')}",
+            f"({errors} or vector(0)) / {rate(REQUESTS, '5m', api_routes)}",
             ">",
             spec.error_rate_percent / 100,
             pending or "10m",
@@ -180,24 +192,24 @@ class Panel:
 def panels(app: LLMChainApp) -> list[Panel]:
     """The dashboard's panels; each query returns data once the app has served a little load
     (a test evaluates them all against the real Prometheus)."""
-    sel = _selector(app)
+    sel, api = _selector(app), _api_selector(app)
 
-    def quantile(q: float, metric: str) -> str:
-        return f"histogram_quantile({q:g}, sum by (le) (rate({metric}_bucket{{{sel}}}[5m])))"
+    def quantile(q: float, metric: str, selector: str) -> str:
+        return f"histogram_quantile({q:g}, sum by (le) (rate({metric}_bucket{{{selector}}}[5m])))"
 
     hits, misses = (f"sum(rate({m}{{{sel}}}[5m]))" for m in (CACHE_HITS, CACHE_MISSES))
     return [
         Panel(
             "Requests per second by status",
             "reqps",
-            (("{{status}}", f"sum by (status) (rate({REQUESTS}{{{sel}}}[5m]))"),),
+            (("{{status}}", f"sum by (status) (rate({REQUESTS}{{{api}}}[5m]))"),),
         ),
         Panel(
             "Latency p50 / p99",
             "s",
-            (("p50", quantile(0.5, LATENCY)), ("p99", quantile(0.99, LATENCY))),
+            (("p50", quantile(0.5, LATENCY, api)), ("p99", quantile(0.99, LATENCY, api))),
         ),
-        Panel("Time to first token p99", "s", (("p99", quantile(0.99, TTFT)),)),
+        Panel("Time to first token p99", "s", (("p99", quantile(0.99, TTFT, sel)),)),
         Panel(
             "Generated tokens per second",
             "short",
@@ -274,6 +286,7 @@ class _Synthetic:
         self.ns, self.name = app_namespace(app), app_name(app)
         self.target = {"namespace": self.ns, "service": self.name, "pod": f"{self.name}-0"}
         self.route = {**self.target, "route": "/v1/chat/completions"}
+        self.probes = {**self.target, "route": READY_PATH}  # many, fast, successful: not counted
         # Evaluated once the condition has held past `for` and the 15m rate windows are full.
         self.eval_minutes = int(duration_seconds(alert.for_) // 60) + 20
         self.samples = self.eval_minutes + 5
@@ -299,8 +312,14 @@ class _Synthetic:
         def buckets(slow: int, fast: int) -> list[Manifest]:
             bounds = ((f"{t / 2:g}", fast), (f"{t * 4:g}", fast + slow), ("+Inf", fast + slow))
             return [
-                _series(f"{LATENCY}_bucket", {**self.route, "le": le}, self.grow(count))
-                for le, count in bounds
+                *(
+                    _series(f"{LATENCY}_bucket", {**self.route, "le": le}, self.grow(count))
+                    for le, count in bounds
+                ),
+                *(
+                    _series(f"{LATENCY}_bucket", {**self.probes, "le": le}, self.grow(1000))
+                    for le, _ in bounds
+                ),
             ]
 
         return [
@@ -315,6 +334,7 @@ class _Synthetic:
             return [
                 _series(REQUESTS, {**self.route, "status": "500"}, self.grow(failed)),
                 _series(REQUESTS, {**self.route, "status": "200"}, self.grow(ok)),
+                _series(REQUESTS, {**self.probes, "status": "200"}, self.grow(100_000)),
             ]
 
         cases = []
