@@ -22,7 +22,7 @@ from llmchain_operator.builders.monitoring import alerts, panels
 from tests.support.apps import wait_condition
 from tests.support.cluster import ROOT, Cluster, create_namespace
 from tests.support.model import GGUF_SHA256
-from tests.support.prometheus import Prometheus, install_monitoring
+from tests.support.prometheus import Prometheus, install_monitoring, remove_monitoring
 from tests.support.realnode import (
     NODE_NAME,
     RESTRICTED_CONTAINER,
@@ -98,9 +98,11 @@ def failing_chain() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def prometheus(cluster: Cluster) -> Prometheus:
+def prometheus(cluster: Cluster) -> Iterator[Prometheus]:
+    """The stack for this module; removed after it, so the later tests' node is as before."""
     install_monitoring()
-    return Prometheus()
+    yield Prometheus()
+    remove_monitoring()
 
 
 @pytest.fixture(scope="module")
@@ -204,20 +206,36 @@ def test_app_pods_are_scraped_through_the_servicemonitor_the_operator_made(
         wait_for(lambda: scraped(name) >= pods, timeout=90, what=f"{name}'s pods scraped")  # noqa: B023
         up = prometheus.values(f'up{{namespace="{NAMESPACE}",service="{name}"}}')
         assert up and all(v == 1 for v in up), (name, up)
-    rules = prometheus.api("rules", type="alert")["groups"]
-    assert {g["name"] for g in rules} >= {f"llmchain.{name}" for name in apps}
+
+    # The rules: PrometheusRule -> the operator's ConfigMap -> the reloader -> Prometheus.
+    def groups() -> set[str]:
+        return {g["name"] for g in prometheus.api("rules", type="alert")["groups"]}
+
+    wanted = {f"llmchain.{name}" for name in apps}
+    wait_for(lambda: groups() >= wanted, timeout=120, interval=3, what="both apps' rules loaded")
 
 
 def test_every_rule_and_dashboard_query_returns_data_after_a_little_load(
     cluster: Cluster, prometheus: Prometheus, apps: dict[str, dict[str, Any]]
 ) -> None:
     base = pod_url(cluster, "watched")
-    for i in range(3):  # misses, then the same question again: cache hits
-        for question in ("What is the capital of France?", f"Name a colour ({i})."):
+    chat = {"model": "watched", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
+
+    def load(round_: int) -> None:  # a miss, then the same question again: a cache hit
+        for question in ("What is the capital of France?", f"Name a colour ({round_}).") * 2:
             status = post(f"{base}/v1/chains/watched/invoke", {"input": {"question": question}})
             assert status == 200
-    chat = {"model": "watched", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
-    assert post(f"{base}/v1/chat/completions", {**chat, "stream": True}) == 200
+        assert post(f"{base}/v1/chat/completions", {**chat, "stream": True}) == 200
+
+    # Two rounds, a scrape apart: rate() sees a series grow only once it was scraped before
+    # (a request series is born at its first request, as a live service's are only once).
+    load(0)
+    route = 'route="/v1/chat/completions"'
+    served = f'llmchain_requests_total{{namespace="{NAMESPACE}",service="watched",{route}}}'
+    wait_for(
+        lambda: prometheus.values(served), timeout=60, interval=2, what="the first round scraped"
+    )
+    load(1)
     app = LLMChainApp.model_validate(apps["watched"])
     queries = {f"rule {a.name}": a.value for a in alerts(app)}
     for panel in panels(app):
@@ -285,7 +303,7 @@ def load_job(url: str) -> list[dict[str, Any]]:
         "name": "load",
         "image": image("server"),
         "imagePullPolicy": "Never",
-        "command": ["python", "/client/load_client.py", url, "8", "1", "/phase"],
+        "command": ["python", "/client/load_client.py", url, "watched", "8", "1", "/phase"],
         "securityContext": RESTRICTED_CONTAINER,
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}},
         "volumeMounts": [

@@ -194,6 +194,11 @@ INVALID: list[tuple[str, Mutation, list[str]]] = [
         set_path("monitoring.scrapeInterval", "0s"),
         ["spec.monitoring.scrapeInterval"],
     ),
+    (
+        "alert-for-not-a-duration",
+        set_path("monitoring.alerts.forDuration", "10 minutes"),
+        ["spec.monitoring.alerts.forDuration"],
+    ),
     ("too-many-gpus", set_path("serving.gpus", 64), ["spec.serving.gpus"]),
     # What the API server would reject in the Deployment (#12 item 1), rejected at admission:
     (

@@ -1,7 +1,7 @@
 """A load client that runs inside the cluster (a Job's pod, from the server image: Python's
 standard library only), against an app's Service, for the autoscaling tests and `make demo`.
 
-    python load_client.py URL HIGH LOW [PHASE_DIR]
+    python load_client.py URL MODEL HIGH LOW [PHASE_DIR]
 
 Keeps HIGH requests in flight (unique prompts, so the response cache answers none of them) until
 the file PHASE_DIR/low exists, then LOW requests until PHASE_DIR/stop exists; the test moves the
@@ -24,8 +24,8 @@ from typing import Any
 
 
 class Load:
-    def __init__(self, url: str, phase_dir: str) -> None:
-        self.url, self.phase_dir = url, phase_dir
+    def __init__(self, url: str, model: str, phase_dir: str) -> None:
+        self.url, self.model, self.phase_dir = url, model, phase_dir
         self.lock = threading.Lock()
         self.counts: dict[str, dict[str, int]] = {}
         self.failures: list[str] = []
@@ -44,13 +44,13 @@ class Load:
             if failure and len(self.failures) < 20:
                 self.failures.append(f"{phase}: {failure}")
 
-    def one(self, phase: str) -> None:
+    def one(self, phase: str) -> bool:
         with self.lock:
             self.serial += 1
             serial = self.serial
         body = json.dumps(
             {
-                "model": "load",
+                "model": self.model,
                 "messages": [
                     {"role": "user", "content": f"Request {serial}: count from one to twenty."}
                 ],
@@ -67,12 +67,14 @@ class Load:
                 answer = json.load(reply)
             if not answer.get("choices"):
                 self.record(phase, False, f"no choices: {str(answer)[:200]}")
-            else:
-                self.record(phase, True)
+                return False
+            self.record(phase, True)
+            return True
         except urllib.error.HTTPError as error:
             self.record(phase, False, f"HTTP {error.code}: {error.read()[:200]!r}")
         except Exception as error:  # a cut, refused or timed-out request is a failure
             self.record(phase, False, f"{type(error).__name__}: {error}")
+        return False
 
     def worker(self, index: int, high: int, low: int) -> None:
         while True:
@@ -82,7 +84,8 @@ class Load:
             if index >= (high if phase == "high" else low):
                 time.sleep(0.2)
                 continue
-            self.one(phase)
+            if not self.one(phase):
+                time.sleep(1)  # counted; no failure storm
 
     def summary(self) -> dict[str, Any]:
         with self.lock:
@@ -90,9 +93,9 @@ class Load:
 
 
 def main() -> None:
-    url, high, low = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    phase_dir = sys.argv[4] if len(sys.argv) > 4 else "/tmp"
-    load = Load(url, phase_dir)
+    url, model, high, low = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    phase_dir = sys.argv[5] if len(sys.argv) > 5 else "/tmp"
+    load = Load(url, model, phase_dir)
     threads = [
         threading.Thread(target=load.worker, args=(i, high, low), daemon=True)
         for i in range(max(high, low))

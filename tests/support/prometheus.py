@@ -21,6 +21,10 @@ def install_monitoring() -> None:
     subprocess.run([str(MONITORING_SCRIPT), "up"], check=True, timeout=900)
 
 
+def remove_monitoring() -> None:
+    subprocess.run([str(MONITORING_SCRIPT), "down"], check=True, timeout=600)
+
+
 class Prometheus:
     def url(self) -> str:
         return subprocess.run(

@@ -255,6 +255,33 @@ def test_alert_thresholds_come_from_the_spec() -> None:
     assert exprs["LLMChainLowCacheHitRate"].endswith("< 0.1")
 
 
+def test_alerts_hold_for_their_defaults_or_the_specs_for_duration() -> None:
+    def pending(application: LLMChainApp) -> dict[str, str]:
+        rule = objects(application)["PrometheusRule/support-chat"]
+        return {r["alert"]: r["for"] for r in rule["spec"]["groups"][0]["rules"]}
+
+    assert pending(app(GPU)) == {
+        "LLMChainAppDown": "5m",
+        "LLMChainHighLatency": "10m",
+        "LLMChainHighErrorRate": "10m",
+        "LLMChainLowCacheHitRate": "30m",
+    }
+    short = app(GPU, monitoring__alerts__forDuration="45s")
+    assert set(pending(short).values()) == {"45s"}
+
+
+def test_probes_and_scrapes_are_not_counted_as_requests_and_unready_pods_not_scraped() -> None:
+    gpu = objects(app(GPU))
+    rule = gpu["PrometheusRule/support-chat"]
+    exprs = {r["alert"]: r["expr"] for r in rule["spec"]["groups"][0]["rules"]}
+    for alert in ("LLMChainHighLatency", "LLMChainHighErrorRate"):
+        assert exprs[alert].count('route!~"/healthz|/readyz|/metrics"') >= 1, alert
+    (endpoint,) = gpu["ServiceMonitor/support-chat"]["spec"]["endpoints"]
+    (drop,) = endpoint["relabelings"]
+    assert drop["action"] == "drop" and drop["regex"] == ".*false.*"
+    assert "__meta_kubernetes_endpointslice_endpoint_conditions_ready" in drop["sourceLabels"]
+
+
 def test_pdb_never_blocks_a_drain_of_a_single_replica() -> None:
     pdb = objects(app(QA))["PodDisruptionBudget/qa-chain"]
     assert pdb["spec"]["maxUnavailable"] == 1 and "minAvailable" not in pdb["spec"]
