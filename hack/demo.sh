@@ -79,6 +79,9 @@ step "Status conditions"
 kubectl -n demo get lca qa-chain \
   -o jsonpath='{range .status.conditions[*]}{.type}{"="}{.status}{"  "}{.reason}{": "}{.message}{"\n"}{end}'
 
+"$root/.venv/bin/python" "$root/hack/demo_prometheus.py" "$("$root/hack/monitoring.sh" url)" \
+  "$root/examples/01-qa-chain/app.yaml" demo --first-scrape "$pod"
+
 step "kubectl port-forward service/qa-chain (the Service's port 80)"
 log=$(mktemp)
 kubectl -n demo port-forward --address 127.0.0.1 service/qa-chain :80 >"$log" 2>&1 &

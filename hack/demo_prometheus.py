@@ -1,7 +1,10 @@
 """`make demo`'s live numbers, read from the cluster's Prometheus (hack/monitoring.sh), not from
 the pod: the queries of the Grafana dashboard the operator rendered for the app, and its alerts.
 
-    python hack/demo_prometheus.py PROMETHEUS_URL APP_FILE NAMESPACE
+    python hack/demo_prometheus.py PROMETHEUS_URL APP_FILE NAMESPACE [--first-scrape POD]
+
+--first-scrape POD waits until Prometheus has scraped POD once (so the demo's requests grow
+series Prometheus already has, which rate() can count) and prints nothing else.
 """
 
 from __future__ import annotations
@@ -38,20 +41,34 @@ def shown(value: float, unit: str) -> str:
     return f"{value:.3g}{UNITS.get(unit, '')}"
 
 
+def wait(base: str, expr: str, what: str) -> None:
+    print(f"waiting for {what}", end="", flush=True)
+    for _ in range(100):
+        if query(base, expr):
+            break
+        print(".", end="", flush=True)
+        time.sleep(3)
+    print()
+
+
 def main() -> None:
     base, app_file, namespace = sys.argv[1:4]
     raw = yaml.safe_load(Path(app_file).read_text())
     raw["metadata"]["namespace"] = namespace
     app = LLMChainApp.model_validate(raw)
-    requests = f'llmchain_requests_total{{namespace="{namespace}",service="{app.metadata["name"]}"}}'
+    target = f'namespace="{namespace}",service="{app.metadata["name"]}"'
     interval = app.spec.monitoring.scrape_interval
-    print(f"waiting for Prometheus to scrape the demo's requests (every {interval})", end="")
-    for _ in range(60):
-        if query(base, f"sum(increase({requests}[5m])) > 0"):
-            break
-        print(".", end="", flush=True)
-        time.sleep(3)
-    print()
+    if sys.argv[4:5] == ["--first-scrape"]:
+        pod = sys.argv[5]
+        scraped = f'llmchain_requests_total{{{target},pod="{pod}"}}'
+        wait(base, scraped, f"Prometheus' first scrape of {pod} (every {interval})")
+        return
+    api = f'llmchain_requests_total{{{target},route=~"/v1/.*"}}'
+    wait(
+        base,
+        f"sum(increase({api}[5m])) > 0",
+        f"the scrape of the demo's requests (every {interval})",
+    )
     print(f"Prometheus {base}: the dashboard's queries for {namespace}/{app.metadata['name']}")
     for panel in panels(app):
         for legend, expr in panel.targets:

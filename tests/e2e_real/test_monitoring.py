@@ -380,7 +380,12 @@ def test_keda_scales_out_to_three_ready_replicas_under_load_and_back_without_los
 
     wait_for(scaled_in, timeout=420, interval=2, what="scale-in to 1 replica")
     scale_in = time.monotonic() - low_since
-    time.sleep(5)  # requests that were in flight on the pods that went, finished or failed
+
+    def drained() -> bool:  # the pods that went, gone after their drain, load still flowing
+        selector = "app.kubernetes.io/instance=watched,app.kubernetes.io/component=server"
+        return len(cluster.get("-n", NAMESPACE, "pods", "-l", selector)["items"]) == 1
+
+    wait_for(drained, timeout=180, interval=2, what="the removed replicas to finish draining")
     cluster.kubectl("-n", NAMESPACE, "exec", load_pod, "--", "touch", "/phase/stop")
     cluster.kubectl(
         "-n", NAMESPACE, "wait", "--for=condition=Complete", "job/load", "--timeout=300s"

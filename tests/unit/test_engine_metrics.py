@@ -33,3 +33,25 @@ def test_scraped_names_values_and_labels() -> None:
         "llmchain_prompt_tokens_total",
         "llmchain_engine_steps_total",
     }
+
+
+def test_each_routes_request_series_exist_at_zero_before_its_first_request() -> None:
+    """rate() cannot count the first requests of a series born with them: a new pod's first
+    burst, or a chain's first failures, would never reach the dashboard and alerts."""
+    from llmchain_server.dataplane import ServerMetrics
+    from llmchain_server.http.middleware import Guard
+
+    registry = CollectorRegistry()
+    Guard(lambda *_: None, ServerMetrics(registry), 1024, None, ("/v1/chains/qa/invoke",))  # type: ignore[arg-type]
+    for route in ("/v1/chains/qa/invoke", "/v1/chat/completions", "/v1/models/{id}"):
+        for status in ("200", "500", "502", "503"):
+            labels = {"route": route, "status": status}
+            assert registry.get_sample_value("llmchain_requests_total", labels) == 0, labels
+        count = registry.get_sample_value(
+            "llmchain_request_duration_seconds_count", {"route": route}
+        )
+        assert count == 0
+    assert (
+        registry.get_sample_value("llmchain_requests_total", {"route": "other", "status": "200"})
+        is None
+    )

@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmchain_server.contract import LIVE_PATH, METRICS_PATH, READY_PATH
 from llmchain_server.dataplane import ServerMetrics
-from llmchain_server.http.errors import error_body
+from llmchain_server.http.errors import TABLE, error_body
 
 log = logging.getLogger("llmchain_server.access")
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -25,6 +25,10 @@ request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", d
 OPEN_PATHS = (LIVE_PATH, READY_PATH, METRICS_PATH)  # probes and scraping need no key
 ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models", *OPEN_PATHS)
 MODEL_ROUTE = "/v1/models/{id}"  # one label for every model id: ids are client input
+SERIES_STATUSES = ("200", *sorted({str(k.status) for k in TABLE.values() if k.status >= 500}))
+"""Statuses whose request series every route has from the start, at 0: rate() cannot count the
+first requests (or the first failures) of a series born with them, so without these a new pod's
+first burst, or a first burst of errors, would never show in the dashboard and alerts."""
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
@@ -44,6 +48,10 @@ class Guard:
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.api_key = api_key.encode() if api_key else None
+        for route in (*self.routes, MODEL_ROUTE):
+            metrics.latency.labels(route)
+            for status in SERIES_STATUSES:
+                metrics.requests.labels(route, status)
 
     def _route(self, path: str) -> str:
         """The metrics label of a path: a known route, its template, or `other` (bounded)."""
