@@ -29,14 +29,19 @@ image() { # NAME
 # The upstream parts with the images built here, without their CRDs (the CRDs are applied from
 # .toolchain/crds as they ship, so a later apply of that folder never fights this one).
 render() {
-  local work
+  local work operator reloader keda
+  # Assigned first: a missing image stops here (set -e), not as an empty image in the apply.
+  operator=$(image prometheus-operator); reloader=$(image prometheus-config-reloader)
+  keda=$(image keda)
+  [ -d "$manifests/keda" ] && [ -d "$manifests/prometheus-operator" ] \
+    || die "the upstream manifests are missing: run 'make toolchain'"
   work=$(mktemp -d)
   cp "$root/hack/monitoring/kustomization.yaml" "$work/"
   cp -rL "$manifests/prometheus-operator" "$manifests/keda" "$work/"
   kubectl kustomize "$work" \
-    | sed -e "s|@PROMETHEUS_OPERATOR_IMAGE@:[A-Za-z0-9._-]*|$(image prometheus-operator)|g" \
-          -e "s|@PROMETHEUS_CONFIG_RELOADER_IMAGE@|$(image prometheus-config-reloader)|g" \
-          -e "s|@KEDA_IMAGE@:[A-Za-z0-9._-]*|$(image keda)|g" \
+    | sed -e "s|@PROMETHEUS_OPERATOR_IMAGE@:[A-Za-z0-9._-]*|$operator|g" \
+          -e "s|@PROMETHEUS_CONFIG_RELOADER_IMAGE@|$reloader|g" \
+          -e "s|@KEDA_IMAGE@:[A-Za-z0-9._-]*|$keda|g" \
     | "$root/.venv/bin/python" -c 'import sys, yaml
 docs = [d for d in yaml.safe_load_all(sys.stdin) if d and d["kind"] != "CustomResourceDefinition"]
 yaml.safe_dump_all(docs, sys.stdout, sort_keys=False)'
@@ -70,20 +75,21 @@ wait_for() { # WHAT SECONDS CMD...
 }
 
 up() {
-  [ -d "$manifests/keda" ] && [ -d "$manifests/prometheus-operator" ] \
-    || die "the upstream manifests are missing: run 'make toolchain'"
-  local start=$SECONDS
+  local start=$SECONDS rendered prometheus version
+  rendered=$(render)
+  prometheus=$(image prometheus); version=$(prometheus_version)
   say "applying the monitoring.coreos.com and keda.sh CRDs (server-side)"
   kubectl apply --server-side --force-conflicts --field-manager=llmchain-monitoring \
     -f "$root/.toolchain/crds" >/dev/null
-  kubectl wait --for=condition=Established crd --all --timeout=60s >/dev/null
+  kubectl wait --for=condition=Established -f "$root/.toolchain/crds" --timeout=60s >/dev/null
   kubectl create namespace monitoring --dry-run=client -o yaml | kubectl apply -f - >/dev/null
-  say "installing the Prometheus Operator $(image prometheus-operator | sed 's/.*://') and KEDA (operator, metrics API server)"
-  render | kubectl apply --server-side --force-conflicts --field-manager=llmchain-monitoring -f - >/dev/null
+  say "installing the Prometheus Operator and KEDA (operator, metrics API server)"
+  kubectl apply --server-side --force-conflicts --field-manager=llmchain-monitoring -f - \
+    <<<"$rendered" >/dev/null
   kubectl -n monitoring rollout status deployment/prometheus-operator --timeout=180s >/dev/null \
     || die "the Prometheus Operator did not start: $(kubectl -n monitoring get pods -o wide 2>&1)"
-  say "creating Prometheus $(prometheus_version) (the Prometheus Operator runs it)"
-  sed -e "s|@PROMETHEUS_IMAGE@|$(image prometheus)|" -e "s|@PROMETHEUS_VERSION@|$(prometheus_version)|" \
+  say "creating Prometheus $version (the Prometheus Operator runs it)"
+  sed -e "s|@PROMETHEUS_IMAGE@|$prometheus|" -e "s|@PROMETHEUS_VERSION@|$version|" \
     "$root/hack/monitoring/prometheus.yaml" \
     | kubectl apply --server-side --force-conflicts --field-manager=llmchain-monitoring -f - >/dev/null
   wait_for "Prometheus to answer" 240 ready \
@@ -98,9 +104,18 @@ up() {
 }
 
 down() {
-  kubectl delete prometheus -n monitoring llmchain --ignore-not-found --wait=true >/dev/null 2>&1 || true
-  render | kubectl delete --ignore-not-found --wait=true -f - >/dev/null 2>&1 || true
-  kubectl delete namespace monitoring keda --ignore-not-found --wait=true >/dev/null
+  local scaled rendered
+  # KEDA removes its finalizer from a ScaledObject being deleted: without KEDA, the object and
+  # its namespace would stay Terminating. Delete the autoscaled apps (or their autoscaling) first.
+  scaled=$(kubectl get scaledobjects.keda.sh -A --no-headers \
+    -o custom-columns=NS:.metadata.namespace,NAME:.metadata.name 2>/dev/null | tr -s ' ' '/' || true)
+  [ -z "$scaled" ] || die "ScaledObjects still exist (KEDA must finalize them first): $scaled"
+  rendered=$(render)
+  # The aggregated API first: while it is registered and unserved, namespaces cannot be deleted.
+  kubectl delete apiservice v1beta1.external.metrics.k8s.io --ignore-not-found >/dev/null
+  kubectl -n monitoring delete prometheus llmchain --ignore-not-found --timeout=120s >/dev/null 2>&1 || true
+  kubectl delete --ignore-not-found --timeout=120s -f - <<<"$rendered" >/dev/null
+  kubectl delete namespace monitoring keda --ignore-not-found --timeout=180s >/dev/null
   say "removed"
 }
 

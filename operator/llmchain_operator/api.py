@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, JsonValue, field_validator, model_validator
 
-from llmchain_server import config
+from llmchain_server import config, contract
 from llmchain_server.config import Schema, nested
 
 GROUP = "llmchain.io"
@@ -465,27 +465,52 @@ class Autoscaling(Schema):
     )
 
 
+_DURATION = re.compile(r"([0-9]+)(ms|s|m|h|d|w|y)")
+_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds of a Prometheus duration (1h30m, 45s, 0)."""
+    return sum(int(n) * _SECONDS[unit] for n, unit in _DURATION.findall(text))
+
+
 class Alerts(Schema):
     """Alerting rules (a PrometheusRule) on the app's service-level objectives."""
 
     enabled: bool = Field(True, description="Create the PrometheusRule.")
     p99_latency_seconds: float = Field(
-        5.0, gt=0, le=3600, description="Alert when p99 request latency exceeds this."
+        5.0,
+        ge=contract.LATENCY_BUCKETS[0],
+        lt=contract.LATENCY_BUCKETS[-1],
+        description="Alert when p99 request latency exceeds this (within the latency "
+        "histogram's buckets, 0.05 to 128 s: a p99 is not measured outside them).",
     )
     error_rate_percent: float = Field(
-        5.0, gt=0, le=100, description="Alert when this percentage of requests fail (5xx)."
+        5.0,
+        ge=0.001,
+        lt=100,
+        description="Alert when more than this percentage of requests fail (5xx).",
     )
     cache_hit_rate_percent: float | None = Field(
         None, ge=0, le=100, description="Alert when the cache hit rate falls below this."
     )
     for_duration: str | None = Field(
         None,
-        pattern=r"^([0-9]+(ms|s|m|h|d|w|y))+$",
+        # The PrometheusRule CRD's own pattern for `for` (units in order, each at most once).
+        pattern=r"^(0|(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$",
+        min_length=1,
         max_length=32,
         description="How long an alert's condition must hold before it fires, as a Prometheus "
-        "duration (30s, 2m, 1h30m); unset: 5m for LLMChainAppDown, 10m for latency and "
-        "error rate, 30m for the cache hit rate.",
+        "duration of at most 24h (0, 30s, 2m, 1h30m); unset: 5m for LLMChainAppDown, 10m for "
+        "latency and error rate, 30m for the cache hit rate.",
     )
+
+    @field_validator("for_duration")
+    @classmethod
+    def _at_most_a_day(cls, value: str | None) -> str | None:
+        if value is not None and duration_seconds(value) > 86400:
+            raise ValueError("must be at most 24h")
+        return value
 
 
 class Monitoring(Schema):

@@ -404,7 +404,8 @@ class Reconciler:
             "observedGeneration": observed.generation,
             "conditions": conditions,
             **counts_for_status(observed.deployment),
-            **({"autoscaler": observed.autoscaler} if observed.autoscaler else {}),
+            # None removes a field the merge patch would otherwise leave as it was.
+            "autoscaler": observed.autoscaler,
             "selector": selector,
             "endpoint": endpoint(app, self.settings),
             "modelDigest": model_digest(app),
@@ -413,10 +414,17 @@ class Reconciler:
             await self.kube.patch_status(KIND, meta["namespace"], meta["name"], status)
 
 
+def _without_none(value: Any) -> Any:
+    """What a merge patch leaves stored: keys set to None are absent."""
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    return value
+
+
 def _status_digest(status: Manifest) -> str:
     """Status without timestamps, to skip writes that would change nothing."""
     stripped = {
-        **status,
+        **_without_none(status),
         "conditions": [
             {k: v for k, v in c.items() if k != "lastTransitionTime"}
             for c in status.get("conditions", [])

@@ -210,20 +210,31 @@ def merge_conditions(
     return merged
 
 
-def counts_for_status(deployment: Manifest | None) -> dict[str, int]:
+def counts_for_status(deployment: Manifest | None) -> dict[str, int | None]:
     status = (deployment or {}).get("status", {})
-    counts = {
+    counts: dict[str, int | None] = {
         "replicas": int(status.get("replicas", 0)),
         "readyReplicas": int(status.get("readyReplicas", 0)),
     }
-    if deployment is not None and "replicas" in deployment.get("spec", {}):
-        counts["desiredReplicas"] = int(deployment["spec"]["replicas"])
+    desired = (deployment or {}).get("spec", {}).get("replicas")
+    counts["desiredReplicas"] = int(desired) if desired is not None else None
     return counts
 
 
 def _condition_of(obj: Manifest | None, type_: str) -> Manifest | None:
-    conditions = (obj or {}).get("status", {}).get("conditions") or []
-    return next((c for c in conditions if c.get("type") == type_), None)
+    conditions = ((obj or {}).get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if isinstance(c, dict) and c.get("type") == type_), None)
+
+
+AUTOSCALER_FIELDS = (
+    "hpa",
+    "active",
+    "reason",
+    "message",
+    "currentReplicas",
+    "desiredReplicas",
+    "lastScaleTime",
+)
 
 
 def autoscaler_status(
@@ -231,28 +242,35 @@ def autoscaler_status(
 ) -> Manifest:
     """status.autoscaler from the HPA that scales the Deployment and, for engine keda, the
     ScaledObject that owns that HPA. Active: the HPA's ScalingActive condition (hpa) or the
-    ScaledObject's Active condition (keda: the trigger's metric is above its activation)."""
-    status: Manifest = {"engine": engine, "active": False}
+    ScaledObject's Active condition (keda: the trigger's metric is above its activation).
+    Every field is present, None when unknown (a merge patch removes what it no longer has)."""
+    status: Manifest = {"engine": engine, **dict.fromkeys(AUTOSCALER_FIELDS), "active": False}
     if hpa is not None:
-        status["hpa"] = hpa["metadata"]["name"]
-        observed = hpa.get("status", {})
-        for field in ("currentReplicas", "desiredReplicas"):
-            if field in observed:
-                status[field] = int(observed[field])
-        if observed.get("lastScaleTime"):
+        status["hpa"] = str(hpa.get("metadata", {}).get("name", ""))[:253] or None
+        observed = hpa.get("status") or {}
+        for field_ in ("currentReplicas", "desiredReplicas"):
+            if isinstance(observed.get(field_), int):
+                status[field_] = observed[field_]
+        if isinstance(observed.get("lastScaleTime"), str):
             status["lastScaleTime"] = observed["lastScaleTime"]
     source = scaled_object if engine == "keda" else hpa
     condition_ = _condition_of(source, "Active" if engine == "keda" else "ScalingActive")
     if condition_ is not None:
         status["active"] = condition_.get("status") == "True"
-        for field in ("reason", "message"):
-            if condition_.get(field):
-                status[field] = str(condition_[field])[: 1024 if field == "reason" else 4096]
+        status["reason"] = str(condition_.get("reason") or "")[:1024] or None
+        status["message"] = str(condition_.get("message") or "")[:4096] or None
     elif source is None:
         status["reason"] = "NotCreated"
         status["message"] = (
-            "The ScaledObject has no HPA yet (is KEDA installed and running?)."
+            "The ScaledObject does not exist (is the keda.sh API installed?)."
             if engine == "keda"
             else "The HorizontalPodAutoscaler does not exist yet."
+        )
+    else:
+        status["reason"] = "NoStatus"
+        status["message"] = (
+            "KEDA has not reported on the ScaledObject yet (is KEDA running?)."
+            if engine == "keda"
+            else "The HPA controller has not reported on the HorizontalPodAutoscaler yet."
         )
     return status

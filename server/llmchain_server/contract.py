@@ -114,6 +114,9 @@ REQUESTS: Final = "llmchain_requests_total"
 """Counter, labels REQUEST_LABELS: finished HTTP requests."""
 LATENCY: Final = "llmchain_request_duration_seconds"
 """Histogram, label route: request latency."""
+LATENCY_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128)
+"""Bucket bounds (seconds) of LATENCY and TTFT: a p99 alert's threshold must fall inside them
+(histogram_quantile never answers above the last bound, nor tells apart times in the first)."""
 TTFT: Final = "llmchain_time_to_first_token_seconds"
 """Histogram: time from a request's arrival to its first generated token."""
 TPOT: Final = "llmchain_time_per_output_token_seconds"

@@ -59,10 +59,15 @@ CASES = {
         EXAMPLES[0], forDuration="30s", cacheHitRatePercent=50, p99LatencySeconds=0.25
     ),
     "long-for": with_alerts(EXAMPLES[0], forDuration="1h30m"),
-    "edges": with_alerts(
-        EXAMPLES[0], errorRatePercent=100, cacheHitRatePercent=0, p99LatencySeconds=3600
+    # The ends of each field's range (api.py): a threshold `:g` would round (99.99999% is not
+    # 100%), the histogram's last and first bucket bounds, a cache floor of 0 (no rule).
+    "highest": with_alerts(
+        EXAMPLES[0], errorRatePercent=99.99999, cacheHitRatePercent=0, p99LatencySeconds=127.5
     ),
-    "strictest": with_alerts(EXAMPLES[0], errorRatePercent=0.01, cacheHitRatePercent=100),
+    "lowest": with_alerts(
+        EXAMPLES[0], errorRatePercent=0.001, cacheHitRatePercent=100, p99LatencySeconds=0.05
+    ),
+    "between-buckets": with_alerts(EXAMPLES[0], p99LatencySeconds=3, forDuration="0"),
 }
 
 
@@ -74,7 +79,7 @@ def test_every_generated_alert_fires_and_stays_quiet_in_promtool(tmp_path: Path,
         t["alert_rule_test"][0]["alertname"] for t in yaml.safe_load(tests.read_text())["tests"]
     }
     cache_floor = app["spec"]["monitoring"]["alerts"].get("cacheHitRatePercent")
-    assert names == ALERTS | ({"LLMChainLowCacheHitRate"} if cache_floor is not None else set())
+    assert names == ALERTS | ({"LLMChainLowCacheHitRate"} if cache_floor else set())
     result = promtool_test(tests)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout

@@ -41,6 +41,33 @@ def test_unknown_fields_are_rejected() -> None:
         LLMChainApp.model_validate(raw)
 
 
+@pytest.mark.parametrize(
+    ("alerts", "accepted"),
+    [
+        ({"forDuration": "1h30m"}, True),
+        ({"forDuration": "0"}, True),
+        ({"forDuration": "500ms"}, True),
+        ({"forDuration": "30m1h"}, False),  # Prometheus wants units in order
+        ({"forDuration": "1m1m"}, False),
+        ({"forDuration": "25h"}, False),  # at most a day
+        ({"forDuration": ""}, False),
+        ({"p99LatencySeconds": 0.05}, True),
+        ({"p99LatencySeconds": 0.01}, False),  # inside the first bucket: not measured
+        ({"p99LatencySeconds": 128}, False),  # the last bound: a p99 never exceeds it
+        ({"errorRatePercent": 100}, False),  # no error rate exceeds 100%
+        ({"errorRatePercent": 1e-310}, False),
+    ],
+)
+def test_alert_settings_prometheus_can_evaluate(alerts: dict[str, object], accepted: bool) -> None:
+    raw = yaml.safe_load(EXAMPLES[0].read_text())
+    raw["spec"]["monitoring"] = {"alerts": alerts}
+    if accepted:
+        LLMChainApp.model_validate(raw)
+    else:
+        with pytest.raises(ValidationError, match=next(iter(alerts))):
+            LLMChainApp.model_validate(raw)
+
+
 def chain(prompt: str, *, memory: bool = False, system: str | None = None) -> Chain:
     steps = [
         {"name": "first", "prompt": "{{ question }}"},

@@ -329,6 +329,36 @@ def test_status_is_not_written_again_when_nothing_changed() -> None:
     assert kube.calls_to("patch_status") == []
 
 
+def test_the_autoscaler_status_follows_the_hpa_and_goes_when_autoscaling_is_turned_off() -> None:
+    kube, reconciler = setup(set_("autoscaling", HPA))
+    reconcile(kube, reconciler)
+    app = kube.object("LLMChainApp", NS, NAME)
+    assert app is not None and app["status"]["autoscaler"]["reason"] == "NoStatus"
+    kube.set_status(
+        "HorizontalPodAutoscaler",
+        NS,
+        NAME,
+        {
+            "currentReplicas": 1,
+            "desiredReplicas": 2,
+            "conditions": [
+                {"type": "ScalingActive", "status": "True", "reason": "ValidMetricFound"}
+            ],
+        },
+    )
+    reconcile(kube, reconciler)
+    autoscaler = kube.object("LLMChainApp", NS, NAME)["status"]["autoscaler"]  # type: ignore[index]
+    assert autoscaler["active"] is True and autoscaler["desiredReplicas"] == 2
+    assert autoscaler["reason"] == "ValidMetricFound" and "message" not in autoscaler
+    kube.calls.clear()
+    reconcile(kube, reconciler)
+    assert kube.calls_to("patch_status") == []  # None fields do not make every resync write
+
+    edit(kube, set_("autoscaling", None))
+    reconcile(kube, reconciler)
+    assert "autoscaler" not in kube.object("LLMChainApp", NS, NAME)["status"]  # type: ignore[index]
+
+
 def test_status_is_written_when_the_deployment_reports_progress() -> None:
     kube, reconciler = setup()
     reconcile(kube, reconciler)

@@ -220,7 +220,9 @@ SCALED_OBJECT = {
 
 
 def test_keda_activity_comes_from_the_scaled_object_and_counts_from_its_hpa() -> None:
-    status = autoscaler_status("keda", KEDA_HPA, SCALED_OBJECT)
+    status = {
+        k: v for k, v in autoscaler_status("keda", KEDA_HPA, SCALED_OBJECT).items() if v is not None
+    }
     assert status == {
         "engine": "keda",
         "active": False,
@@ -243,8 +245,20 @@ def test_an_hpas_activity_is_its_scaling_active_condition() -> None:
 def test_a_missing_autoscaler_is_reported_inactive_with_why() -> None:
     keda = autoscaler_status("keda", None, None)
     assert keda["active"] is False and keda["reason"] == "NotCreated"
-    assert "KEDA" in keda["message"]
+    assert "keda.sh" in keda["message"]
     assert autoscaler_status("hpa", None)["reason"] == "NotCreated"
+    # KEDA not running: the ScaledObject exists and nobody reports on it.
+    silent = autoscaler_status("keda", None, {"metadata": {"name": "chat"}, "status": None})
+    assert silent["reason"] == "NoStatus" and "KEDA" in silent["message"]
+
+
+def test_every_autoscaler_field_is_present_so_a_merge_patch_clears_stale_ones() -> None:
+    missing = autoscaler_status("keda", None, None)
+    found = autoscaler_status("keda", KEDA_HPA, SCALED_OBJECT)
+    assert set(missing) == set(found)
+    assert missing["currentReplicas"] is None and found["reason"] == "ScalerNotActive"
+    odd = {"metadata": {"name": "x"}, "status": {"conditions": ["junk", {"type": "Active"}]}}
+    assert autoscaler_status("keda", {"metadata": {}, "status": None}, odd)["active"] is False
 
 
 def test_status_counts_include_the_replicas_the_deployment_is_asked_for() -> None:
@@ -254,4 +268,4 @@ def test_status_counts_include_the_replicas_the_deployment_is_asked_for() -> Non
         "readyReplicas": 1,
         "desiredReplicas": 3,
     }
-    assert counts_for_status(None) == {"replicas": 0, "readyReplicas": 0}
+    assert counts_for_status(None) == {"replicas": 0, "readyReplicas": 0, "desiredReplicas": None}

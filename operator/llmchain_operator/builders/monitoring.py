@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass
 
-from llmchain_operator.api import LLMChainApp
+from llmchain_operator.api import LLMChainApp, duration_seconds
 from llmchain_operator.builders.common import (
     Manifest,
     app_name,
@@ -21,6 +20,7 @@ from llmchain_server.contract import (
     GENERATED_TOKENS,
     INFLIGHT,
     LATENCY,
+    LATENCY_BUCKETS,
     LIVE_PATH,
     METRICS_PATH,
     READY_PATH,
@@ -94,7 +94,14 @@ class Alert:
 
     @property
     def expr(self) -> str:
-        return f"{self.value} {self.op} {self.threshold:g}{self.suffix}"
+        return f"{self.value} {self.op} {number(self.threshold)}{self.suffix}"
+
+
+def number(value: float) -> str:
+    """A threshold as written: short when `:g` keeps it exact, else every digit (99.99999%
+    must not become 100%, which no error rate exceeds)."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))
 
 
 def alerts(app: LLMChainApp) -> list[Alert]:
@@ -127,7 +134,7 @@ def alerts(app: LLMChainApp) -> list[Alert]:
             spec.p99_latency_seconds,
             pending or "10m",
             "warning",
-            f"p99 latency of {name} is above {spec.p99_latency_seconds:g}s.",
+            f"p99 latency of {name} is above {number(spec.p99_latency_seconds)}s.",
         ),
         Alert(
             "LLMChainHighErrorRate",
@@ -137,10 +144,10 @@ def alerts(app: LLMChainApp) -> list[Alert]:
             spec.error_rate_percent / 100,
             pending or "10m",
             "warning",
-            f"More than {spec.error_rate_percent:g}% of requests to {name} fail.",
+            f"More than {number(spec.error_rate_percent)}% of requests to {name} fail.",
         ),
     ]
-    if spec.cache_hit_rate_percent is not None:
+    if spec.cache_hit_rate_percent:  # no rate is below a floor of 0: no rule
         hits, misses = rate(CACHE_HITS, "15m"), rate(CACHE_MISSES, "15m")
         found.append(
             Alert(
@@ -150,7 +157,7 @@ def alerts(app: LLMChainApp) -> list[Alert]:
                 spec.cache_hit_rate_percent / 100,
                 pending or "30m",
                 "info",
-                f"Cache hit rate of {name} is below {spec.cache_hit_rate_percent:g}%.",
+                f"Cache hit rate of {name} is below {number(spec.cache_hit_rate_percent)}%.",
             )
         )
     return found
@@ -257,14 +264,6 @@ def build_dashboard_configmap(app: LLMChainApp) -> Manifest | None:
 
 # --- promtool unit tests of the alerts ------------------------------------------------------
 
-_DURATION = re.compile(r"([0-9]+)(ms|s|m|h|d|w|y)")
-_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
-
-
-def duration_seconds(text: str) -> float:
-    """Seconds of a Prometheus duration (1h30m, 45s)."""
-    return sum(int(n) * _SECONDS[unit] for n, unit in _DURATION.findall(text))
-
 
 def _series(metric: str, labels: dict[str, str], values: str) -> Manifest:
     inner = ",".join(f'{k}="{v}"' for k, v in labels.items())
@@ -307,25 +306,28 @@ class _Synthetic:
         ]
 
     def latency(self, alert: Alert) -> list[_Case]:
-        t = alert.threshold
+        """The server's own buckets: all requests just above the threshold (the first bucket
+        whose lower bound is at or above it, or +Inf), then all in the first bucket."""
+        bounds = [*(f"{b:g}" for b in LATENCY_BUCKETS), "+Inf"]
+        above = next(
+            (i + 1 for i, b in enumerate(LATENCY_BUCKETS) if b >= alert.threshold), len(bounds) - 1
+        )
 
-        def buckets(slow: int, fast: int) -> list[Manifest]:
-            bounds = ((f"{t / 2:g}", fast), (f"{t * 4:g}", fast + slow), ("+Inf", fast + slow))
+        def buckets(first_filled: int) -> list[Manifest]:
             return [
                 *(
                     _series(f"{LATENCY}_bucket", {**self.route, "le": le}, self.grow(count))
-                    for le, count in bounds
+                    for le, count in (
+                        (le, 10 if i >= first_filled else 0) for i, le in enumerate(bounds)
+                    )
                 ),
                 *(
                     _series(f"{LATENCY}_bucket", {**self.probes, "le": le}, self.grow(1000))
-                    for le, _ in bounds
+                    for le in bounds
                 ),
             ]
 
-        return [
-            _Case(buckets(slow=10, fast=0), True, {}),
-            _Case(buckets(slow=0, fast=10), False, {}),
-        ]
+        return [_Case(buckets(above), True, {}), _Case(buckets(0), False, {})]
 
     def error_rate(self, alert: Alert) -> list[_Case]:
         r = alert.threshold
