@@ -12,10 +12,34 @@ from tests.support.cluster import ROOT, TOOLBIN, Cluster
 
 CRDS = ROOT / ".toolchain" / "crds"
 EXPECTED = {
-    "servicemonitors.monitoring.coreos.com",
-    "podmonitors.monitoring.coreos.com",
-    "prometheusrules.monitoring.coreos.com",
-    "scaledobjects.keda.sh",
+    # Every monitoring.coreos.com CRD: the Prometheus Operator in the cluster needs them all.
+    *(
+        f"{plural}.monitoring.coreos.com"
+        for plural in (
+            "alertmanagerconfigs",
+            "alertmanagers",
+            "podmonitors",
+            "probes",
+            "prometheusagents",
+            "prometheuses",
+            "prometheusrules",
+            "scrapeconfigs",
+            "servicemonitors",
+            "thanosrulers",
+        )
+    ),
+    # Every KEDA CRD: its operator watches them all.
+    *(
+        f"{plural}.keda.sh"
+        for plural in (
+            "scaledobjects",
+            "scaledjobs",
+            "triggerauthentications",
+            "clustertriggerauthentications",
+        )
+    ),
+    "cloudeventsources.eventing.keda.sh",
+    "clustercloudeventsources.eventing.keda.sh",
 }
 
 
