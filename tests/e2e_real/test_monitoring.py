@@ -8,10 +8,12 @@ cluster, and back, with no failed or cut request; Prometheus scrapes the operato
 from __future__ import annotations
 
 import json
+import platform
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -293,6 +295,12 @@ def test_the_no_ready_replica_alert_fires_when_the_pods_are_gone(
     assert not prometheus.alerts("LLMChainAppDown", llmchain_app="watched")
 
 
+def cpu_model() -> str:
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    found = (ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name"))
+    return next(found, platform.machine())
+
+
 def load_job(url: str) -> list[dict[str, Any]]:
     """A ConfigMap with the load client and a Job that runs it from the server image."""
     script = {
@@ -395,11 +403,23 @@ def test_keda_scales_out_to_three_ready_replicas_under_load_and_back_without_los
     logs = cluster.kubectl("-n", NAMESPACE, "logs", "job/load").stdout
     summary = json.loads(logs.split("SUMMARY ", 1)[1])
     counts = summary["counts"]
-    print(
-        f"\nautoscaling (KEDA, target 2 in flight per pod, scrape 5s, polling 15s, scale-down "
-        f"window {SCALE_DOWN_WINDOW}s): 1 -> 3 Ready in {scale_out:.0f}s under 8 concurrent "
-        f"requests; 3 -> 1 in {scale_in:.0f}s after the load fell to 1; requests {counts}"
-    )
+    # The measurement, with the knobs that set it (bench/results is where results go).
+    result = {
+        "engine": "keda",
+        "target_inflight_per_pod": 2,
+        "scrape_interval_s": 5,
+        "keda_polling_interval_s": 15,
+        "scale_down_window_s": SCALE_DOWN_WINDOW,
+        "concurrent_requests_high": 8,
+        "concurrent_requests_low": 1,
+        "scale_out_1_to_3_ready_s": round(scale_out, 1),
+        "scale_in_3_to_1_s": round(scale_in, 1),
+        "requests": counts,
+        "cpu": cpu_model(),
+    }
+    (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
+    (ROOT / "bench" / "results" / "autoscaling-e2e.json").write_text(json.dumps(result, indent=2))
+    print(f"\nautoscaling: {result}")
     assert counts.get("high", {}).get("ok", 0) > 0 and counts.get("low", {}).get("ok", 0) > 0
     failed = sum(c["failed"] for c in counts.values())
     assert failed == 0, summary["failures"]
