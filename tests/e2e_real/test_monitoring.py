@@ -202,7 +202,11 @@ def test_app_pods_are_scraped_through_the_servicemonitor_the_operator_made(
     cluster: Cluster, prometheus: Prometheus, apps: dict[str, dict[str, Any]]
 ) -> None:
     def scraped(app: str) -> set[str]:
-        return prometheus.scraped_pods(f"serviceMonitor/{NAMESPACE}/{app}/0")
+        return {
+            t["labels"]["pod"]
+            for t in prometheus.targets()
+            if t["scrapePool"] == f"serviceMonitor/{NAMESPACE}/{app}/0" and t["health"] == "up"
+        }
 
     for name in apps:
         pods = {p["metadata"]["name"] for p in server_pods(cluster, name)}
@@ -361,6 +365,7 @@ def test_keda_scales_out_to_three_ready_replicas_under_load_and_back_without_los
 
     wait_for(three_ready, timeout=420, interval=2, what="3 Ready replicas on the real node")
     scale_out = time.monotonic() - started
+    status = cluster.get("-n", NAMESPACE, "lca", "watched")["status"]
     wait_for(
         lambda: (
             cluster.get("-n", NAMESPACE, "lca", "watched")["status"].get("readyReplicas", 0) >= 3
@@ -434,7 +439,11 @@ def test_prometheus_scrapes_the_operator_pods_through_the_charts_servicemonitor(
     }
 
     def scraped() -> set[str]:
-        return prometheus.scraped_pods(pool)
+        return {
+            t["labels"]["pod"]
+            for t in prometheus.targets()
+            if t["scrapePool"] == pool and t["health"] == "up"
+        }
 
     assert wait_for(lambda: scraped() >= pods, timeout=90, what="both operator pods scraped")
     # Its own metrics, as scraped: exactly one of the two replicas leads.

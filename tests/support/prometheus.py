@@ -66,11 +66,3 @@ class Prometheus:
     def targets(self) -> list[dict[str, Any]]:
         active: list[dict[str, Any]] = self.api("targets", state="active")["activeTargets"]
         return active
-
-    def scraped_pods(self, pool: str) -> set[str]:
-        """Pods of a scrape pool (serviceMonitor/NS/NAME/0) whose last scrape succeeded."""
-        return {
-            t["labels"]["pod"]
-            for t in self.targets()
-            if t["scrapePool"] == pool and t["health"] == "up"
-        }
