@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Final
 
 # -- the model build -------------------------------------------------------------------------
-MODEL_BUILD_RECIPE: Final = "llmchain-model-build/2"
+MODEL_BUILD_RECIPE: Final = "llmchain-model-build/3"
 """Version of what `llmchain model build` writes. Bumped when the build changes its output; it
 is recorded in each model folder's manifest and is part of the operator's model digest, so a
 bump rebuilds every app's model."""
@@ -44,6 +44,10 @@ ENV_MAX_QUEUE: Final = "LLMCHAIN_MAX_QUEUE"
 """Requests that may wait for a batch slot."""
 ENV_MAX_CONTEXT: Final = "LLMCHAIN_MAX_CONTEXT"
 """Context length the KV cache is sized for (at most the model's)."""
+ENV_PREFILL_CHUNK: Final = "LLMCHAIN_PREFILL_CHUNK_TOKENS"
+"""Prompt tokens prefilled between two decode steps while other streams run."""
+ENV_PREFIX_CACHE_TOKENS: Final = "LLMCHAIN_PREFIX_CACHE_TOKENS"
+"""Tokens of prompt prefixes whose keys and values the engine keeps for reuse (0: none)."""
 ENV_GPU_DEVICE_ID: Final = "LLMCHAIN_GPU_DEVICE_ID"
 ENV_GPU_MEMORY_BYTES: Final = "LLMCHAIN_GPU_MEMORY_BYTES"
 ENV_GPU_MEMORY_FRACTION: Final = "LLMCHAIN_GPU_MEMORY_FRACTION"
@@ -136,6 +140,15 @@ MODEL_INFO: Final = "llmchain_model_info"
 BATCH_SIZE: Final = "llmchain_engine_batch_size"
 QUEUE_DEPTH: Final = "llmchain_engine_queue_depth"
 ENGINE_STEPS: Final = "llmchain_engine_steps_total"
+PREFIX_LOOKUP_TOKENS: Final = "llmchain_prefix_cache_lookup_tokens_total"
+"""Counter: prompt tokens looked up in the prefix cache (whole blocks a hit could cover)."""
+PREFIX_HIT_TOKENS: Final = "llmchain_prefix_cache_hit_tokens_total"
+"""Counter: prompt tokens whose keys and values came from the prefix cache (hit rate: this over
+PREFIX_LOOKUP_TOKENS)."""
+PREFIX_BLOCKS: Final = "llmchain_prefix_cache_blocks"
+"""Gauge, label state (used, capacity): blocks of the prefix cache."""
+PREFIX_EVICTIONS: Final = "llmchain_prefix_cache_evictions_total"
+"""Counter: blocks evicted from the prefix cache to make room."""
 
 REQUEST_LABELS: Final = ("route", "status")
 LATENCY_LABELS: Final = ("route",)

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from llmchain_server import contract
 from llmchain_server.engine.cpu import cpu_kernels
 from llmchain_server.engine.metrics import EngineCollector
+from llmchain_server.engine.prefix_cache import BLOCK_TOKENS, PrefixCache
 from llmchain_server.engine.providers import DeviceOptions
 from llmchain_server.engine.request import Generation
 from llmchain_server.engine.runner import ModelRunner
@@ -28,6 +29,10 @@ from llmchain_server.errors import PromptTooLong
 from llmchain_server.model.folder import GenerationDefaults, ModelConfig, open_folder
 
 log = logging.getLogger(__name__)
+
+
+_RECIPES_WITHOUT_CHUNK_LOGITS = frozenset({"llmchain-model-build/1", "llmchain-model-build/2"})
+"""Build recipes whose graphs cannot return a prompt chunk's last logits alone."""
 
 
 class ContextLengthError(PromptTooLong, ValueError):
@@ -42,6 +47,10 @@ class EngineSettings:
     context: int = 2048
     threads: int | None = None
     verify_checksums: bool = True
+    prefill_chunk: int = 256
+    """Prompt tokens prefilled between two decode steps while other streams run."""
+    prefix_cache_tokens: int = 4096
+    """Tokens of prompt prefixes kept for reuse (45 KiB each for SmolLM2-135M); 0 for none."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EngineSettings:
@@ -52,6 +61,8 @@ class EngineSettings:
             max_waiting=int(env.get(contract.ENV_MAX_QUEUE, "64")),
             context=int(env.get(contract.ENV_MAX_CONTEXT, "2048")),
             threads=cpu_threads(env),
+            prefill_chunk=int(env.get(contract.ENV_PREFILL_CHUNK, "256")),
+            prefix_cache_tokens=int(env.get(contract.ENV_PREFIX_CACHE_TOKENS, "4096")),
         )
 
 
@@ -78,7 +89,8 @@ class Engine:
         """The kernel family running the model: the CPU's MLAS family (avx2, avx512vnni, ...)
         on the CPU provider, else the provider; fidelity and speed depend on it."""
         self.context = min(self.settings.context, config.model.context)
-        self.runner = self._runner(config)
+        self.runner = self._runner(config, model.manifest.builder)
+        self.prefix_cache = self._prefix_cache(config)
         self.scheduler = self._scheduler(config)
         self.defaults = _sampling_defaults(config.generation, self.context)
         """Sampling for requests that set nothing (the model folder's generation defaults)."""
@@ -98,7 +110,7 @@ class Engine:
             available_providers,
         )
 
-    def _runner(self, config: ModelConfig) -> ModelRunner:
+    def _runner(self, config: ModelConfig, builder: str) -> ModelRunner:
         """The decoder over a KV cache of `max_batch` sequences of the context's length."""
         shape = config.model
         slots = self.settings.max_batch + 1  # one spare slot for the batch-invariance pad row
@@ -110,7 +122,15 @@ class Engine:
             shape.vocab,
             slots,
             self.context,
+            last_only_chunks=builder not in _RECIPES_WITHOUT_CHUNK_LOGITS,
         )
+
+    def _prefix_cache(self, config: ModelConfig) -> PrefixCache | None:
+        blocks = self.settings.prefix_cache_tokens // BLOCK_TOKENS
+        if blocks < 1:
+            return None
+        shape = config.model
+        return PrefixCache(shape.layers, shape.kv_heads, shape.head_dim, blocks)
 
     def _scheduler(self, config: ModelConfig) -> Scheduler:
         # MatMulNBits computes one row with another kernel than several, at every accuracy
@@ -123,6 +143,8 @@ class Engine:
             self.settings.max_batch,
             self.settings.max_waiting,
             min_batch,
+            prefill_chunk=self.settings.prefill_chunk,
+            prefix_cache=self.prefix_cache,
         )
 
     def _register_metrics(self, registry: CollectorRegistry | None) -> CollectorRegistry:
@@ -130,6 +152,7 @@ class Engine:
         registry.register(
             EngineCollector(
                 lambda: self.scheduler.stats,
+                lambda: None if self.prefix_cache is None else self.prefix_cache.stats,
                 self.digest,
                 self.quantization,
                 self.provider,
@@ -141,7 +164,7 @@ class Engine:
     def _log_loaded(self) -> None:
         log.info(
             "Loaded model %s (%s, %s, %s kernels) in %.1f s; "
-            "KV cache %.0f MiB for %d sequences of %d tokens",
+            "KV cache %.0f MiB for %d sequences of %d tokens; prefix cache up to %.0f MiB",
             self.digest[:19],
             self.quantization,
             self.provider,
@@ -150,6 +173,7 @@ class Engine:
             self.runner.cache.nbytes / 2**20,
             self.settings.max_batch,
             self.context,
+            0 if self.prefix_cache is None else self.prefix_cache.nbytes / 2**20,
         )
 
     def start(self, warm_up: bool = True) -> None:

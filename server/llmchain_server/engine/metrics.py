@@ -15,10 +15,15 @@ from llmchain_server.contract import (
     GENERATED_TOKENS,
     MODEL_INFO,
     MODEL_INFO_LABELS,
+    PREFIX_BLOCKS,
+    PREFIX_EVICTIONS,
+    PREFIX_HIT_TOKENS,
+    PREFIX_LOOKUP_TOKENS,
     PROMPT_TOKENS,
     QUEUE_DEPTH,
     counter,
 )
+from llmchain_server.engine.prefix_cache import PrefixStats
 from llmchain_server.engine.scheduler import EngineStats
 
 
@@ -26,12 +31,14 @@ class EngineCollector(Collector):
     def __init__(
         self,
         stats: Callable[[], EngineStats],
+        prefix: Callable[[], PrefixStats | None],
         digest: str,
         quantization: str,
         provider: str,
         kernels: str,
     ) -> None:
         self._stats = stats
+        self._prefix = prefix
         self._info = (digest, quantization, provider, kernels)  # as MODEL_INFO_LABELS
 
     def collect(self) -> Iterator[Metric]:
@@ -54,3 +61,25 @@ class EngineCollector(Collector):
             counter(PROMPT_TOKENS), "Prompt tokens prefilled.", value=s.prompt_tokens
         )
         yield CounterMetricFamily(counter(ENGINE_STEPS), "Decode steps run.", value=s.steps)
+        p = self._prefix() or PrefixStats()
+        yield CounterMetricFamily(
+            counter(PREFIX_LOOKUP_TOKENS),
+            "Prompt tokens looked up in the prefix cache (whole blocks a hit could cover).",
+            value=p.lookup_tokens,
+        )
+        yield CounterMetricFamily(
+            counter(PREFIX_HIT_TOKENS),
+            "Prompt tokens whose keys and values came from the prefix cache.",
+            value=p.hit_tokens,
+        )
+        yield CounterMetricFamily(
+            counter(PREFIX_EVICTIONS),
+            "Prefix cache blocks evicted to make room.",
+            value=p.evicted_blocks,
+        )
+        blocks = GaugeMetricFamily(
+            PREFIX_BLOCKS, "Blocks of the prefix cache, used and in all.", labels=["state"]
+        )
+        blocks.add_metric(["used"], p.used_blocks)
+        blocks.add_metric(["capacity"], p.capacity_blocks)
+        yield blocks

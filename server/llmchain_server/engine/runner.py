@@ -8,12 +8,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
+from onnxruntime.capi import _pybind_state as ort_c
 
 from llmchain_server.engine.kv_cache import KVCache
 
 Logits = npt.NDArray[np.float32]
 LAST_ONLY = "last_token_logits"
 _TRUE = np.array(True)
+_CPU = ort_c.OrtDevice(ort_c.OrtDevice.cpu(), ort_c.OrtDevice.default_memory(), 0)
 
 
 class ModelRunner:
@@ -26,7 +28,10 @@ class ModelRunner:
         vocab: int,
         slots: int,
         capacity: int,
+        last_only_chunks: bool = True,
     ) -> None:
+        """`last_only_chunks`: the graph picks a chunk's last position by its cached past (model
+        folders from build recipe 3 on); older graphs return a chunk's every position."""
         self.session = session
         self.layers = layers
         self.vocab = vocab
@@ -37,6 +42,7 @@ class ModelRunner:
         inputs = {i.name for i in (*session.get_inputs(), *session.get_overridable_initializers())}
         # Graphs from this builder can return only each row's last logits during prefill.
         self._last_only = LAST_ONLY in inputs
+        self._chunk_last_only = self._last_only and last_only_chunks
         self._decode_bindings: dict[int, ort.IOBinding] = {}  # batch size → reusable binding
         self._kv_order = [(layer, kind) for layer in range(layers) for kind in ("key", "value")]
         self._past_names = [f"past_key_values.{i}.{k}" for i, k in self._kv_order]
@@ -99,6 +105,46 @@ class ModelRunner:
             return np.asarray(logits[:, 0], np.float32)
         picked: Logits = logits[np.arange(count), [len(p) - 1 for p in prompts]]
         return picked
+
+    def extend(self, slot: int, past: int, tokens: Sequence[int]) -> Logits:
+        """Run `tokens` after the `past` tokens already in `slot`'s cache (a prompt's next chunk,
+        or the rest of a prompt whose prefix came from the prefix cache). Returns the last
+        position's logits [vocab]. The keys and values come out bit for bit as a whole-prompt
+        prefill computes them, for chunks of two tokens or more (a single row takes another
+        MatMulNBits kernel); onnxruntime runs such a chunk for one sequence at a time."""
+        count = len(tokens)
+        if past + count > self.cache.capacity:
+            raise ValueError(f"{past + count} tokens exceed the context of {self.cache.capacity}")
+        ids = np.asarray(tokens, np.int64).reshape(1, count)
+        mask = np.ones((1, past + count), np.int64)
+        last_only = self._chunk_last_only
+        logits = np.zeros((1, 1 if last_only else count, self.vocab), np.float32)
+        arrays: list[npt.NDArray[Any]] = [ids, mask]
+        names = ["input_ids", "attention_mask"]
+        if last_only:
+            names.append(LAST_ONLY)
+            arrays.append(_TRUE)
+        fetches: list[npt.NDArray[Any]] = [logits]
+        for layer, kind in self._kv_order:
+            buf = self.cache.keys[layer] if kind == "key" else self.cache.values[layer]
+            view = buf[slot : slot + 1]  # past and present share the slot's buffer
+            arrays.append(view)
+            fetches.append(view)
+        names += self._past_names
+        # IO binding cannot bind `last_token_logits` (an overridable initializer), and a plain
+        # run cannot write into preallocated outputs: the vector form of run does both.
+        feeds = ort_c.OrtValueVector()
+        for a in arrays:
+            feeds.push_back(ort.OrtValue.ortvalue_from_numpy(a)._ortvalue)
+        outs = ort_c.OrtValueVector()
+        for a in fetches:
+            outs.push_back(ort.OrtValue.ortvalue_from_numpy(a)._ortvalue)
+        output_names = ["logits", *self._present_names]
+        self.session._sess.run_with_ortvaluevector(
+            ort.RunOptions(), names, feeds, output_names, outs, [_CPU] * len(output_names)
+        )
+        last: Logits = logits[0, -1].copy()
+        return last
 
     def decode(self, tokens: Sequence[int], lengths: Sequence[int]) -> Logits:
         """One step for slots 0..n-1: token i goes at position lengths[i]. Returns [n, vocab]."""

@@ -1,6 +1,13 @@
 """Continuous batching: one thread runs the model. Between decode steps it admits waiting
-requests (prefilling them into free KV slots) and retires finished ones, so a request never waits
-for another to end. The waiting queue is bounded; a full queue refuses at once."""
+requests into free KV slots and retires finished ones, so a request never waits for another to
+end. Prompts are prefilled in chunks of at most `prefill_chunk` tokens between decode steps, so a
+newcomer's long prompt delays the running streams by one chunk a step, not by the whole prompt.
+A prompt whose start is in the prefix cache prefills only the rest. The waiting queue is bounded;
+a full queue refuses at once.
+
+A prompt's keys and values come out bit for bit the same whatever its chunks and whatever came
+from the prefix cache (every chunk but a one-token prompt's has two tokens or more: one row takes
+another MatMulNBits kernel), so neither changes an output."""
 
 from __future__ import annotations
 
@@ -10,6 +17,9 @@ import threading
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
+from llmchain_server.engine.prefix_cache import PrefixCache
 from llmchain_server.engine.request import Generation
 from llmchain_server.engine.runner import Logits, ModelRunner
 from llmchain_server.engine.sampling import sample
@@ -34,6 +44,8 @@ class EngineStats:
     prefills: int = 0
     generated_tokens: int = 0
     prompt_tokens: int = 0
+    prefilled_tokens: int = 0
+    """Prompt tokens computed (the rest came from the prefix cache)."""
 
 
 class Scheduler:
@@ -44,8 +56,12 @@ class Scheduler:
         max_batch: int,
         max_waiting: int,
         min_batch: int = 1,
-        prefill_tokens: int = 2048,
+        prefill_chunk: int = 256,
+        prefix_cache: PrefixCache | None = None,
+        idle_prefill: int = 2048,
     ) -> None:
+        """`prefill_chunk`: prompt tokens prefilled between two decode steps while streams run;
+        `idle_prefill`: when none runs. `prefix_cache`: None for no reuse."""
         self.runner = runner
         self.eos_ids = eos_ids
         self.max_batch = max_batch
@@ -53,10 +69,14 @@ class Scheduler:
         # Some kernels (MatMulNBits with int8 activations) take another path for one row than
         # for several; decoding at least `min_batch` rows keeps every output batch-invariant.
         self.min_batch = min(min_batch, runner.cache.slots)
-        self.prefill_tokens = prefill_tokens
+        if prefill_chunk < 2:
+            raise ValueError("prefill chunks must be at least 2 tokens")
+        self.prefill_chunk = prefill_chunk
+        self.idle_prefill = max(idle_prefill, prefill_chunk)
+        self.prefix_cache = prefix_cache
         self.stats = EngineStats()
         self._waiting: collections.deque[Generation] = collections.deque()
-        self._running: list[Generation] = []  # index = KV slot
+        self._running: list[Generation] = []  # index = KV slot; prefilling or decoding
         self._lengths: list[int] = []  # tokens in each slot's cache
         self._cv = threading.Condition()
         self._stop = False
@@ -90,21 +110,17 @@ class Scheduler:
                 if self._stop:
                     break
                 admitted = self._admit()
-            if admitted:
-                try:
-                    self._prefill(admitted)
-                except Exception as e:  # only the newcomers fail; the running batch goes on
-                    log.exception("Failed a prefill; ended %d new requests", len(admitted))
-                    self._fail(admitted, e)
-            if self._running:
+            for g in admitted:
+                self._place(g)
+            self._prefill()
+            if any(g.generated for g in self._running):
                 try:
                     self._decode()
                 except Exception as e:  # never let one bad step kill the engine
                     log.exception("Failed a decode step; ended %d requests", len(self._running))
                     self._fail(list(self._running), e)
-                    self._running.clear()
-                    self._lengths.clear()
-                    self.stats.running = 0
+                    self._retire(list(range(len(self._running))))
+            self.stats.running = len(self._running)
         with self._cv:
             leftovers = [*self._running, *self._waiting]
             self._waiting.clear()
@@ -119,45 +135,137 @@ class Scheduler:
 
     def _admit(self) -> list[Generation]:
         admitted: list[Generation] = []
-        budget = self.prefill_tokens
         while self._waiting and len(self._running) + len(admitted) < self.max_batch:
-            g = self._waiting[0]
+            g = self._waiting.popleft()
             if g.cancelled:
-                self._waiting.popleft().emit("", None, "cancelled")
+                g.emit("", None, "cancelled")
                 continue
-            width = max([len(g.prompt), *(len(a.prompt) for a in admitted)])
-            if admitted and width * (len(admitted) + 1) > budget:
-                break
-            admitted.append(self._waiting.popleft())
+            admitted.append(g)
         self.stats.waiting = len(self._waiting)
         return admitted
 
-    def _prefill(self, admitted: list[Generation]) -> None:
-        first = len(self._running)
-        logits = self.runner.prefill(first, [g.prompt for g in admitted])  # may raise: nothing
-        self.stats.prefills += 1  # below is committed until the model has run
-        for g in admitted:
-            self._running.append(g)
-            self._lengths.append(len(g.prompt))
-            self.stats.prompt_tokens += len(g.prompt)
-        self._advance(list(range(first, first + len(admitted))), logits)
+    def _place(self, g: Generation) -> None:
+        """Give `g` the next slot, with its prompt's cached prefix (leaving a chunk of two
+        tokens or more to compute: its last position's logits are needed)."""
+        slot = len(self._running)
+        cached = 0
+        if self.prefix_cache is not None:
+            try:
+                cached = self.prefix_cache.load(
+                    g.prompt, len(g.prompt) - 2, self.runner.cache, slot
+                )
+            except Exception:  # a cache failure costs speed, not the request
+                log.exception("Failed to load a cached prefix for request %d", g.id)
+        self._running.append(g)
+        self._lengths.append(cached)
+        self.stats.prompt_tokens += len(g.prompt)
+
+    def _prefill(self) -> None:
+        """Prefill the next chunks of the prompts not yet in their slots, oldest first, at most
+        `prefill_chunk` tokens while other streams decode. Prompts that complete get their first
+        token."""
+        decoding = any(g.generated for g in self._running)
+        budget = self.prefill_chunk if decoding else self.idle_prefill
+        done: list[int] = []
+        failed: list[int] = []
+        logits: list[Logits] = []
+        slot = 0
+        while slot < len(self._running) and budget >= 2:
+            g, filled = self._running[slot], self._lengths[slot]
+            if g.generated:
+                slot += 1
+                continue
+            if g.cancelled:
+                g.emit("", None, "cancelled")
+                failed.append(slot)
+                slot += 1
+                continue
+            group = self._fresh_group(slot, budget) if filled == 0 else []
+            try:
+                if len(group) > 1:  # several new prompts that fit: one batched run
+                    out = self.runner.prefill(slot, [self._running[s].prompt for s in group])
+                    for s, row in zip(group, out, strict=True):
+                        self._lengths[s] = len(self._running[s].prompt)
+                        budget -= len(self._running[s].prompt)
+                        done.append(s)
+                        logits.append(row)
+                    self.stats.prefills += 1
+                    self.stats.prefilled_tokens += sum(len(self._running[s].prompt) for s in group)
+                    slot = group[-1] + 1
+                    continue
+                count = _chunk(len(g.prompt) - filled, budget)
+                tokens = g.prompt[filled : filled + count]
+                if filled == 0:
+                    row = self.runner.prefill(slot, [tokens])[0]
+                else:
+                    row = self.runner.extend(slot, filled, tokens)
+            except Exception as e:  # only these requests fail; the running batch goes on
+                log.exception("Failed a prefill; ended request %d", g.id)
+                for s in group or [slot]:
+                    self._fail([self._running[s]], e)
+                    failed.append(s)
+                slot = (group or [slot])[-1] + 1
+                continue
+            self.stats.prefills += 1
+            self.stats.prefilled_tokens += count
+            self._lengths[slot] = filled + count
+            budget -= count
+            if filled + count == len(g.prompt):
+                done.append(slot)
+                logits.append(row)
+            slot += 1
+        for s in done:
+            self._remember(s)
+        self._advance(done, np.stack(logits) if logits else np.zeros((0, 0), np.float32), failed)
+
+    def _fresh_group(self, first: int, budget: int) -> list[int]:
+        """Slots from `first` on whose prompts have not started, and fit `budget` together
+        (padded to the longest) as one run of whole prompts."""
+        group: list[int] = []
+        width = 0
+        for s in range(first, len(self._running)):
+            g = self._running[s]
+            if g.generated or self._lengths[s] or g.cancelled:
+                break
+            width = max(width, len(g.prompt))
+            if width * (len(group) + 1) > budget:
+                break
+            group.append(s)
+        return group
+
+    def _remember(self, slot: int) -> None:
+        if self.prefix_cache is None:
+            return
+        g = self._running[slot]
+        try:
+            self.prefix_cache.store(g.prompt, len(g.prompt), self.runner.cache, slot)
+        except Exception:  # a cache failure costs speed, not the request
+            log.exception("Failed to cache the prefix of request %d", g.id)
 
     def _decode(self) -> None:
-        count = len(self._running)
-        tokens = [g.generated[-1] for g in self._running]
-        lengths = list(self._lengths)
-        pad = max(0, self.min_batch - count)
-        tokens += [0] * pad
-        lengths += [0] * pad  # a scratch row in a free slot; its output is ignored
-        logits = self.runner.decode(tokens, lengths)[:count]
+        """One step for every decoding slot. Slots below the last decoding one that are still
+        prefilling, and pad rows up to `min_batch`, run as scratch rows: their token goes at
+        their first free position, which their next chunk overwrites, and their output is
+        ignored."""
+        decoding = [s for s, g in enumerate(self._running) if g.generated]
+        count = max(decoding[-1] + 1, self.min_batch)
+        tokens, lengths = [], []
+        for s in range(count):
+            if s < len(self._running) and self._running[s].generated:
+                tokens.append(self._running[s].generated[-1])
+            else:
+                tokens.append(0)
+            lengths.append(self._lengths[s] if s < len(self._running) else 0)
+        logits = self.runner.decode(tokens, lengths)
         self.stats.steps += 1
-        for slot in range(count):
-            self._lengths[slot] += 1
-        self._advance(list(range(count)), logits)
+        for s in decoding:
+            self._lengths[s] += 1
+        self._advance(decoding, logits[decoding])
 
-    def _advance(self, slots: list[int], logits: Logits) -> None:
-        """Sample the next token for each slot, stream it, and retire finished requests."""
-        finished: list[int] = []
+    def _advance(self, slots: list[int], logits: Logits, finished: list[int] | None = None) -> None:
+        """Sample the next token for each slot, stream it, and retire finished requests (and the
+        slots in `finished`)."""
+        finished = list(finished or [])
         for slot, row in zip(slots, logits, strict=True):
             g = self._running[slot]
             if g.cancelled:
@@ -199,7 +307,7 @@ class Scheduler:
 
     def _retire(self, slots: list[int]) -> None:
         """Free finished slots, moving the last running sequences into the holes."""
-        for slot in sorted(slots, reverse=True):
+        for slot in sorted(set(slots), reverse=True):
             last = len(self._running) - 1
             if slot != last:
                 self.runner.cache.move(last, slot, self._lengths[last])
@@ -207,3 +315,10 @@ class Scheduler:
                 self._lengths[slot] = self._lengths[last]
             self._running.pop()
             self._lengths.pop()
+
+
+def _chunk(remaining: int, budget: int) -> int:
+    """How many of a prompt's `remaining` tokens (two or more, unless the prompt is one token)
+    to prefill now within `budget` (at least 2): all of them if they fit or exceed it by one
+    token, else `budget`, which leaves two tokens or more for later."""
+    return remaining if remaining - budget <= 1 else budget

@@ -183,7 +183,7 @@ def build_graph(
     residual = hidden
     for i in range(config.layers):
         normed, residual = _layer(g, i, normed, residual, weight, kind, shared)
-    _output_head(g, normed, seqlens, inputs, weight, kind)
+    _output_head(g, normed, shared, inputs, weight, kind)
     graph = helper.make_graph(g.nodes, "llmchain-decoder", inputs, outputs, g.initializers)
     model = helper.make_model(
         graph,
@@ -357,7 +357,7 @@ def _skip_norm(
 def _output_head(
     g: DecoderGraph,
     normed: str,
-    seqlens: str,
+    shared: _AttentionInputs,
     inputs: list[onnx.ValueInfoProto],
     weight: WeightLookup,
     kind: LinearKind,
@@ -366,34 +366,44 @@ def _output_head(
     output, of the last positions only when `last_token_logits` asks."""
     head = "token_embd.weight" if g.config.tied_embeddings else "output.weight"
     g.linear(
-        _last_token_rows(g, normed, seqlens, inputs), weight(f"{head}#lm_head"), "lm_head", kind
+        _last_token_rows(g, normed, shared, inputs), weight(f"{head}#lm_head"), "lm_head", kind
     )
     g.nodes[-1].output[0] = "logits"  # the last node of the head (MatMul, or the offset Add)
 
 
 def _last_token_rows(
-    g: DecoderGraph, hidden: str, seqlens: str, inputs: list[onnx.ValueInfoProto]
+    g: DecoderGraph,
+    hidden: str,
+    shared: _AttentionInputs,
+    inputs: list[onnx.ValueInfoProto],
 ) -> str:
     """Optional input `last_token_logits` (default false): when true, keep only each row's last
-    real position (its seqlens_k in a right-padded first prompt) before the output head, so a
-    prefill computes [batch, 1, vocab] logits instead of [batch, sequence, vocab]. Callers that
-    do not know the input (onnxruntime-genai) get every position, as before."""
+    real position (in a right-padded first prompt, or in a chunk that extends one row's cached
+    past) before the output head, so a prefill computes [batch, 1, vocab] logits instead of
+    [batch, sequence, vocab]. Callers that do not know the input (onnxruntime-genai) get every
+    position, as before."""
+    seqlens, total_len = shared.seqlens, shared.total_len
     flag = "last_token_logits"
     inputs.append(helper.make_tensor_value_info(flag, TensorProto.BOOL, []))
     g.const(flag, np.array(False))
-    index = helper.make_node("Cast", [seqlens], ["last/index"], to=TensorProto.INT64)
-    rows = helper.make_node("Unsqueeze", ["last/index", "last/axes"], ["last/index3"])
-    axes = numpy_helper.from_array(np.array([1, 2], np.int64), "last/axes")
+    # Row i's last position in this run is seqlens_k[i] - past, past = total - sequence: 0 for
+    # a first prompt, the cached length when a chunk extends a single row's past.
     shape = helper.make_node("Shape", [hidden], ["last/shape"])
-    width = numpy_helper.from_array(np.array([1], np.int64), "last/one")
     parts = helper.make_node(
         "Split", ["last/shape"], ["last/b", "last/s", "last/h"], axis=0, num_outputs=3
     )
+    last = helper.make_node("Cast", [seqlens], ["last/absolute"], to=TensorProto.INT64)
+    total = helper.make_node("Cast", [total_len], ["last/total"], to=TensorProto.INT64)
+    past = helper.make_node("Sub", ["last/total", "last/s"], ["last/past"])
+    index = helper.make_node("Sub", ["last/absolute", "last/past"], ["last/index"])
+    rows = helper.make_node("Unsqueeze", ["last/index", "last/axes"], ["last/index3"])
+    axes = numpy_helper.from_array(np.array([1, 2], np.int64), "last/axes")
+    width = numpy_helper.from_array(np.array([1], np.int64), "last/one")
     target = helper.make_node("Concat", ["last/b", "last/one", "last/h"], ["last/target"], axis=0)
     expand = helper.make_node("Expand", ["last/index3", "last/target"], ["last/indices"])
     gather = helper.make_node("GatherElements", [hidden, "last/indices"], ["last/rows"], axis=1)
     then_branch = helper.make_graph(
-        [index, rows, shape, parts, target, expand, gather],
+        [shape, parts, last, total, past, index, rows, target, expand, gather],
         "last_rows",
         [],
         [helper.make_tensor_value_info("last/rows", TensorProto.FLOAT, None)],
