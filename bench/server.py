@@ -10,13 +10,21 @@ a complete response or its stream ends without `[DONE]`.
 
     python bench/server.py [--clients 1 8 32] [--out bench/results/server.json]
 
-Needs the bench virtualenv (hack/bench-env.sh) with llama-cpp-python's server extra.
+Also our server with whole-prompt prefill and no prefix cache (`oursUnchunked`: the engine
+before chunked prefill) for inter-token latency before and after, and llama.cpp's own
+`llama-server -np 8` when hack/build-llama-server.sh has built it. `--long-prompts` makes every
+fourth client send a ~500-token prompt. Each side records its command, peak RSS, and whether it
+crashed (reported, not raised).
+
+Needs the bench virtualenv (hack/bench-env.sh) with llama-cpp-python's server extra, unless
+`--skip-llama-cpp-python`.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import itertools
 import json
 import os
 import platform
@@ -81,7 +89,7 @@ def one_request(port: int, model: str, prompt: str, out: list[dict[str, Any]]) -
             response.read()
             conn.close()
             continue
-        first, pieces, done = None, 0, False
+        first, pieces, done, arrivals = None, 0, False, []
         while line := response.readline():
             text = line.decode().strip()
             if text == "data: [DONE]":
@@ -90,7 +98,8 @@ def one_request(port: int, model: str, prompt: str, out: list[dict[str, Any]]) -
                 delta = json.loads(text[6:])["choices"]
                 if delta and delta[0].get("delta", {}).get("content"):
                     pieces += 1
-                    first = first or time.monotonic()
+                    arrivals.append(time.monotonic())
+                    first = first or arrivals[-1]
         conn.close()
         end = time.monotonic()
         out.append(
@@ -100,24 +109,40 @@ def one_request(port: int, model: str, prompt: str, out: list[dict[str, Any]]) -
                 "latency": end - started,
                 "pieces": pieces,
                 "end": end,
+                "gaps": [b - a for a, b in itertools.pairwise(arrivals)],
             }
         )
         return
-    out.append({"ok": False, "ttft": 0.0, "latency": 0.0, "pieces": 0, "end": time.monotonic()})
+    out.append(
+        {"ok": False, "ttft": 0.0, "latency": 0.0, "pieces": 0, "end": time.monotonic(), "gaps": []}
+    )
 
 
-def load(port: int, model: str, clients: int, tag: str) -> dict[str, Any]:
+LONG = (
+    "Summarise this report in two sentences. "
+    + (
+        "The river rose overnight, the bridge was closed, and the town council met at dawn to "
+        "decide which roads to open first. "
+    )
+    * 16
+)
+"""A ~500-token prompt: with --long-prompts every fourth client sends one, the load where a
+newcomer's prefill stalls the running streams unless it is chunked."""
+
+
+def prompt_for(tag: str, clients: int, i: int, long_prompts: bool) -> str:
+    if long_prompts and i % 4 == 3:
+        return f"[{tag} {clients}/{i}] {LONG}"
+    return f"[{tag} {clients}/{i}] Write a short paragraph about the number {i}."
+
+
+def load(port: int, model: str, clients: int, tag: str, long_prompts: bool) -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     start = time.monotonic()
     threads = [
         threading.Thread(
             target=one_request,
-            args=(
-                port,
-                model,
-                f"[{tag} {clients}/{i}] Write a short paragraph about the number {i}.",
-                runs,
-            ),
+            args=(port, model, prompt_for(tag, clients, i, long_prompts), runs),
         )
         for i in range(clients)
     ]
@@ -140,6 +165,8 @@ def load(port: int, model: str, clients: int, tag: str) -> dict[str, Any]:
         "ttftP99": pct([r["ttft"] for r in ok], 0.99),
         "latencyP50": pct([r["latency"] for r in ok], 0.5),
         "latencyP99": pct([r["latency"] for r in ok], 0.99),
+        "interTokenP50": pct([g for r in ok for g in r["gaps"]], 0.5),
+        "interTokenP99": pct([g for r in ok for g in r["gaps"]], 0.99),
     }
 
 
@@ -172,6 +199,43 @@ def cache_latencies(port: int, model: str, repeats: int = 20) -> dict[str, float
     }
 
 
+def peak_rss_mib(pid: int) -> float:
+    """A running process's peak resident memory (VmHWM), in MiB; NaN once it has gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+LLAMA_CMAKE_FLAGS = [  # as hack/build-llama-server.sh configures it
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DGGML_NATIVE=ON",
+    "-DBUILD_SHARED_LIBS=OFF",
+    "-DLLAMA_CURL=OFF",
+]
+
+
+def llama_build_info() -> dict[str, Any]:
+    """What the llama-server reference is: its version line and build flags."""
+    try:
+        done = subprocess.run(
+            [str(LLAMA_SERVER), "--version"], capture_output=True, text=True, timeout=60
+        )
+        version = (done.stdout + done.stderr).strip().splitlines()
+    except (OSError, subprocess.TimeoutExpired) as e:
+        version = [f"unknown: {e}"]
+    return {"binary": str(LLAMA_SERVER), "version": version[-2:], "cmakeFlags": LLAMA_CMAKE_FLAGS}
+
+
+def describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        return f"killed by signal {-code}" + (" (SIGSEGV)" if code == -11 else "")
+    return f"exit status {code}"
+
+
 def run_side(
     name: str,
     cmd: list[str],
@@ -180,75 +244,82 @@ def run_side(
     model: str,
     ready: str,
     clients: list[int],
+    long_prompts: bool = False,
 ) -> dict[str, Any]:
+    """One server under load, level by level. A server that crashes (llama.cpp's native
+    build segfaults loading this GGUF on some AVX-512 CPUs) is reported, not raised."""
     say(f"starting {name}")
     process = subprocess.Popen(
         cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
+    result: dict[str, Any] = {"levels": [], "command": [Path(cmd[0]).name, *cmd[1:]], "env": env}
     try:
         wait_ready(f"http://127.0.0.1:{port}{ready}", process)
         one_request(port, model, "warm up", [])
-        result: dict[str, Any] = {"levels": []}
         for level in clients:
-            entry = load(port, model, level, name)
+            entry = load(port, model, level, name, long_prompts)
             say(
                 f"  {name} {level:2d} clients: {entry['tokensPerSecond']:.1f} tokens/s, TTFT p50 "
-                f"{entry['ttftP50']:.2f} s, lost {entry['lost']}"
+                f"{entry['ttftP50']:.2f} s p99 {entry['ttftP99']:.2f} s, inter-token p99 "
+                f"{entry['interTokenP99'] * 1000:.0f} ms, lost {entry['lost']}"
             )
             result["levels"].append(entry)
-        return result
+            if process.poll() is not None:
+                break
+        result["peakRssMiB"] = peak_rss_mib(process.pid)
+    except (RuntimeError, TimeoutError) as e:
+        say(f"  {name} did not come up: {e}")
     finally:
+        if process.poll() is not None:
+            result["crashed"] = describe_exit(process.returncode)
+            say(f"  {name} crashed: {result['crashed']}; its numbers are left out")
         process.terminate()
         process.wait(timeout=60)
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "server.json")
+    parser.add_argument(
+        "--long-prompts",
+        action="store_true",
+        help="every fourth client sends a ~500-token prompt (the load chunked prefill is for)",
+    )
+    parser.add_argument(
+        "--skip-llama-cpp-python", action="store_true", help="only llama-server as reference"
+    )
     args = parser.parse_args()
-    if not BENCH_PYTHON.exists():
+    if not args.skip_llama_cpp_python and not BENCH_PYTHON.exists():
         sys.exit(f"{BENCH_PYTHON} is missing: run hack/bench-env.sh first")
+    sides: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         say("building the int4 model")
         subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "llmchain_cli",
-                "model",
-                "build",
-                "--source",
-                str(gguf_path()),
-                "--quantization",
-                "int4",
-                "--out",
-                f"{tmp}/m",
-            ],
+            [sys.executable, "-m", "llmchain_cli", "model", "build", "--source",
+             str(gguf_path()), "--quantization", "int4", "--out", f"{tmp}/m"],
             check=True,
             capture_output=True,
-        )
+        )  # fmt: skip
         redis = RedisServer(workdir=Path(tmp))
         redis.start()
         ours_port = free_port()
-        ours_cmd = [
-            sys.executable,
-            "-m",
-            "llmchain_cli",
-            "serve",
-            "--model",
-            f"{tmp}/m",
-            "--port",
-            str(ours_port),
-            "--model-name",
-            "smollm2",
-            "--redis-url",
-            redis.url,
-            "--log-level",
-            "WARNING",
-        ]
+        ours_cmd = [sys.executable, "-m", "llmchain_cli", "serve", "--model", f"{tmp}/m",
+                    "--port", str(ours_port), "--model-name", "smollm2", "--redis-url",
+                    redis.url, "--log-level", "WARNING"]  # fmt: skip
         ours_env = {"LLMCHAIN_MAX_BATCH_SIZE": "16", "LLMCHAIN_MAX_CONTEXT": "1024"}
-        ours = run_side("ours", ours_cmd, ours_env, ours_port, "smollm2", "/readyz", args.clients)
+        # "before": whole prompts prefilled at once and no prefix cache (the engine until #14)
+        unchunked = {
+            **ours_env,
+            "LLMCHAIN_PREFILL_CHUNK_TOKENS": "100000",
+            "LLMCHAIN_PREFIX_CACHE_TOKENS": "0",
+        }
+        for name, env in (("ours", ours_env), ("oursUnchunked", unchunked)):
+            sides[name] = run_side(
+                name, ours_cmd, env, ours_port, "smollm2", "/readyz", args.clients,
+                args.long_prompts,
+            )  # fmt: skip
         process = subprocess.Popen(
             ours_cmd,
             env={**os.environ, **ours_env},
@@ -256,62 +327,28 @@ def main() -> None:
             stderr=subprocess.DEVNULL,
         )
         wait_ready(f"http://127.0.0.1:{ours_port}/readyz", process)
-        ours["cache"] = cache_latencies(ours_port, "smollm2")
+        sides["ours"]["cache"] = cache_latencies(ours_port, "smollm2")
         process.terminate()
         process.wait(timeout=60)
         redis.stop()
-    llama_port = free_port()
-    llama = run_side(
-        "llama-cpp-python",
-        [
-            str(BENCH_PYTHON),
-            "-m",
-            "llama_cpp.server",
-            "--model",
-            str(gguf_path()),
-            "--port",
-            str(llama_port),
-            "--n_threads",
-            str(os.cpu_count() or 2),
-            "--n_ctx",
-            "2048",
-            "--interrupt_requests",
-            "False",
-            "--model_alias",
-            "smollm2",
-        ],
-        {},
-        llama_port,
-        "smollm2",
-        "/v1/models",
-        args.clients,
-    )
-    sides = {"ours": ours, "llamaCppPython": llama}
+    if not args.skip_llama_cpp_python:
+        llama_port = free_port()
+        sides["llamaCppPython"] = run_side(
+            "llama-cpp-python",
+            [str(BENCH_PYTHON), "-m", "llama_cpp.server", "--model", str(gguf_path()),
+             "--port", str(llama_port), "--n_threads", str(os.cpu_count() or 2), "--n_ctx",
+             "2048", "--interrupt_requests", "False", "--model_alias", "smollm2"],
+            {}, llama_port, "smollm2", "/v1/models", args.clients, args.long_prompts,
+        )  # fmt: skip
     if LLAMA_SERVER.exists():
         port = free_port()
         sides["llamaServerNp8"] = run_side(
             "llama-server -np 8",
-            [
-                str(LLAMA_SERVER),
-                "-m",
-                str(gguf_path()),
-                "--port",
-                str(port),
-                "-np",
-                "8",
-                "-c",
-                "8192",
-                "-t",
-                str(os.cpu_count() or 2),
-                "--alias",
-                "smollm2",
-            ],
-            {},
-            port,
-            "smollm2",
-            "/v1/models",
-            args.clients,
-        )
+            [str(LLAMA_SERVER), "-m", str(gguf_path()), "--port", str(port), "-np", "8", "-c",
+             "8192", "-t", str(os.cpu_count() or 2), "--alias", "smollm2"],
+            {}, port, "smollm2", "/v1/models", args.clients, args.long_prompts,
+        )  # fmt: skip
+        sides["llamaServerNp8"]["build"] = llama_build_info()
     else:
         say(f"{LLAMA_SERVER} is missing (hack/build-llama-server.sh): skipped llama-server")
     result = {
@@ -320,34 +357,32 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "cpu": cpu_kernels().to_json(),  # the kernel family our server ran (same machine)
         "newTokens": TOKENS,
+        "longPrompts": args.long_prompts,
         **sides,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(
-        "| clients | ours tok/s | llama-cpp-python tok/s | ratio | ours TTFT p50/p99 s | "
-        "theirs TTFT p50/p99 s | ours latency p50/p99 s | lost ours/theirs |"
+        "| side | clients | tok/s | TTFT p50/p99 s | inter-token p50/p99 ms | latency p50/p99 s "
+        "| lost | peak RSS MiB |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for a, b in zip(ours["levels"], llama["levels"], strict=True):
-        print(
-            f"| {a['clients']} | {a['tokensPerSecond']:.1f} | {b['tokensPerSecond']:.1f} | "
-            f"{a['tokensPerSecond'] / b['tokensPerSecond']:.2f} | {a['ttftP50']:.2f}/"
-            f"{a['ttftP99']:.2f} | {b['ttftP50']:.2f}/{b['ttftP99']:.2f} | "
-            f"{a['latencyP50']:.2f}/{a['latencyP99']:.2f} | {a['lost']}/{b['lost']} |"
-        )
-    if "llamaServerNp8" in sides:
-        for a, b in zip(ours["levels"], sides["llamaServerNp8"]["levels"], strict=True):
+    for name, side in sides.items():
+        for a in side["levels"]:
             print(
-                f"vs llama-server -np 8 at {a['clients']}: {b['tokensPerSecond']:.1f} tok/s "
-                f"(ratio {a['tokensPerSecond'] / b['tokensPerSecond']:.2f}), TTFT p50 "
-                f"{b['ttftP50']:.2f} s, lost {b['lost']}"
+                f"| {name} | {a['clients']} | {a['tokensPerSecond']:.1f} | {a['ttftP50']:.2f}/"
+                f"{a['ttftP99']:.2f} | {a['interTokenP50'] * 1000:.0f}/"
+                f"{a['interTokenP99'] * 1000:.0f} | {a['latencyP50']:.2f}/{a['latencyP99']:.2f} "
+                f"| {a['lost']} | {side.get('peakRssMiB', float('nan')):.0f} |"
             )
-    c = ours["cache"]
-    print(
-        f"cache: miss {c['missSeconds'] * 1000:.0f} ms, hit p50 {c['hitP50Seconds'] * 1000:.1f}"
-        f" ms, p99 {c['hitP99Seconds'] * 1000:.1f} ms"
-    )
+        if "crashed" in side:
+            print(f"| {name} | crashed: {side['crashed']} |")
+    c = sides["ours"].get("cache")
+    if c:
+        print(
+            f"cache: miss {c['missSeconds'] * 1000:.0f} ms, hit p50 "
+            f"{c['hitP50Seconds'] * 1000:.1f} ms, p99 {c['hitP99Seconds'] * 1000:.1f} ms"
+        )
     say(f"wrote {args.out}")
 
 
