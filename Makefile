@@ -75,7 +75,7 @@ manifests: crds toolchain ## Render deploy/llmchain-operator.yaml from the Helm 
 	@hack/render-manifests.sh > deploy/llmchain-operator.yaml
 
 bench: install cluster-up ## Run the operator benchmark; JSON results go to bench/results/
-	$(BIN)/python bench/operator_scale.py --sizes 100 500
+	$(BIN)/python bench/operator_scale.py --sizes 100 500 1000
 
 bench-engine: install ## Engine vs llama.cpp on the same GGUF (compiles llama-cpp-python once, ~12 min)
 	hack/bench-env.sh

@@ -4,7 +4,7 @@ The reference, in the same run, is `kubectl apply --server-side` of the same chi
 pre-rendered by `llmchain render` (rendering is not timed), until all their Deployments are
 ready. The ratio of the two is the operator's overhead. Also recorded: the operator's peak RSS.
 
-    python bench/operator_scale.py [--sizes 100 500] [--out bench/results/operator_scale.json]
+    python bench/operator_scale.py [--sizes 100 500 1000] [--out bench/results/operator_scale.json]
 
 Needs the local cluster (`make cluster-up`); stops a demo operator if one runs.
 """
@@ -144,7 +144,7 @@ def run_size(cluster: Cluster, operator: OperatorProcess, count: int, work: Path
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 500])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 500, 1000])
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/operator_scale.json")
     args = parser.parse_args()
 

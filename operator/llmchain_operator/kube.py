@@ -14,15 +14,27 @@ import contextlib
 import datetime
 import json
 import logging
+import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import kubernetes
+from kubernetes.watch.watch import iter_resp_lines
 
 from llmchain_operator.kinds import OPTIONAL_CRDS, kind_of
 
 Manifest = dict[str, Any]
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
+"""Accept header asking for objects' metadata only (what controller-runtime's metadata watches
+ask): a watch of children needs their owner, not their specs."""
+METADATA_LIST = (
+    "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+)
+WATCH_SECONDS = 240
+"""The API server ends each watch request after this; the watch resumes from where it was."""
+log = logging.getLogger("llmchain.operator")
 
 
 class ApiError(Exception):
@@ -75,6 +87,7 @@ class Kube:
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
         text: bool = False,
+        accept: str = "application/json",
     ) -> Any:
         api = self.api
         _, url, headers, serialized, _ = api.param_serialize(
@@ -84,7 +97,7 @@ class Kube:
             body=body,
             header_params={
                 "Content-Type": content_type,
-                "Accept": "*/*" if text else "application/json",
+                "Accept": "*/*" if text else accept,
             },
             auth_settings=["BearerToken"],
         )
@@ -106,6 +119,145 @@ class Kube:
 
     async def call(self, method: str, path: str, **kwargs: Any) -> Any:
         return await asyncio.to_thread(self._call, method, path, **kwargs)
+
+    # -- watching ----------------------------------------------------------------------------
+    async def watch(
+        self,
+        kind: str,
+        namespace: str | None,
+        selector: str,
+        handle: Callable[[str, Manifest], None],
+    ) -> None:
+        """Until cancelled: call `handle(type, metadata-only object)` on the event loop for
+        every change (ADDED, MODIFIED, DELETED) of `kind` objects matching the label `selector`,
+        filtered by the API server (only they cross the wire, and only their metadata). Objects
+        that exist when the watch starts are not reported. Resumes from the last version it
+        saw, lists afresh when that has expired (410), and retries with back-off, quietly while
+        the kind's API is not installed (404). The blocking stream runs in its own thread, not
+        in the executor the API calls share."""
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()
+        reading: list[Any] = []  # the response being read, to cut it when stopping
+
+        def deliver(event_type: str, obj: Manifest) -> None:
+            loop.call_soon_threadsafe(handle, event_type, obj)
+
+        thread = threading.Thread(
+            target=self._watch_forever,
+            args=(kind, namespace, selector, deliver, stop, reading),
+            name=f"watch-{kind}",
+            daemon=True,
+        )
+        thread.start()
+        try:
+            await loop.create_future()  # never set: runs until cancelled
+        finally:
+            stop.set()
+            for response in list(reading):  # unblock the thread's read now
+                with contextlib.suppress(Exception):
+                    response.shutdown()
+
+    def _watch_forever(
+        self,
+        kind: str,
+        namespace: str | None,
+        selector: str,
+        deliver: Callable[[str, Manifest], None],
+        stop: threading.Event,
+        reading: list[Any],
+    ) -> None:
+        path = _path(kind, namespace)
+        version, backoff = "", 1.0
+        while not stop.is_set():
+            try:
+                if not version:
+                    # one item is enough: the list is only for its resourceVersion (changes
+                    # missed while the old version expired are the resync's to catch)
+                    listed = self._call(
+                        "GET",
+                        path,
+                        query=[("labelSelector", selector), ("limit", "1")],
+                        accept=METADATA_LIST,
+                    )
+                    version = listed["metadata"]["resourceVersion"]
+                version = self._watch_once(path, selector, version, deliver, stop, reading)
+                backoff = 1.0
+                continue
+            except ApiError as error:
+                if error.status == 410:  # our version expired: list afresh
+                    version = ""
+                    continue
+                if error.status == 404:  # an optional API not installed (yet)
+                    log.debug("Not watching %s: %s", kind, error)
+                    backoff = 30.0
+                else:
+                    log.warning("Watch of %s failed: %s", kind, error)
+            except Exception as error:  # the thread must outlive anything a stream does
+                if stop.is_set():
+                    return
+                log.warning("Watch of %s broke off: %s: %s", kind, type(error).__name__, error)
+            stop.wait(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    def _watch_once(
+        self,
+        path: str,
+        selector: str,
+        version: str,
+        deliver: Callable[[str, Manifest], None],
+        stop: threading.Event,
+        reading: list[Any],
+    ) -> str:
+        """One watch request from `version`; returns the last version seen when it ends."""
+        query = [
+            ("watch", "true"),
+            ("labelSelector", selector),
+            ("resourceVersion", version),
+            ("allowWatchBookmarks", "true"),
+            ("timeoutSeconds", str(WATCH_SECONDS)),
+        ]
+        for event in self._stream(path, query, reading):
+            if stop.is_set():
+                break
+            event_type, obj = event.get("type"), event.get("object") or {}
+            if event_type == "ERROR":
+                raise ApiError(obj.get("code", 0), obj.get("reason", ""), obj.get("message", ""))
+            version = obj.get("metadata", {}).get("resourceVersion") or version
+            if event_type in ("ADDED", "MODIFIED", "DELETED"):
+                deliver(event_type, obj)
+        return version
+
+    def _stream(
+        self, path: str, query: list[tuple[str, str]], reading: list[Any]
+    ) -> Iterator[Manifest]:
+        api = self.api
+        _, url, headers, _, _ = api.param_serialize(
+            "GET",
+            path,
+            query_params=query,
+            header_params={"Accept": METADATA_ONLY},
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = api.call_api(
+                "GET", url, header_params=headers, _request_timeout=(10, WATCH_SECONDS + 30)
+            )
+        except kubernetes.client.ApiException as error:
+            raise ApiError(error.status or 0, error.reason or "", str(error)) from None
+        raw = response.response
+        reading.append(raw)
+        try:
+            if not 200 <= response.status < 300:
+                message = response.reason or ""
+                with contextlib.suppress(TypeError, ValueError):
+                    message = json.loads(raw.data).get("message", message)
+                raise ApiError(response.status, response.reason or "", message)
+            for line in iter_resp_lines(raw):  # type: ignore[no-untyped-call]
+                if line:
+                    yield json.loads(line)
+        finally:
+            reading.remove(raw)
+            raw.close()  # often left mid-stream: never back into the pool unread
 
     async def apply(
         self, obj: Manifest, *, force: bool = True, field_manager: str | None = None

@@ -25,8 +25,6 @@ from llmchain_operator.reconcile import ChildrenRefused, Reconciler, RetryLater
 from llmchain_operator.settings import Settings
 from llmchain_operator.validation import validate
 
-MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
-
 RESYNC_CONCURRENCY = 8
 Background = Callable[[], Coroutine[Any, Any, None]]
 
@@ -36,16 +34,18 @@ def run_memo(
     webhook: kopf.WebhookServer | None = None,
     background: list[Background] | None = None,
     stop_flag: threading.Event | None = None,
+    namespaces: list[str] | None = None,
 ) -> kopf.Memo:
     """What `llmchain operator` hands kopf: the settings, the admission webhook server (when
-    asked for one), coroutines started with the operator (the leader-lease guard) and the stop
-    flag kopf.run was given."""
+    asked for one), coroutines started with the operator (the leader-lease guard), the stop
+    flag kopf.run was given and the namespaces it serves (none: the whole cluster)."""
     # `apps` is shared by the shallow copies kopf makes of this memo for each object.
     return kopf.Memo(
         settings=settings,
         webhook=webhook,
         background=list(background or []),
         stop_flag=stop_flag,
+        namespaces=list(namespaces or []),
         apps=set(),
     )
 
@@ -67,6 +67,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.tasks = [
         asyncio.create_task(_resync_forever(memo.reconciler, config.resync_seconds)),
         *(asyncio.create_task(start()) for start in memo.background),
+        *_watch_children(memo),
     ]
 
 
@@ -172,25 +173,43 @@ async def count_apps(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     metrics.MANAGED_APPS.set(len(apps))
 
 
-def _owner(body: kopf.Body) -> str | None:
+def _owner(body: dict[str, Any]) -> str | None:
     for ref in body.get("metadata", {}).get("ownerReferences", []):
         if ref.get("kind") == "LLMChainApp" and ref.get("controller"):
             return str(ref["name"])
     return None
 
 
-async def child_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def child_changed(body: dict[str, Any], reconciler: Reconciler) -> None:
     owner = _owner(body)
     if owner is not None:
         log = logging.getLogger("llmchain.operator")
         try:
-            await memo.reconciler.reconcile_named(body["metadata"]["namespace"], owner)
+            await reconciler.reconcile_named(body["metadata"]["namespace"], owner)
         except ChildrenRefused as error:  # logged and posted when new (see resync)
             log.debug("Reconciled %s after a change of its child: %s", owner, error)
         except (RetryLater, ApiError) as error:
             log.warning("Could not reconcile %s after a change of its child: %s", owner, error)
 
 
-# Children whose changes (drift, deletion, status) trigger a reconcile of their owner.
-for _kind in WATCHED:
-    kopf.on.event(_kind.group, _kind.version, _kind.plural, labels=MANAGED)(child_changed)
+def _watch_children(memo: kopf.Memo) -> list[asyncio.Task[None]]:
+    """Children whose changes (drift, deletion, status) trigger a reconcile of their owner.
+
+    Not kopf handlers: kopf would watch every Deployment, ConfigMap, Service ... of the cluster
+    and filter by label in the process, keeping state for each object it saw. These watches
+    are filtered by the API server (label `app.kubernetes.io/managed-by`) and carry metadata
+    only; bursts for one app coalesce in Reconciler.reconcile_named."""
+    reconciler: Reconciler = memo.reconciler
+    pending: set[asyncio.Task[None]] = set()  # referenced until done
+
+    def changed(_type: str, obj: dict[str, Any]) -> None:
+        task = asyncio.create_task(child_changed(obj, reconciler))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    selector = f"app.kubernetes.io/managed-by={MANAGED_BY}"
+    return [
+        asyncio.create_task(reconciler.kube.watch(kind.kind, namespace, selector, changed))
+        for kind in WATCHED
+        for namespace in memo.namespaces or [None]
+    ]

@@ -98,12 +98,21 @@ def adopt(objects: Iterable[Manifest], body: Manifest) -> list[Manifest]:
     return [{**o, "metadata": {**o["metadata"], "ownerReferences": [ref]}} for o in objects]
 
 
+RECONCILE_CONCURRENCY = 32
+"""Reconciles in progress at once. The API calls go through a handful of executor threads, so
+more would only wait there, each holding its app's rendered children: 1000 apps created at once
+peaked the operator at 343 MiB with every reconcile started together."""
+
+
 @dataclass
 class Reconciler:
     kube: Kube
     settings: Settings
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("llmchain.operator"))
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    _slots: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(RECONCILE_CONCURRENCY)
+    )
     _waiting: set[str] = field(default_factory=set)
     _reported: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
     """Per app uid, per report (NameConflict, ChildRejected, blockers, InvalidSpec,
@@ -144,12 +153,13 @@ class Reconciler:
         self._reported.pop(meta.get("uid", ""), None)
 
     async def _timed(self, body: Manifest) -> None:
-        started = time.perf_counter()
-        result = "error"
-        try:
-            result = await self._reconcile(body)
-        finally:
-            metrics.record_reconcile(result, time.perf_counter() - started)
+        async with self._slots:  # taken inside the app's lock, always in that order
+            started = time.perf_counter()
+            result = "error"
+            try:
+                result = await self._reconcile(body)
+            finally:
+                metrics.record_reconcile(result, time.perf_counter() - started)
 
     async def reconcile_named(self, namespace: str, name: str) -> None:
         """Reconcile the current state of an app, by name (from a child's event).

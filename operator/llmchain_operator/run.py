@@ -78,7 +78,7 @@ def run_operator(
     metrics.serve(metrics_port)
     settings = Settings.from_env()
     stop, lost = threading.Event(), threading.Event()
-    memo = main.run_memo(settings, stop_flag=stop)
+    memo = main.run_memo(settings, stop_flag=stop, namespaces=namespaces)
     if webhook_port:
         memo.webhook = webhook_server(webhook_port, webhook_host, webhook_cert_dir)
         main.enable_webhook()

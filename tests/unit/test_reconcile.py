@@ -711,7 +711,7 @@ def test_a_refused_app_is_logged_once_not_on_every_resync_or_child_event(
         caplog.clear()
         child = a_child("Service", NAME, "uid-qa-chain")
         child["metadata"]["ownerReferences"][0].update(name=NAME, controller=True)
-        asyncio.run(main.child_changed(body=child, memo=memo))
+        asyncio.run(main.child_changed(child, reconciler))
         asyncio.run(main.resync(reconciler, kube.object("LLMChainApp", NS, NAME) or {}))
     assert [r.levelname for r in caplog.records if r.levelname != "DEBUG"] == []
     assert len([r for r in caplog.records if REJECTED.message in r.getMessage()]) == 2

@@ -55,13 +55,16 @@ class EngineSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> EngineSettings:
         env = os.environ if env is None else env
+        chunk = int(env.get(contract.ENV_PREFILL_CHUNK, "256"))
+        if chunk < 2:
+            raise ValueError(f"{contract.ENV_PREFILL_CHUNK} must be at least 2 (got {chunk})")
         return cls(
             provider=env.get(contract.ENV_EXECUTION_PROVIDER, "auto"),
             max_batch=int(env.get(contract.ENV_MAX_BATCH_SIZE, "8")),
             max_waiting=int(env.get(contract.ENV_MAX_QUEUE, "64")),
             context=int(env.get(contract.ENV_MAX_CONTEXT, "2048")),
             threads=cpu_threads(env),
-            prefill_chunk=int(env.get(contract.ENV_PREFILL_CHUNK, "256")),
+            prefill_chunk=chunk,
             prefix_cache_tokens=int(env.get(contract.ENV_PREFIX_CACHE_TOKENS, "4096")),
         )
 
@@ -90,7 +93,10 @@ class Engine:
         on the CPU provider, else the provider; fidelity and speed depend on it."""
         self.context = min(self.settings.context, config.model.context)
         self.runner = self._runner(config, model.manifest.builder)
-        self.prefix_cache = self._prefix_cache(config)
+        # A graph that cannot give a chunk's last logits alone would give them for a chunk's
+        # every position (another output head kernel): whole prompts only, no reuse.
+        chunks = self.runner.chunk_last_only
+        self.prefix_cache = self._prefix_cache(config) if chunks else None
         self.scheduler = self._scheduler(config)
         self.defaults = _sampling_defaults(config.generation, self.context)
         """Sampling for requests that set nothing (the model folder's generation defaults)."""
@@ -143,7 +149,9 @@ class Engine:
             self.settings.max_batch,
             self.settings.max_waiting,
             min_batch,
-            prefill_chunk=self.settings.prefill_chunk,
+            prefill_chunk=self.settings.prefill_chunk
+            if self.runner.chunk_last_only
+            else self.context,
             prefix_cache=self.prefix_cache,
         )
 

@@ -58,7 +58,9 @@ class EngineCollector(Collector):
             counter(GENERATED_TOKENS), "Tokens generated.", value=s.generated_tokens
         )
         yield CounterMetricFamily(
-            counter(PROMPT_TOKENS), "Prompt tokens prefilled.", value=s.prompt_tokens
+            counter(PROMPT_TOKENS),
+            "Prompt tokens of admitted requests (computed, or from the prefix cache).",
+            value=s.prompt_tokens,
         )
         yield CounterMetricFamily(counter(ENGINE_STEPS), "Decode steps run.", value=s.steps)
         p = self._prefix() or PrefixStats()

@@ -124,7 +124,7 @@ class PrefixCache:
             else:
                 row = self._allocate(keep=parent)
                 if row is None:
-                    return
+                    break
                 entry = self._lru[name] = _Block(row, parent)
                 if parent is not None and parent in self._lru:
                     self._lru[parent].children += 1

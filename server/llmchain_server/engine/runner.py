@@ -42,7 +42,7 @@ class ModelRunner:
         inputs = {i.name for i in (*session.get_inputs(), *session.get_overridable_initializers())}
         # Graphs from this builder can return only each row's last logits during prefill.
         self._last_only = LAST_ONLY in inputs
-        self._chunk_last_only = self._last_only and last_only_chunks
+        self.chunk_last_only = self._last_only and last_only_chunks
         self._decode_bindings: dict[int, ort.IOBinding] = {}  # batch size → reusable binding
         self._kv_order = [(layer, kind) for layer in range(layers) for kind in ("key", "value")]
         self._past_names = [f"past_key_values.{i}.{k}" for i, k in self._kv_order]
@@ -117,7 +117,7 @@ class ModelRunner:
             raise ValueError(f"{past + count} tokens exceed the context of {self.cache.capacity}")
         ids = np.asarray(tokens, np.int64).reshape(1, count)
         mask = np.ones((1, past + count), np.int64)
-        last_only = self._chunk_last_only
+        last_only = self.chunk_last_only
         logits = np.zeros((1, 1 if last_only else count, self.vocab), np.float32)
         arrays: list[npt.NDArray[Any]] = [ids, mask]
         names = ["input_ids", "attention_mask"]

@@ -112,7 +112,13 @@ class Scheduler:
                 admitted = self._admit()
             for g in admitted:
                 self._place(g)
-            self._prefill()
+            try:
+                self._prefill()
+            except Exception as e:  # never let a bad prefill kill the engine
+                log.exception("Failed a prefill step; ended the requests still prefilling")
+                prefilling = [s for s, g in enumerate(self._running) if not g.generated]
+                self._fail([self._running[s] for s in prefilling], e)
+                self._retire(prefilling)
             if any(g.generated for g in self._running):
                 try:
                     self._decode()
@@ -161,50 +167,38 @@ class Scheduler:
         self.stats.prompt_tokens += len(g.prompt)
 
     def _prefill(self) -> None:
-        """Prefill the next chunks of the prompts not yet in their slots, oldest first, at most
-        `prefill_chunk` tokens while other streams decode. Prompts that complete get their first
-        token."""
+        """Prefill the next chunks of the prompts not yet in their slots, in order of arrival,
+        at most `prefill_chunk` tokens while other streams decode. Prompts that complete get
+        their first token.
+
+        Each run holds one sequence, never several prompts padded together: the output head
+        then always computes one row, whatever else is waiting, so a prompt's first token is
+        the same alone, in a burst, from the prefix cache or not."""
         decoding = any(g.generated for g in self._running)
         budget = self.prefill_chunk if decoding else self.idle_prefill
         done: list[int] = []
         failed: list[int] = []
         logits: list[Logits] = []
-        slot = 0
-        while slot < len(self._running) and budget >= 2:
+        waiting = [s for s, g in enumerate(self._running) if not g.generated]
+        for slot in sorted(waiting, key=lambda s: self._running[s].id):
+            if budget < 2:
+                break
             g, filled = self._running[slot], self._lengths[slot]
-            if g.generated:
-                slot += 1
-                continue
             if g.cancelled:
                 g.emit("", None, "cancelled")
                 failed.append(slot)
-                slot += 1
                 continue
-            group = self._fresh_group(slot, budget) if filled == 0 else []
+            count = _chunk(len(g.prompt) - filled, budget)
+            tokens = g.prompt[filled : filled + count]
             try:
-                if len(group) > 1:  # several new prompts that fit: one batched run
-                    out = self.runner.prefill(slot, [self._running[s].prompt for s in group])
-                    for s, row in zip(group, out, strict=True):
-                        self._lengths[s] = len(self._running[s].prompt)
-                        budget -= len(self._running[s].prompt)
-                        done.append(s)
-                        logits.append(row)
-                    self.stats.prefills += 1
-                    self.stats.prefilled_tokens += sum(len(self._running[s].prompt) for s in group)
-                    slot = group[-1] + 1
-                    continue
-                count = _chunk(len(g.prompt) - filled, budget)
-                tokens = g.prompt[filled : filled + count]
                 if filled == 0:
                     row = self.runner.prefill(slot, [tokens])[0]
                 else:
                     row = self.runner.extend(slot, filled, tokens)
-            except Exception as e:  # only these requests fail; the running batch goes on
+            except Exception as e:  # only this request fails; the running batch goes on
                 log.exception("Failed a prefill; ended request %d", g.id)
-                for s in group or [slot]:
-                    self._fail([self._running[s]], e)
-                    failed.append(s)
-                slot = (group or [slot])[-1] + 1
+                self._fail([g], e)
+                failed.append(slot)
                 continue
             self.stats.prefills += 1
             self.stats.prefilled_tokens += count
@@ -213,25 +207,9 @@ class Scheduler:
             if filled + count == len(g.prompt):
                 done.append(slot)
                 logits.append(row)
-            slot += 1
         for s in done:
             self._remember(s)
         self._advance(done, np.stack(logits) if logits else np.zeros((0, 0), np.float32), failed)
-
-    def _fresh_group(self, first: int, budget: int) -> list[int]:
-        """Slots from `first` on whose prompts have not started, and fit `budget` together
-        (padded to the longest) as one run of whole prompts."""
-        group: list[int] = []
-        width = 0
-        for s in range(first, len(self._running)):
-            g = self._running[s]
-            if g.generated or self._lengths[s] or g.cancelled:
-                break
-            width = max(width, len(g.prompt))
-            if width * (len(group) + 1) > budget:
-                break
-            group.append(s)
-        return group
 
     def _remember(self, slot: int) -> None:
         if self.prefix_cache is None:
