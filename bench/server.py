@@ -10,8 +10,9 @@ a complete response or its stream ends without `[DONE]`.
 
     python bench/server.py [--clients 1 8 32] [--out bench/results/server.json]
 
-Also our server with whole-prompt prefill and no prefix cache (`oursUnchunked`: the engine
-before chunked prefill) for inter-token latency before and after, and llama.cpp's own
+Also our server with whole-prompt prefill and no prefix cache (`oursUnchunked`), or with
+`--before-tree DIR` the server of an earlier checkout (`oursBefore`), for inter-token latency
+before and after, and llama.cpp's own
 `llama-server -np 8` when hack/build-llama-server.sh has built it. `--long-prompts` makes every
 fourth client send a ~500-token prompt. Each side records its command, peak RSS, and whether it
 crashed (reported, not raised).
@@ -130,6 +131,16 @@ LONG = (
 newcomer's prefill stalls the running streams unless it is chunked."""
 
 
+LOST: dict[str, Any] = {
+    "ok": False,
+    "ttft": 0.0,
+    "latency": 0.0,
+    "pieces": 0,
+    "end": 0.0,
+    "gaps": [],
+}
+
+
 def prompt_for(tag: str, clients: int, i: int, long_prompts: bool) -> str:
     if long_prompts and i % 4 == 3:
         return f"[{tag} {clients}/{i}] {LONG}"
@@ -150,7 +161,8 @@ def load(port: int, model: str, clients: int, tag: str, long_prompts: bool) -> d
         t.start()
     for t in threads:
         t.join()
-    wall = max(r["end"] for r in runs) - start
+    runs += [LOST] * (clients - len(runs))  # a request whose client raised
+    wall = max([start, *(r["end"] for r in runs if r["ok"])]) - start or float("nan")
     ok = [r for r in runs if r["ok"]]
 
     def pct(values: list[float], q: float) -> float:
@@ -290,6 +302,12 @@ def main() -> None:
     parser.add_argument(
         "--skip-llama-cpp-python", action="store_true", help="only llama-server as reference"
     )
+    parser.add_argument(
+        "--before-tree",
+        type=Path,
+        help="a checkout of an earlier commit (git worktree add): its server is the 'before' "
+        "side instead of ours with chunking and the prefix cache off",
+    )
     args = parser.parse_args()
     if not args.skip_llama_cpp_python and not BENCH_PYTHON.exists():
         sys.exit(f"{BENCH_PYTHON} is missing: run hack/bench-env.sh first")
@@ -315,11 +333,25 @@ def main() -> None:
             "LLMCHAIN_PREFILL_CHUNK_TOKENS": "100000",
             "LLMCHAIN_PREFIX_CACHE_TOKENS": "0",
         }
-        for name, env in (("ours", ours_env), ("oursUnchunked", unchunked)):
-            sides[name] = run_side(
-                name, ours_cmd, env, ours_port, "smollm2", "/readyz", args.clients,
-                args.long_prompts,
+        before = ("oursUnchunked", ours_cmd, unchunked)
+        if args.before_tree:  # an earlier commit's server, on a model folder it built itself
+            tree = args.before_tree.resolve()
+            path = os.pathsep.join(str(tree / d) for d in ("server", "cli", "operator"))
+            old_env = {**ours_env, "PYTHONPATH": path}
+            say(f"building the int4 model with {tree}")
+            subprocess.run(
+                [sys.executable, "-m", "llmchain_cli", "model", "build", "--source",
+                 str(gguf_path()), "--quantization", "int4", "--out", f"{tmp}/m-before"],
+                check=True,
+                capture_output=True,
+                env={**os.environ, **old_env},
             )  # fmt: skip
+            old_cmd = [*ours_cmd[:5], f"{tmp}/m-before", *ours_cmd[6:]]
+            before = ("oursBefore", old_cmd, old_env)
+        for name, cmd, env in (("ours", ours_cmd, ours_env), before):
+            sides[name] = run_side(
+                name, cmd, env, ours_port, "smollm2", "/readyz", args.clients, args.long_prompts
+            )
         process = subprocess.Popen(
             ours_cmd,
             env={**os.environ, **ours_env},

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Final
 
 # -- the model build -------------------------------------------------------------------------
-MODEL_BUILD_RECIPE: Final = "llmchain-model-build/3"
+MODEL_BUILD_RECIPE: Final = "llmchain-model-build/4"
 """Version of what `llmchain model build` writes. Bumped when the build changes its output; it
 is recorded in each model folder's manifest and is part of the operator's model digest, so a
 bump rebuilds every app's model."""

@@ -14,8 +14,14 @@ import pytest
 
 from llmchain_server.engine import Engine, EngineSettings, SamplingParams
 from llmchain_server.engine.prefix_cache import BLOCK_TOKENS
+from llmchain_server.engine.scheduler import MIN_REUSE_TOKENS
 
-SYSTEM = {"role": "system", "content": "You are a helpful assistant. Answer in one sentence."}
+SYSTEM = {
+    "role": "system",
+    "content": "You are a helpful assistant for travellers. Answer in one sentence, name places "
+    "precisely, give distances in kilometres and never invent opening hours, prices or names. "
+    "When you do not know, say so and suggest where the traveller could ask instead.",
+}
 QUESTIONS = [
     "What is the capital of France?",
     "And of Germany?",
@@ -94,8 +100,8 @@ def test_a_conversation_reusing_its_history_answers_exactly_as_without(
     with_reuse = conversation(reusing, params, tag=f"[{params.seed}] ")
     without = conversation(plain, params, tag=f"[{params.seed}] ")
     assert with_reuse == without
-    # turns 2-4 find the earlier turns' prompts: several blocks each
-    assert hits(reusing) - before >= 3 * 2 * BLOCK_TOKENS
+    # turns 2-4 find the earlier turns' prompts (each at least MIN_REUSE_TOKENS)
+    assert hits(reusing) - before >= 3 * MIN_REUSE_TOKENS
     assert hits(plain) == 0
 
 
@@ -168,20 +174,20 @@ def test_a_long_prompt_is_prefilled_between_the_running_streams_steps(reusing: E
 
 
 def test_a_full_cache_evicts_and_stays_within_its_bound(model_dirs: Callable[[str], Path]) -> None:
-    small = make(model_dirs("int4"), chunk=64, prefix_tokens=4 * BLOCK_TOKENS)
+    small = make(model_dirs("int4"), chunk=64, prefix_tokens=8 * BLOCK_TOKENS)
     try:
         params = SamplingParams(max_tokens=4)
         outputs = []
         for i in range(6):
             q = [{"role": "user", "content": f"Topic {i}: tell me about the number {i} in detail."}]
-            outputs.append(run(small, ids(small, q) * 2, params))
+            outputs.append(run(small, ids(small, q) * 4, params))
         stats = small.prefix_cache.stats  # type: ignore[union-attr]
-        assert stats.used_blocks <= stats.capacity_blocks == 4
+        assert stats.used_blocks <= stats.capacity_blocks == 8
         assert small.registry.get_sample_value("llmchain_prefix_cache_evictions_total") > 0
         used = small.registry.get_sample_value("llmchain_prefix_cache_blocks", {"state": "used"})
         assert used == stats.used_blocks
         # the most recent prompt is still there, and reusing it changes nothing
-        last = ids(small, q) * 2
+        last = ids(small, q) * 4
         before = hits(small)
         assert run(small, last, params) == outputs[-1]
         assert hits(small) > before
@@ -212,3 +218,18 @@ def test_chunks_reproduce_a_whole_prompts_keys_and_values_bit_for_bit(plain: Eng
         assert np.array_equal(
             runner.cache.values[layer][1, :, :n], runner.cache.values[layer][0, :, :n]
         )
+
+
+def test_a_first_token_s_logits_do_not_depend_on_the_prompts_run_with_it(plain: Engine) -> None:
+    """The output head computes two rows per sequence, so a prompt's last logits are the same
+    alone, padded into a group with longer and shorter prompts, or after a cached past."""
+    runner = plain.runner
+    prompt = ids(plain, [{"role": "user", "content": "Name three rivers of Europe."}])
+    longer = ids(plain, [{"role": "user", "content": "Describe the Danube in detail. " * 5}])
+    shorter = prompt[:7]
+    alone = runner.prefill(0, [prompt])[0]
+    grouped = runner.prefill(0, [longer, prompt, shorter])
+    assert np.array_equal(grouped[1], alone)
+    runner.prefill(1, [prompt[:16]])
+    assert np.array_equal(runner.extend(1, 16, prompt[16:]), alone)
+    assert np.array_equal(grouped[2], runner.prefill(2, [shorter])[0])

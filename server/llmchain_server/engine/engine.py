@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 _RECIPES_WITHOUT_CHUNK_LOGITS = frozenset({"llmchain-model-build/1", "llmchain-model-build/2"})
 """Build recipes whose graphs cannot return a prompt chunk's last logits alone."""
+_RECIPES_WITH_ONE_HEAD_ROW = _RECIPES_WITHOUT_CHUNK_LOGITS | {"llmchain-model-build/3"}
+"""Build recipes whose output head computes one row per sequence for last-only logits."""
 
 
 class ContextLengthError(PromptTooLong, ValueError):
@@ -129,6 +131,7 @@ class Engine:
             slots,
             self.context,
             last_only_chunks=builder not in _RECIPES_WITHOUT_CHUNK_LOGITS,
+            head_rows=1 if builder in _RECIPES_WITH_ONE_HEAD_ROW else 2,
         )
 
     def _prefix_cache(self, config: ModelConfig) -> PrefixCache | None:

@@ -88,9 +88,12 @@ class PrefixCache:
             names.append(parent)
         return names
 
-    def load(self, tokens: Sequence[int], limit: int, cache: KVCache, slot: int) -> int:
+    def load(
+        self, tokens: Sequence[int], limit: int, cache: KVCache, slot: int, minimum: int = 0
+    ) -> int:
         """Copy the longest cached prefix of `tokens`, in whole blocks and at most `limit` tokens,
-        into `slot` of `cache`. Returns how many tokens it covers (0 on a miss)."""
+        into `slot` of `cache`, if it covers `minimum` tokens or more. Returns how many tokens it
+        covers (0 on a miss)."""
         count = max(0, limit) // self.block
         self.stats.lookup_tokens += count * self.block
         rows: list[int] = []
@@ -100,9 +103,9 @@ class PrefixCache:
                 break
             self._lru.move_to_end(name)
             rows.append(entry.index)
-        if not rows:
-            return 0
         covered = len(rows) * self.block
+        if not rows or covered < minimum:
+            return 0
         index = np.asarray(rows)
         for pool, buf in ((self._keys, cache.keys), (self._values, cache.values)):
             for layer, blocks in enumerate(pool):

@@ -29,9 +29,12 @@ class ModelRunner:
         slots: int,
         capacity: int,
         last_only_chunks: bool = True,
+        head_rows: int = 2,
     ) -> None:
         """`last_only_chunks`: the graph picks a chunk's last position by its cached past (model
-        folders from build recipe 3 on); older graphs return a chunk's every position."""
+        folders from build recipe 3 on); older graphs return a chunk's every position.
+        `head_rows`: rows per sequence the graph's output head computes when asked for the
+        last position only (2 from recipe 4 on, 1 before)."""
         self.session = session
         self.layers = layers
         self.vocab = vocab
@@ -43,6 +46,7 @@ class ModelRunner:
         # Graphs from this builder can return only each row's last logits during prefill.
         self._last_only = LAST_ONLY in inputs
         self.chunk_last_only = self._last_only and last_only_chunks
+        self._head_rows = head_rows
         self._decode_bindings: dict[int, ort.IOBinding] = {}  # batch size → reusable binding
         self._kv_order = [(layer, kind) for layer in range(layers) for kind in ("key", "value")]
         self._past_names = [f"past_key_values.{i}.{k}" for i, k in self._kv_order]
@@ -101,8 +105,8 @@ class ModelRunner:
             buf[first : first + count, :, :width] = present
         if all_logits:
             return np.asarray(logits, np.float32)
-        if logits.shape[1] == 1:
-            return np.asarray(logits[:, 0], np.float32)
+        if LAST_ONLY in feeds:  # each row's last position (twice from recipe 4 on)
+            return np.asarray(logits[:, -1], np.float32)
         picked: Logits = logits[np.arange(count), [len(p) - 1 for p in prompts]]
         return picked
 
@@ -118,7 +122,7 @@ class ModelRunner:
         ids = np.asarray(tokens, np.int64).reshape(1, count)
         mask = np.ones((1, past + count), np.int64)
         last_only = self.chunk_last_only
-        logits = np.zeros((1, 1 if last_only else count, self.vocab), np.float32)
+        logits = np.zeros((1, self._head_rows if last_only else count, self.vocab), np.float32)
         arrays: list[npt.NDArray[Any]] = [ids, mask]
         names = ["input_ids", "attention_mask"]
         if last_only:

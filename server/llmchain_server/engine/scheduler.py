@@ -28,6 +28,13 @@ from llmchain_server.errors import Draining, Overloaded
 log = logging.getLogger(__name__)
 
 
+MIN_REUSE_TOKENS = 64
+"""The shortest cached prefix worth reusing. A prompt with a cached start runs alone (onnxruntime
+takes a past for one sequence at a time), while new prompts arriving together run as one: a
+16-token hit on a chat template's default system prompt made a burst of 8 short prompts take 8
+runs instead of one."""
+
+
 class QueueFull(Overloaded, RuntimeError):
     """The engine's waiting queue is full; try again later."""
 
@@ -158,7 +165,7 @@ class Scheduler:
         if self.prefix_cache is not None:
             try:
                 cached = self.prefix_cache.load(
-                    g.prompt, len(g.prompt) - 2, self.runner.cache, slot
+                    g.prompt, len(g.prompt) - 2, self.runner.cache, slot, MIN_REUSE_TOKENS
                 )
             except Exception:  # a cache failure costs speed, not the request
                 log.exception("Failed to load a cached prefix for request %d", g.id)
@@ -168,28 +175,52 @@ class Scheduler:
 
     def _prefill(self) -> None:
         """Prefill the next chunks of the prompts not yet in their slots, in order of arrival,
-        at most `prefill_chunk` tokens while other streams decode. Prompts that complete get
-        their first token.
+        at most `prefill_chunk` tokens while other streams decode. New prompts that fit together
+        go in one run (right-padded to the longest); a prompt with a cached start, or one that
+        takes several chunks, runs alone. Prompts that complete get their first token.
 
-        Each run holds one sequence, never several prompts padded together: the output head
-        then always computes one row, whatever else is waiting, so a prompt's first token is
-        the same alone, in a burst, from the prefix cache or not."""
+        Neither changes a first token: the output head computes two rows per sequence (the
+        graph repeats each last position), so it takes the same kernel alone or in a group."""
         decoding = any(g.generated for g in self._running)
         budget = self.prefill_chunk if decoding else self.idle_prefill
         done: list[int] = []
         failed: list[int] = []
         logits: list[Logits] = []
-        waiting = [s for s, g in enumerate(self._running) if not g.generated]
-        for slot in sorted(waiting, key=lambda s: self._running[s].id):
-            if budget < 2:
-                break
+        order = sorted(
+            (s for s, g in enumerate(self._running) if not g.generated),
+            key=lambda s: self._running[s].id,
+        )
+        i = 0
+        while i < len(order) and budget >= 2:
+            slot = order[i]
             g, filled = self._running[slot], self._lengths[slot]
             if g.cancelled:
                 g.emit("", None, "cancelled")
                 failed.append(slot)
+                i += 1
+                continue
+            group = self._fresh_group(order[i:], budget)
+            if len(group) > 1:
+                prompts = [self._running[s].prompt for s in group]
+                try:
+                    rows = self.runner.prefill(group[0], prompts)
+                except Exception as e:  # only these requests fail; the running batch goes on
+                    log.exception("Failed a prefill; ended %d new requests", len(group))
+                    self._fail([self._running[s] for s in group], e)
+                    failed += group
+                else:
+                    self.stats.prefills += 1
+                    for s, p, row in zip(group, prompts, rows, strict=True):
+                        self._lengths[s] = len(p)
+                        self.stats.prefilled_tokens += len(p)
+                        budget -= len(p)
+                        done.append(s)
+                        logits.append(row)
+                i += len(group)
                 continue
             count = _chunk(len(g.prompt) - filled, budget)
             tokens = g.prompt[filled : filled + count]
+            i += 1
             try:
                 if filled == 0:
                     row = self.runner.prefill(slot, [tokens])[0]
@@ -210,6 +241,24 @@ class Scheduler:
         for s in done:
             self._remember(s)
         self._advance(done, np.stack(logits) if logits else np.zeros((0, 0), np.float32), failed)
+
+    def _fresh_group(self, order: list[int], budget: int) -> list[int]:
+        """The longest run of `order` (slots by arrival) in consecutive slots whose prompts
+        have not started, hold two tokens or more (one row takes another kernel), and fit
+        `budget` together padded to the longest."""
+        group: list[int] = []
+        width = 0
+        for s in order:
+            g = self._running[s]
+            if self._lengths[s] or g.cancelled or len(g.prompt) < 2:
+                break
+            if group and s != group[-1] + 1:
+                break
+            width = max(width, len(g.prompt))
+            if width * (len(group) + 1) > budget:
+                break
+            group.append(s)
+        return group
 
     def _remember(self, slot: int) -> None:
         if self.prefix_cache is None:

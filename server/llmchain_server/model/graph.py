@@ -379,9 +379,9 @@ def _last_token_rows(
 ) -> str:
     """Optional input `last_token_logits` (default false): when true, keep only each row's last
     real position (in a right-padded first prompt, or in a chunk that extends one row's cached
-    past) before the output head, so a prefill computes [batch, 1, vocab] logits instead of
-    [batch, sequence, vocab]. Callers that do not know the input (onnxruntime-genai) get every
-    position, as before."""
+    past), twice, before the output head, so a prefill computes [batch, 2, vocab] logits (the
+    same row twice) instead of [batch, sequence, vocab]. Callers that do not know the input
+    (onnxruntime-genai) get every position, as before."""
     seqlens, total_len = shared.seqlens, shared.total_len
     flag = "last_token_logits"
     inputs.append(helper.make_tensor_value_info(flag, TensorProto.BOOL, []))
@@ -398,8 +398,11 @@ def _last_token_rows(
     index = helper.make_node("Sub", ["last/absolute", "last/past"], ["last/index"])
     rows = helper.make_node("Unsqueeze", ["last/index", "last/axes"], ["last/index3"])
     axes = numpy_helper.from_array(np.array([1, 2], np.int64), "last/axes")
-    width = numpy_helper.from_array(np.array([1], np.int64), "last/one")
-    target = helper.make_node("Concat", ["last/b", "last/one", "last/h"], ["last/target"], axis=0)
+    # Two copies of each row's last position: the output head then computes two rows or more
+    # even for one sequence, the MatMulNBits kernel a batch of several takes, so a prompt's
+    # first token does not depend on how many prompts ran with it (the caller keeps the last).
+    width = numpy_helper.from_array(np.array([2], np.int64), "last/two")
+    target = helper.make_node("Concat", ["last/b", "last/two", "last/h"], ["last/target"], axis=0)
     expand = helper.make_node("Expand", ["last/index3", "last/target"], ["last/indices"])
     gather = helper.make_node("GatherElements", [hidden, "last/indices"], ["last/rows"], axis=1)
     then_branch = helper.make_graph(
