@@ -86,6 +86,10 @@ bench-server: install ## HTTP end to end vs llama-cpp-python's server and llama-
 	hack/build-llama-server.sh
 	$(BIN)/python bench/server.py
 
+bench-chain: install ## A two-step chain with memory, 8 conversations x 6 turns: ours vs LangChain + llama-server -np 8
+	hack/build-llama-server.sh
+	$(BIN)/python bench/chain.py
+
 bench-hostile: install ## /healthz and a conversation's latency under hostile load (1 MB prompts, slow and idle connections)
 	$(BIN)/python bench/hostile_load.py
 
@@ -109,4 +113,4 @@ help: ## List the targets
 	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
 
 .PHONY: demo demo-down test install toolchain images cluster-up cluster-down kubeconfig lint fmt test-unit \
-	monitoring test-integration test-e2e test-e2e-real crds manifests bench bench-engine bench-server bench-hostile bench-fidelity goldens model clean help
+	monitoring test-integration test-e2e test-e2e-real crds manifests bench bench-engine bench-server bench-chain bench-hostile bench-fidelity goldens model clean help
