@@ -29,9 +29,7 @@ Manifest = dict[str, Any]
 METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
 """Accept header asking for objects' metadata only (what controller-runtime's metadata watches
 ask): a watch of children needs their owner, not their specs."""
-METADATA_LIST = (
-    "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
-)
+METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 WATCH_SECONDS = 240
 """The API server ends each watch request after this; the watch resumes from where it was."""
 log = logging.getLogger("llmchain.operator")
