@@ -39,7 +39,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.server import LLAMA_SERVER, llama_build_info, peak_rss_mib, say, wait_ready  # noqa: E402
+from bench.server import (  # noqa: E402
+    LLAMA_SERVER,
+    llama_build_info,
+    peak_rss_mib,
+    say,
+    stop,
+    wait_ready,
+)
 from tests.support.model import gguf_path  # noqa: E402
 from tests.support.redis import RedisServer, free_port  # noqa: E402
 
@@ -276,8 +283,7 @@ def run_side(
         )
         return result
     finally:
-        process.terminate()
-        process.wait(timeout=60)
+        stop(process)
 
 
 def main() -> None:

@@ -248,6 +248,16 @@ def describe_exit(code: int | None) -> str:
     return f"exit status {code}"
 
 
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 60 s (llama-server was seen ignoring SIGTERM mid-load)."""
+    process.terminate()
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=60)
+
+
 def run_side(
     name: str,
     cmd: list[str],
@@ -285,8 +295,7 @@ def run_side(
         if process.poll() is not None:
             result["crashed"] = describe_exit(process.returncode)
             say(f"  {name} crashed: {result['crashed']}; its numbers are left out")
-        process.terminate()
-        process.wait(timeout=60)
+        stop(process)
     return result
 
 
