@@ -43,7 +43,7 @@ def test_int4_folder_has_graph_tokenizer_template_config_and_manifest(
     assert manifest["quantization"] == "int4"
     assert manifest["source"]["kind"] == "gguf"
     assert manifest["source"]["sha256"] == f"sha256:{GGUF_SHA256}"
-    assert manifest["builder"] == "llmchain-model-build/2"
+    assert manifest["builder"] == "llmchain-model-build/4"
     assert manifest["digest"].startswith("sha256:")
     assert manifest["totalBytes"] == sum(f["bytes"] for f in manifest["files"].values())
     assert 130e6 < manifest["parameters"] < 140e6
