@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.server import (  # noqa: E402
     LLAMA_SERVER,
+    build_model,
     llama_build_info,
     peak_rss_mib,
     say,
@@ -295,13 +296,7 @@ def main() -> None:
     count, turns = args.conversations, min(args.turns, len(MESSAGES))
     sides: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        say("building the int4 model")
-        subprocess.run(
-            [sys.executable, "-m", "llmchain_cli", "model", "build", "--source",
-             str(gguf_path()), "--quantization", "int4", "--out", f"{tmp}/m"],
-            check=True,
-            capture_output=True,
-        )  # fmt: skip
+        build_model(f"{tmp}/m")
         chain = Path(tmp) / "chain.json"  # JSON is YAML
         chain.write_text(json.dumps(CHAIN))
         env = {"LLMCHAIN_MAX_BATCH_SIZE": str(SLOTS), "LLMCHAIN_MAX_CONTEXT": str(CONTEXT)}

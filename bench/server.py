@@ -211,6 +211,18 @@ def cache_latencies(port: int, model: str, repeats: int = 20) -> dict[str, float
     }
 
 
+def build_model(out: str, env: dict[str, str] | None = None) -> None:
+    """The int4 test model into `out`, by the CLI of the code on PYTHONPATH in `env`."""
+    say(f"building the int4 model into {out}")
+    subprocess.run(
+        [sys.executable, "-m", "llmchain_cli", "model", "build", "--source",
+         str(gguf_path()), "--quantization", "int4", "--out", out],
+        check=True,
+        capture_output=True,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
 def peak_rss_mib(pid: int) -> float:
     """A running process's peak resident memory (VmHWM), in MiB; NaN once it has gone."""
     try:
@@ -322,13 +334,7 @@ def main() -> None:
         sys.exit(f"{BENCH_PYTHON} is missing: run hack/bench-env.sh first")
     sides: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        say("building the int4 model")
-        subprocess.run(
-            [sys.executable, "-m", "llmchain_cli", "model", "build", "--source",
-             str(gguf_path()), "--quantization", "int4", "--out", f"{tmp}/m"],
-            check=True,
-            capture_output=True,
-        )  # fmt: skip
+        build_model(f"{tmp}/m")
         redis = RedisServer(workdir=Path(tmp))
         redis.start()
         ours_port = free_port()
@@ -347,14 +353,7 @@ def main() -> None:
             tree = args.before_tree.resolve()
             path = os.pathsep.join(str(tree / d) for d in ("server", "cli", "operator"))
             old_env = {**ours_env, "PYTHONPATH": path}
-            say(f"building the int4 model with {tree}")
-            subprocess.run(
-                [sys.executable, "-m", "llmchain_cli", "model", "build", "--source",
-                 str(gguf_path()), "--quantization", "int4", "--out", f"{tmp}/m-before"],
-                check=True,
-                capture_output=True,
-                env={**os.environ, **old_env},
-            )  # fmt: skip
+            build_model(f"{tmp}/m-before", old_env)
             old_cmd = [*ours_cmd[:5], f"{tmp}/m-before", *ours_cmd[6:]]
             before = ("oursBefore", old_cmd, old_env)
         for name, cmd, env in (("ours", ours_cmd, ours_env), before):

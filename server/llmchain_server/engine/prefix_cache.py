@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
 from llmchain_server.engine.kv_cache import KVCache
 
@@ -66,20 +65,16 @@ class PrefixCache:
             raise ValueError("a prefix cache needs at least one block")
         self.block = block_tokens
         self.blocks = blocks
-        shape = (blocks, kv_heads, block_tokens, head_dim)
-        self._keys: list[npt.NDArray[np.float32]] = [
-            np.zeros(shape, np.float32) for _ in range(layers)
-        ]
-        self._values: list[npt.NDArray[np.float32]] = [
-            np.zeros(shape, np.float32) for _ in range(layers)
-        ]
+        # the pool has the KV cache's layout, a "slot" per block of `block_tokens` positions
+        self._pool = KVCache(layers, blocks, kv_heads, block_tokens, head_dim)
+        self._keys, self._values = self._pool.keys, self._pool.values
         self._lru: collections.OrderedDict[bytes, _Block] = collections.OrderedDict()
         self._free = list(range(blocks - 1, -1, -1))
         self.stats = PrefixStats(capacity_blocks=blocks)
 
     @property
     def nbytes(self) -> int:
-        return sum(k.nbytes + v.nbytes for k, v in zip(self._keys, self._values, strict=True))
+        return self._pool.nbytes
 
     def _names(self, tokens: Sequence[int], count: int) -> list[bytes]:
         names, parent = [], _ROOT

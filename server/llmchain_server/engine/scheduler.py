@@ -51,8 +51,6 @@ class EngineStats:
     prefills: int = 0
     generated_tokens: int = 0
     prompt_tokens: int = 0
-    prefilled_tokens: int = 0
-    """Prompt tokens computed (the rest came from the prefix cache)."""
 
 
 class Scheduler:
@@ -212,7 +210,6 @@ class Scheduler:
                     self.stats.prefills += 1
                     for s, p, row in zip(group, prompts, rows, strict=True):
                         self._lengths[s] = len(p)
-                        self.stats.prefilled_tokens += len(p)
                         budget -= len(p)
                         done.append(s)
                         logits.append(row)
@@ -232,7 +229,6 @@ class Scheduler:
                 failed.append(slot)
                 continue
             self.stats.prefills += 1
-            self.stats.prefilled_tokens += count
             self._lengths[slot] = filled + count
             budget -= count
             if filled + count == len(g.prompt):
