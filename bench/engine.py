@@ -10,7 +10,14 @@ requests run back to back); model build time (ours), load time, peak RSS.
 `--accuracy` runs ours once per accuracy plan (model/accuracy.py: `int8`, `recommended`, `exact`),
 side by side, to show what each costs, `--rounds N` N times alternately (medians reported);
 `--no-llama` leaves llama.cpp out (then the first plan is the reference). The JSON names the CPU
-kernel family each side ran.
+kernel family each side ran, and llama.cpp's build (its system info line: the CPU features it was
+compiled for) and run options.
+
+llama.cpp built for this CPU (GGML_NATIVE) segfaults loading this GGUF on some AVX-512/AMX CPUs.
+A crash is reported, not raised, and then llama.cpp is tried again without weight repacking
+(`--no-repack`'s model parameter) and as a portable build (GGML_NATIVE=OFF, AVX2; `hack/bench-env.sh
+--portable` builds it, ~12 minutes, when missing): the fastest that runs is the reference, and
+`llamaCppAttempts` lists every try.
 
     python bench/engine.py [--tokens 64] [--concurrency 1 4 8 16] [--accuracy recommended int8]
                            [--quantization int4|int8] [--rounds N] [--no-llama]
@@ -36,6 +43,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_PYTHON = Path.home() / ".cache" / "llmchain" / "bench-venv" / "bin" / "python"
+PORTABLE_PYTHON = Path.home() / ".cache" / "llmchain" / "bench-venv-portable" / "bin" / "python"
 TOPICS = [
     "the sea",
     "a lighthouse",
@@ -155,13 +163,25 @@ def run_ours(
 
 
 # -- llama.cpp -----------------------------------------------------------------------------------
-def run_llama(tokens: int, levels: list[int], threads: int) -> dict[str, Any]:
+def run_llama(tokens: int, levels: list[int], threads: int, repack: bool) -> dict[str, Any]:
     import jinja2
+    import llama_cpp
     from llama_cpp import Llama
 
     sys.path.insert(0, str(ROOT))
     from tests.support.model import gguf_path
 
+    if not repack:  # llama-server's --no-repack; Llama() does not expose the model parameter
+        defaults = llama_cpp.llama_cpp.llama_model_default_params
+
+        def no_repack() -> Any:
+            params = defaults()
+            params.use_extra_bufts = False
+            return params
+
+        llama_cpp.llama_cpp.llama_model_default_params = no_repack
+    say(f"llama.cpp {llama_cpp.__version__}: {llama_cpp.llama_print_system_info().decode()}")
+    options = {"n_ctx": 512, "n_batch": 512, "n_threads": threads, "repack": repack}
     started = time.perf_counter()
     llm = Llama(
         model_path=str(gguf_path()), n_ctx=512, n_batch=512, n_threads=threads, verbose=False
@@ -212,12 +232,42 @@ def run_llama(tokens: int, levels: list[int], threads: int) -> dict[str, Any]:
         done.wait()
 
     result: dict[str, Any] = {
+        "build": {
+            "version": llama_cpp.__version__,
+            "python": sys.executable,
+            "systemInfo": llama_cpp.llama_print_system_info().decode().strip(),
+        },
+        "options": options,
         "loadSeconds": load_seconds,
         "promptTokens": statistics.mean(len(p) for p in prompts),
     }
     result.update(measure(one, levels, concurrent=True))
     result["peakRssMiB"] = peak_rss_mib()
     return result
+
+
+def run_llama_sides(args: argparse.Namespace) -> tuple[dict[str, Any] | None, list[Any]]:
+    """llama.cpp as the reference: the native build; where it crashes, the native build without
+    repacking and the portable build too. The fastest single stream that ran, and every try."""
+    attempts = [side("llama", BENCH_PYTHON, args)]
+    if "crashed" in attempts[0]:
+        attempts.append(side("llama", BENCH_PYTHON, args, repack=False))
+        if not PORTABLE_PYTHON.exists():
+            say("building the portable llama.cpp (GGML_NATIVE=OFF) to try it as well")
+            subprocess.run([str(ROOT / "hack" / "bench-env.sh"), "--portable"], check=False)
+        if PORTABLE_PYTHON.exists():
+            attempts.append(side("llama", PORTABLE_PYTHON, args))
+        else:
+            say("the portable llama.cpp did not build: no fallback")
+    return fastest(attempts), attempts
+
+
+def fastest(attempts: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The try with the fastest single-stream decode among those that did not crash."""
+    ran = [a for a in attempts if "crashed" not in a]
+    if not ran:
+        return None
+    return max(ran, key=lambda a: float(a["singleStream"]["decodeTokensPerSecond"]))
 
 
 def measure(one: Any, levels: list[int], concurrent: bool) -> dict[str, Any]:
@@ -268,9 +318,15 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def side(
-    name: str, python: Path, args: argparse.Namespace, accuracy: str = "recommended"
+    name: str,
+    python: Path,
+    args: argparse.Namespace,
+    accuracy: str = "recommended",
+    repack: bool = True,
 ) -> dict[str, Any]:
+    """One side in its own process. A llama.cpp worker that crashes is reported, not raised."""
     what = f", {args.quantization}, accuracy {accuracy}" if name == "ours" else ""
+    what += "" if repack else ", no weight repacking"
     say(f"running {name} ({python}{what})")
     cmd = [
         str(python),
@@ -287,9 +343,20 @@ def side(
         args.quantization,
         "--concurrency",
         *map(str, args.concurrency),
+        *([] if repack else ["--no-repack"]),
     ]
-    done = subprocess.run(cmd, stdout=subprocess.PIPE, check=True, timeout=1800)
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, check=name == "ours", timeout=1800)
+    if done.returncode != 0:
+        crashed = describe_exit(done.returncode)
+        say(f"  {name} crashed: {crashed}; its numbers are left out")
+        return {"crashed": crashed, "python": str(python), "repack": repack}
     return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        return f"killed by signal {-code}" + (" (SIGSEGV)" if code == -11 else "")
+    return f"exit status {code}"
 
 
 def table(ours: dict[str, Any], llama: dict[str, Any], names: tuple[str, str]) -> str:
@@ -332,6 +399,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="runs of ours per plan (median)")
     parser.add_argument("--no-llama", action="store_true", help="compare accuracy plans only")
     parser.add_argument("--worker", choices=["ours", "llama"])
+    parser.add_argument("--no-repack", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker == "ours":
         result = run_ours(
@@ -340,7 +408,9 @@ def main() -> None:
         print(json.dumps(result))
         return
     if args.worker == "llama":
-        print(json.dumps(run_llama(args.tokens, args.concurrency, args.threads)))
+        print(
+            json.dumps(run_llama(args.tokens, args.concurrency, args.threads, not args.no_repack))
+        )
         return
     if not args.no_llama and not BENCH_PYTHON.exists():
         sys.exit(f"{BENCH_PYTHON} is missing: run hack/bench-env.sh first (builds llama.cpp)")
@@ -352,7 +422,7 @@ def main() -> None:
             rounds[plan].append(side("ours", Path(sys.executable), args, plan))
     plans = {plan: {**median_of(runs), "rounds": len(runs)} for plan, runs in rounds.items()}
     ours = plans[args.accuracy[0]]
-    llama = None if args.no_llama else side("llama", BENCH_PYTHON, args)
+    llama, attempts = (None, []) if args.no_llama else run_llama_sides(args)
     result = {
         "benchmark": "engine",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -363,10 +433,13 @@ def main() -> None:
         "ours": ours,
         "oursByAccuracy": plans,
         "llamaCpp": llama,
+        "llamaCppAttempts": attempts,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     first = args.accuracy[0]
+    if llama is None and not args.no_llama:
+        say("llama.cpp crashed in every build tried: no reference this run")
     if llama is not None:
         for plan, entry in plans.items():
             print(table(entry, llama, (f"ours ({args.quantization}, {plan})", "llama.cpp")))

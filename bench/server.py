@@ -17,6 +17,11 @@ before and after, and llama.cpp's own
 fourth client send a ~500-token prompt. Each side records its command, peak RSS, and whether it
 crashed (reported, not raised).
 
+llama-server built for this CPU (GGML_NATIVE) segfaults loading this GGUF on some AVX-512/AMX
+CPUs. Where it crashes, it is tried again with `--no-repack` and as the portable build
+(`hack/build-llama-server.sh --portable`, built here when missing, ~10 minutes): the fastest
+single client among those that ran is the reference, `llamaServerAttempts` lists every try.
+
 Needs the bench virtualenv (hack/bench-env.sh) with llama-cpp-python's server extra, unless
 `--skip-llama-cpp-python`.
 """
@@ -49,6 +54,7 @@ from llmchain_server.engine.cpu import cpu_kernels  # noqa: E402
 
 BENCH_PYTHON = Path.home() / ".cache" / "llmchain" / "bench-venv" / "bin" / "python"
 LLAMA_SERVER = Path.home() / ".cache" / "llmchain" / "bench-bin" / "llama-server"
+LLAMA_PORTABLE = LLAMA_SERVER.with_name("llama-server-portable")
 TOKENS = 64
 
 
@@ -234,24 +240,62 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-LLAMA_CMAKE_FLAGS = [  # as hack/build-llama-server.sh configures it
-    "-DCMAKE_BUILD_TYPE=Release",
-    "-DGGML_NATIVE=ON",
-    "-DBUILD_SHARED_LIBS=OFF",
-    "-DLLAMA_CURL=OFF",
-]
-
-
-def llama_build_info() -> dict[str, Any]:
-    """What the llama-server reference is: its version line and build flags."""
+def llama_build_info(binary: Path) -> dict[str, Any]:
+    """What a llama-server build is: its version line and cmake flags (as
+    hack/build-llama-server.sh configures it)."""
     try:
         done = subprocess.run(
-            [str(LLAMA_SERVER), "--version"], capture_output=True, text=True, timeout=60
+            [str(binary), "--version"], capture_output=True, text=True, timeout=60
         )
         version = (done.stdout + done.stderr).strip().splitlines()
     except (OSError, subprocess.TimeoutExpired) as e:
         version = [f"unknown: {e}"]
-    return {"binary": str(LLAMA_SERVER), "version": version[-2:], "cmakeFlags": LLAMA_CMAKE_FLAGS}
+    native = "OFF" if binary.name.endswith("-portable") else "ON"
+    flags = ["-DCMAKE_BUILD_TYPE=Release", f"-DGGML_NATIVE={native}", "-DBUILD_SHARED_LIBS=OFF",
+             "-DLLAMA_CURL=OFF"]  # fmt: skip
+    return {"binary": str(binary), "version": version[-2:], "cmakeFlags": flags}
+
+
+def run_llama_server(clients: list[int], long_prompts: bool) -> tuple[dict[str, Any], list[Any]]:
+    """`llama-server -np 8`: the native build; where it crashes, the native build with
+    --no-repack and the portable build too. The reference (the fastest single client among the
+    tries that ran, else the first try) and every try."""
+
+    def attempt(binary: Path, extra: list[str]) -> dict[str, Any]:
+        port = free_port()
+        cmd = [str(binary), "-m", str(gguf_path()), "--port", str(port), "-np", "8", "-c", "8192",
+               "-t", str(os.cpu_count() or 2), "--alias", "smollm2", *extra]  # fmt: skip
+        label = " ".join(["llama-server -np 8", *extra]) + f" ({binary.name})"
+        side = run_side(label, cmd, {}, port, "smollm2", "/v1/models", clients, long_prompts)
+        side["build"] = llama_build_info(binary)
+        return side
+
+    attempts = [attempt(LLAMA_SERVER, [])]
+    if not complete(attempts[0], clients):
+        attempts.append(attempt(LLAMA_SERVER, ["--no-repack"]))
+        if not LLAMA_PORTABLE.exists():
+            say("building the portable llama-server (GGML_NATIVE=OFF) to try it as well")
+            subprocess.run(
+                [str(ROOT / "hack" / "build-llama-server.sh"), "--portable"], check=False
+            )
+        if LLAMA_PORTABLE.exists():
+            attempts.append(attempt(LLAMA_PORTABLE, []))
+        else:
+            say("the portable llama-server did not build: no fallback")
+    return fastest(attempts, clients) or attempts[0], attempts
+
+
+def complete(side: dict[str, Any], clients: list[int]) -> bool:
+    """Whether a side ran every level without crashing."""
+    return "crashed" not in side and len(side["levels"]) == len(clients)
+
+
+def fastest(attempts: list[dict[str, Any]], clients: list[int]) -> dict[str, Any] | None:
+    """The complete try with the most tokens/s at the first level (one client), if any."""
+    ran = [a for a in attempts if complete(a, clients)]
+    if not ran:
+        return None
+    return max(ran, key=lambda a: float(a["levels"][0]["tokensPerSecond"]))
 
 
 def describe_exit(code: int | None) -> str:
@@ -380,15 +424,9 @@ def main() -> None:
              "2048", "--interrupt_requests", "False", "--model_alias", "smollm2"],
             {}, llama_port, "smollm2", "/v1/models", args.clients, args.long_prompts,
         )  # fmt: skip
+    attempts: list[Any] = []
     if LLAMA_SERVER.exists():
-        port = free_port()
-        sides["llamaServerNp8"] = run_side(
-            "llama-server -np 8",
-            [str(LLAMA_SERVER), "-m", str(gguf_path()), "--port", str(port), "-np", "8", "-c",
-             "8192", "-t", str(os.cpu_count() or 2), "--alias", "smollm2"],
-            {}, port, "smollm2", "/v1/models", args.clients, args.long_prompts,
-        )  # fmt: skip
-        sides["llamaServerNp8"]["build"] = llama_build_info()
+        sides["llamaServerNp8"], attempts = run_llama_server(args.clients, args.long_prompts)
     else:
         say(f"{LLAMA_SERVER} is missing (hack/build-llama-server.sh): skipped llama-server")
     result = {
@@ -399,6 +437,7 @@ def main() -> None:
         "newTokens": TOKENS,
         "longPrompts": args.long_prompts,
         **sides,
+        "llamaServerAttempts": attempts,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
