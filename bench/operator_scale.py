@@ -93,6 +93,17 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def counters(operator: OperatorProcess) -> dict[str, float]:
+    """The operator's reconciles (all results) and skipped echoes so far, from its /metrics."""
+    out = {"reconciles": 0.0, "echoes": 0.0}
+    for line in operator.metrics().splitlines():
+        if line.startswith("llmchain_operator_reconciles_total{"):
+            out["reconciles"] += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("llmchain_operator_child_echoes_total "):
+            out["echoes"] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def run_size(cluster: Cluster, operator: OperatorProcess, count: int, work: Path) -> dict[str, Any]:
     manifests = apps_yaml(count)
     (work / f"apps-{count}.yaml").write_text(manifests)
@@ -126,11 +137,13 @@ def run_size(cluster: Cluster, operator: OperatorProcess, count: int, work: Path
     op_ns = f"bench-op-{count}"
     fresh_namespace(cluster, op_ns)
     say(f"N={count}: operator, {count} LLMChainApps applied at once")
+    before = counters(operator)
     start = time.monotonic()
     cluster.kubectl("-n", op_ns, "apply", "--server-side", "-f", str(work / f"apps-{count}.yaml"))
     operator_seconds = wait_all(count, lambda: count_ready_apps(cluster, op_ns), "apps Ready")
     say(f"N={count}: operator ready in {operator_seconds:.1f}s")
     rss = peak_rss_mib(operator.process.pid) if operator.process else float("nan")
+    after = counters(operator)
     cluster.kubectl("delete", "namespace", op_ns, "--wait=false")
     return {
         "apps": count,
@@ -139,6 +152,9 @@ def run_size(cluster: Cluster, operator: OperatorProcess, count: int, work: Path
         "reference_seconds_to_all_ready": round(reference, 2),
         "overhead_ratio": round(operator_seconds / reference, 2),
         "operator_peak_rss_mib": round(rss, 1),
+        # until all were Ready: reconciles run, and child events skipped as the operator's echo
+        "reconciles_per_app": round((after["reconciles"] - before["reconciles"]) / count, 2),
+        "echoes_skipped_per_app": round((after["echoes"] - before["echoes"]) / count, 2),
     }
 
 

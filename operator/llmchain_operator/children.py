@@ -3,7 +3,9 @@ never over an object another owner holds, the build Job created once, the replic
 over to an autoscaler, and the children no longer wanted pruned.
 
 `Children` remembers per app uid what it applied (each child's uid, the last desired set) and
-whether replicas were handed over; reconcile.py decides what to apply and reports the outcome.
+whether replicas were handed over, and per child the resourceVersion of its last write (a watch
+event at that version is the echo of that write); reconcile.py decides what to apply and reports
+the outcome.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from llmchain_operator.ownership import controlled_by, holder
 
 Manifest = dict[str, Any]
 Key = tuple[str, str]
+Written = tuple[str, str, str]  # kind, namespace, name
 HANDOVER_MANAGER_SUFFIX = "-handover"
 
 
@@ -69,6 +72,28 @@ class Children:
     owner (a GET) only before this app first applies it; after that each apply names the
     child's uid, which the API server checks, so an object deleted and created again by
     someone else since is never applied over."""
+    _written: dict[Written, str] = field(default_factory=dict)
+    """Per child: the resourceVersion this operator's last write of it returned."""
+
+    def echo(self, kind: str, obj: Manifest) -> bool:
+        """Whether a watch event's object (metadata suffice) is just as this operator's last
+        write of it left it: then the event reports nothing a reconcile would act on."""
+        meta = obj["metadata"]
+        version = self._written.get((kind, meta.get("namespace", ""), meta["name"]))
+        return version is not None and version == meta.get("resourceVersion")
+
+    def deleted(self, kind: str, obj: Manifest) -> None:
+        """A child is gone: forget its last write."""
+        meta = obj["metadata"]
+        self._written.pop((kind, meta.get("namespace", ""), meta["name"]), None)
+
+    def _wrote(self, result: Manifest) -> Manifest:
+        meta = result.get("metadata", {})
+        if "resourceVersion" in meta and "kind" in result:
+            self._written[(result["kind"], meta.get("namespace", ""), meta["name"])] = str(
+                meta["resourceVersion"]
+            )
+        return result
 
     def forget(self, uid: str) -> None:
         """Drop what is remembered about a deleted app."""
@@ -191,7 +216,7 @@ class Children:
         if uid is not None:
             obj = {**obj, "metadata": {**obj["metadata"], "uid": uid}}
         try:
-            return await self.kube.apply(obj, field_manager=field_manager)
+            return self._wrote(await self.kube.apply(obj, field_manager=field_manager))
         except ApiError as error:
             if uid is not None and (
                 error.status == 409 or (error.status == 422 and "metadata.uid" in error.message)
@@ -223,6 +248,7 @@ class Children:
                 owners = obj["metadata"].get("ownerReferences", [])
                 if any(o.get("uid") == uid for o in owners) and key_of(obj) not in desired:
                     await self.kube.delete(kind, meta["namespace"], obj["metadata"]["name"])
+                    self.deleted(kind, obj)
                     self.log.info(
                         "Deleted %s %s/%s (no longer wanted)",
                         kind,

@@ -9,6 +9,7 @@ settings from the environment.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import Callable, Coroutine
@@ -180,12 +181,14 @@ def _owner(body: dict[str, Any]) -> str | None:
     return None
 
 
-async def child_changed(body: dict[str, Any], reconciler: Reconciler) -> None:
+async def child_changed(
+    body: dict[str, Any], reconciler: Reconciler, echo: Callable[[], bool] | None = None
+) -> None:
     owner = _owner(body)
     if owner is not None:
         log = logging.getLogger("llmchain.operator")
         try:
-            await reconciler.reconcile_named(body["metadata"]["namespace"], owner)
+            await reconciler.reconcile_named(body["metadata"]["namespace"], owner, echo)
         except ChildrenRefused as error:  # logged and posted when new (see resync)
             log.debug("Reconciled %s after a change of its child: %s", owner, error)
         except (RetryLater, ApiError) as error:
@@ -198,18 +201,29 @@ def _watch_children(memo: kopf.Memo) -> list[asyncio.Task[None]]:
     Not kopf handlers: kopf would watch every Deployment, ConfigMap, Service ... of the cluster
     and filter by label in the process, keeping state for each object it saw. These watches
     are filtered by the API server (label `app.kubernetes.io/managed-by`) and carry metadata
-    only; bursts for one app coalesce in Reconciler.reconcile_named."""
+    only; bursts for one app coalesce in Reconciler.reconcile_named, and the echoes of the
+    operator's own writes (an event at the version its apply returned) reconcile nothing."""
     reconciler: Reconciler = memo.reconciler
     pending: set[asyncio.Task[None]] = set()  # referenced until done
 
-    def changed(_type: str, obj: dict[str, Any]) -> None:
-        task = asyncio.create_task(child_changed(obj, reconciler))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
+    def watcher(kind: str) -> Callable[[str, dict[str, Any]], None]:
+        def changed(event_type: str, obj: dict[str, Any]) -> None:
+            echo = None
+            if event_type == "DELETED":
+                reconciler.children.deleted(kind, obj)
+            else:
+                echo = functools.partial(reconciler.children.echo, kind, obj)
+            task = asyncio.create_task(child_changed(obj, reconciler, echo))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+        return changed
 
     selector = f"app.kubernetes.io/managed-by={MANAGED_BY}"
     return [
-        asyncio.create_task(reconciler.kube.watch(kind.kind, namespace, selector, changed))
+        asyncio.create_task(
+            reconciler.kube.watch(kind.kind, namespace, selector, watcher(kind.kind))
+        )
         for kind in WATCHED
         for namespace in memo.namespaces or [None]
     ]

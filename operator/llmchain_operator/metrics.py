@@ -14,6 +14,10 @@ RECONCILE_SECONDS = Histogram(
     "Time one reconcile of an LLMChainApp took.",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+ECHOES = Counter(
+    "llmchain_operator_child_echoes_total",
+    "Children's watch events that only reported the operator's own write, so reconciled nothing.",
+)
 MANAGED_APPS = Gauge("llmchain_operator_managed_apps", "LLMChainApps the operator manages.")
 IS_LEADER = Gauge("llmchain_operator_leader", "1 while this replica holds the leader lease.")
 

@@ -19,6 +19,7 @@ from typing import Any
 import kopf
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
 from llmchain_operator import main
 from llmchain_operator.kube import ApiError
@@ -519,6 +520,60 @@ def test_reconcile_named_reads_the_app_afresh_and_skips_a_deleted_one() -> None:
     kube.calls.clear()
     asyncio.run(reconciler.reconcile_named(NS, NAME))
     assert kube.calls == [("get", "LLMChainApp", NS, NAME)]
+
+
+def child_event(kube: FakeKube, kind: str, name: str) -> dict[str, Any]:
+    """A child as its watch event carries it (metadata only), at its current version."""
+    obj = kube.object(kind, NS, name)
+    assert obj is not None
+    return {"metadata": copy.deepcopy(obj["metadata"])}
+
+
+def test_the_echo_of_the_operators_own_write_reconciles_nothing() -> None:
+    kube, reconciler = setup()
+    reconcile(kube, reconciler)
+    event = child_event(kube, "Deployment", NAME)
+    kube.calls.clear()
+    echo = lambda: reconciler.children.echo("Deployment", event)  # noqa: E731
+    skipped = REGISTRY.get_sample_value("llmchain_operator_child_echoes_total") or 0.0
+    asyncio.run(main.child_changed(event, reconciler, echo))
+    assert kube.calls == []  # the event reports this operator's own apply
+    assert REGISTRY.get_sample_value("llmchain_operator_child_echoes_total") == skipped + 1
+
+    kube.set_status("Deployment", NS, NAME, {"readyReplicas": 1})  # its controller's write
+    event = child_event(kube, "Deployment", NAME)
+    asyncio.run(main.child_changed(event, reconciler, echo))
+    assert kube.calls[0] == ("get", "LLMChainApp", NS, NAME)
+    assert len(kube.calls_to("apply")) > 0
+
+    reconciler.children.deleted("Deployment", event)  # gone: no version is an echo any more
+    assert not reconciler.children.echo("Deployment", event)
+
+
+def test_a_real_change_joining_a_waiting_echo_is_reconciled() -> None:
+    kube, reconciler = setup()
+    reconcile(kube, reconciler)
+    event = child_event(kube, "Service", NAME)
+    kube.calls.clear()
+
+    async def burst(echoes: list[bool]) -> None:
+        lock = reconciler._locks.setdefault(f"{NS}/{NAME}", asyncio.Lock())
+        async with lock:  # a reconcile in progress: the events wait, then coalesce
+            waiting = [
+                asyncio.create_task(main.child_changed(event, reconciler, lambda e=e: e))
+                for e in echoes
+            ]
+            await asyncio.sleep(0)
+        await asyncio.gather(*waiting)
+
+    async def both() -> None:
+        reconciler._locks.clear()  # bound to the earlier event loop
+        await burst([True, True, True])
+        assert kube.calls == []
+        await burst([True, False, True])
+        assert kube.calls.count(("get", "LLMChainApp", NS, NAME)) == 1  # one reconcile for all
+
+    asyncio.run(both())
 
 
 @pytest.mark.parametrize("status", [409, 429, 503])
