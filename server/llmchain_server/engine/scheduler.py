@@ -189,7 +189,8 @@ class Scheduler:
             key=lambda s: self._running[s].id,
         )
         i = 0
-        while i < len(order) and budget >= 2:
+        runs = 0
+        while i < len(order) and budget >= 2 and not (decoding and runs):
             slot = order[i]
             g, filled = self._running[slot], self._lengths[slot]
             if g.cancelled:
@@ -198,6 +199,7 @@ class Scheduler:
                 i += 1
                 continue
             group = self._fresh_group(order[i:], budget)
+            runs += 1
             if len(group) > 1:
                 prompts = [self._running[s].prompt for s in group]
                 try:
