@@ -172,10 +172,12 @@ class Scheduler:
         self.stats.prompt_tokens += len(g.prompt)
 
     def _prefill(self) -> None:
-        """Prefill the next chunks of the prompts not yet in their slots, in order of arrival,
-        at most `prefill_chunk` tokens while other streams decode. New prompts that fit together
-        go in one run (right-padded to the longest); a prompt with a cached start, or one that
-        takes several chunks, runs alone. Prompts that complete get their first token.
+        """Prefill the next chunks of the prompts not yet in their slots, in order of arrival:
+        while other streams decode, one run of at most `prefill_chunk` tokens (each run costs
+        the running streams a gap); else runs up to `idle_prefill` tokens. New prompts that fit
+        together go in one run (right-padded to the longest); a prompt with a cached start, or
+        one that takes several chunks, runs alone. Prompts that complete get their first
+        token.
 
         Neither changes a first token: the output head computes two rows per sequence (the
         graph repeats each last position), so it takes the same kernel alone or in a group."""
