@@ -19,8 +19,9 @@ crashed (reported, not raised).
 
 llama-server built for this CPU (GGML_NATIVE) segfaults loading this GGUF on some AVX-512/AMX
 CPUs. Where it crashes, it is tried again with `--no-repack` and as the portable build
-(`hack/build-llama-server.sh --portable`, built here when missing, ~10 minutes): the fastest
-single client among those that ran is the reference, `llamaServerAttempts` lists every try.
+(`hack/build-llama-server.sh --portable`, built here when missing, ~10 minutes): the fastest at
+the first level (one client by default) among those that ran is the reference,
+`llamaServerAttempts` lists every try.
 
 Needs the bench virtualenv (hack/bench-env.sh) with llama-cpp-python's server extra, unless
 `--skip-llama-cpp-python`.
@@ -286,12 +287,16 @@ def run_llama_server(clients: list[int], long_prompts: bool) -> tuple[dict[str, 
 
 
 def complete(side: dict[str, Any], clients: list[int]) -> bool:
-    """Whether a side ran every level without crashing."""
-    return "crashed" not in side and len(side["levels"]) == len(clients)
+    """Whether a side ran every level without crashing, and served some of the first."""
+    return (
+        "crashed" not in side
+        and len(side["levels"]) == len(clients)
+        and side["levels"][0]["tokensPerSecond"] > 0  # False for NaN: everything lost
+    )
 
 
 def fastest(attempts: list[dict[str, Any]], clients: list[int]) -> dict[str, Any] | None:
-    """The complete try with the most tokens/s at the first level (one client), if any."""
+    """The complete try with the most tokens/s at the first level (one client by default)."""
     ran = [a for a in attempts if complete(a, clients)]
     if not ran:
         return None

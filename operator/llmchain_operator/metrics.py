@@ -16,7 +16,8 @@ RECONCILE_SECONDS = Histogram(
 )
 ECHOES = Counter(
     "llmchain_operator_child_echoes_total",
-    "Children's watch events that only reported the operator's own write, so reconciled nothing.",
+    "Reconciles that children's watch events asked for and were skipped: every one of those"
+    " events only reported the operator's own write.",
 )
 MANAGED_APPS = Gauge("llmchain_operator_managed_apps", "LLMChainApps the operator manages.")
 IS_LEADER = Gauge("llmchain_operator_leader", "1 while this replica holds the leader lease.")

@@ -155,7 +155,7 @@ class Reconciler:
         lock = self._locks.get(key)
         if lock is not None and not lock.locked():
             del self._locks[key]
-        self.children.forget(meta.get("uid", ""))
+        self.children.forget(meta.get("uid", ""), meta.get("namespace", ""))
         self._refused_since.pop(meta.get("uid", ""), None)
         self._unlisted.discard(meta.get("uid", ""))
         self._reported.pop(meta.get("uid", ""), None)
@@ -166,6 +166,10 @@ class Reconciler:
             result = "error"
             try:
                 result = await self._reconcile(body)
+            except BaseException:
+                meta = body["metadata"]
+                self.children.distrust(meta.get("uid", ""), meta.get("namespace", ""))
+                raise
             finally:
                 metrics.record_reconcile(result, time.perf_counter() - started)
 

@@ -300,3 +300,42 @@ def test_an_exact_build_is_batch_invariant_too(tmp_path: Path) -> None:
         assert all(c.error is None for c in runs[1])
     finally:
         e.stop()
+
+
+def test_a_running_stream_waits_for_one_prefill_run_at_most_between_two_tokens(
+    model_dirs: Callable[[str], Path],
+) -> None:
+    """Newcomers (a long prompt taking several chunks, short ones) arriving while a stream
+    decodes are prefilled one run per decode step, so each of its tokens waits for one at most."""
+    e = Engine(
+        model_dirs("int4"),
+        EngineSettings(provider="cpu", max_batch=8, context=1024, prefill_chunk=64),
+    )
+    e.start()
+    calls: list[str] = []
+    for name in ("prefill", "extend", "decode"):
+        original = getattr(e.runner, name)
+
+        def logged(
+            *args: object, _f: Callable[..., object] = original, _n: str = name, **kw: object
+        ) -> object:
+            calls.append(_n)
+            return _f(*args, **kw)
+
+        setattr(e.runner, name, logged)
+    try:
+        running = e.generate(prompt(e, STORY), SamplingParams(max_tokens=40, ignore_eos=True))
+        stream = iter(running)
+        next(stream)  # decoding now
+        long = prompt(e, [{"role": "user", "content": "Summarise: " + "the river rose. " * 60}])
+        newcomers = [e.generate(long, SamplingParams(max_tokens=2))] + [
+            e.generate(prompt(e, FRANCE), SamplingParams(max_tokens=2)) for _ in range(3)
+        ]
+        for g in newcomers:
+            assert list(g)[-1].finish_reason == "length"
+        rest = list(stream)
+        assert rest[-1].finish_reason == "length"
+    finally:
+        e.stop()
+    runs_between = [len(gap) for gap in "".join(c[0] for c in calls).split("d")[1:-1]]
+    assert len(long) > 3 * 64 and max(runs_between) == 1, calls

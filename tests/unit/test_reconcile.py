@@ -550,6 +550,23 @@ def test_the_echo_of_the_operators_own_write_reconciles_nothing() -> None:
     assert not reconciler.children.echo("Deployment", event)
 
 
+def test_after_a_failed_reconcile_no_event_passes_as_an_echo() -> None:
+    """A reconcile that wrote children and then failed is retried by the next child event,
+    even one at the version its own write returned."""
+    kube, reconciler = setup()
+    kube.failures[("patch_status", "LLMChainApp")] = ApiError(500, "InternalError", "etcd down")
+    body = kube.object("LLMChainApp", NS, NAME)
+    assert body is not None
+    with pytest.raises(ApiError):  # (the fake fails that call once)
+        asyncio.run(reconciler.reconcile(body))
+    event = child_event(kube, "Deployment", NAME)
+    kube.calls.clear()
+    echo = lambda: reconciler.children.echo("Deployment", event)  # noqa: E731
+    asyncio.run(main.child_changed(event, reconciler, echo))
+    assert kube.calls[0] == ("get", "LLMChainApp", NS, NAME)
+    assert kube.calls_to("patch_status")  # the status the failed reconcile lost is written
+
+
 def test_a_real_change_joining_a_waiting_echo_is_reconciled() -> None:
     kube, reconciler = setup()
     reconcile(kube, reconciler)
