@@ -329,7 +329,7 @@ def main() -> None:
             "LangChain + llama-server -np 8", cmd, {}, f"http://127.0.0.1:{port}/health",
             partial(langchain_client, port), count, turns,
         )  # fmt: skip
-        sides["langchainLlamaServer"]["build"] = llama_build_info()
+        sides["langchainLlamaServer"]["build"] = llama_build_info(LLAMA_SERVER)
     else:
         say(f"{LLAMA_SERVER} is missing (hack/build-llama-server.sh): skipped llama-server")
     result = {
