@@ -103,7 +103,7 @@ RECONCILE_CONCURRENCY = 32
 more would only wait there, each holding its app's rendered children. 1000 apps created at once
 (bench/operator_scale.py, 2 cores), before the echoes of the operator's own writes were skipped:
 unlimited, 343 MiB peak and 1.23x the time of a raw server-side apply; 16, 141 MiB and 1.53x; 32,
-166 MiB and 1.54x; after, 32: 200 MiB and 1.10x (one run each, noisy)."""
+166 MiB and 1.54x; after, 32: 191 MiB and 1.10x (one run each, noisy)."""
 
 
 def _never() -> bool:
