@@ -180,7 +180,8 @@ def run_llama(tokens: int, levels: list[int], threads: int, repack: bool) -> dic
             return params
 
         llama_cpp.llama_cpp.llama_model_default_params = no_repack
-    say(f"llama.cpp {llama_cpp.__version__}: {llama_cpp.llama_print_system_info().decode()}")
+    system_info = llama_cpp.llama_print_system_info().decode().strip()
+    say(f"llama.cpp {llama_cpp.__version__}: {system_info}")
     options = {"n_ctx": 512, "n_batch": 512, "n_threads": threads, "repack": repack}
     started = time.perf_counter()
     llm = Llama(
@@ -235,7 +236,7 @@ def run_llama(tokens: int, levels: list[int], threads: int, repack: bool) -> dic
         "build": {
             "version": llama_cpp.__version__,
             "python": sys.executable,
-            "systemInfo": llama_cpp.llama_print_system_info().decode().strip(),
+            "systemInfo": system_info,
         },
         "options": options,
         "loadSeconds": load_seconds,
@@ -347,16 +348,14 @@ def side(
     ]
     done = subprocess.run(cmd, stdout=subprocess.PIPE, check=name == "ours", timeout=1800)
     if done.returncode != 0:
+        # bench/server.py's; imported here, not at the top: the llama worker runs this file in
+        # the bench virtualenv, which has no llmchain_server
+        from server import describe_exit
+
         crashed = describe_exit(done.returncode)
         say(f"  {name} crashed: {crashed}; its numbers are left out")
         return {"crashed": crashed, "python": str(python), "repack": repack}
     return json.loads(done.stdout)  # type: ignore[no-any-return]
-
-
-def describe_exit(code: int) -> str:
-    if code < 0:
-        return f"killed by signal {-code}" + (" (SIGSEGV)" if code == -11 else "")
-    return f"exit status {code}"
 
 
 def table(ours: dict[str, Any], llama: dict[str, Any], names: tuple[str, str]) -> str:
