@@ -64,6 +64,16 @@ TOPICS = [
 ]
 
 
+ANSWER_SCHEMA = {
+    "type": "object",
+    "properties": {"topic": {"type": "string"}, "paragraph": {"type": "string"}},
+    "required": ["topic", "paragraph"],
+    "additionalProperties": False,
+}
+"""The constrained runs' schema: free text inside JSON, so outputs run about as long as free
+ones (a constrained output ends where its JSON does, at most `--tokens`)."""
+
+
 def say(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
@@ -89,7 +99,7 @@ def run_ours(
     sys.path.insert(0, str(ROOT))
     from tests.support.model import gguf_path
 
-    from llmchain_server.engine import Engine, EngineSettings, SamplingParams
+    from llmchain_server.engine import Engine, EngineSettings, Grammar, SamplingParams
     from llmchain_server.engine.cpu import cpu_kernels
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,6 +167,15 @@ def run_ours(
         "promptTokens": statistics.mean(len(p) for p in prompts),
     }
     result.update(measure(lambda i, t, o: one(i, t, o), levels, concurrent=True))
+    say("  the same, every request constrained by a JSON schema (constrained decoding)")
+    params = SamplingParams(max_tokens=tokens, grammar=Grammar.json_schema(ANSWER_SCHEMA))
+    before = engine.stats.constraint_seconds, engine.stats.generated_tokens
+    result["constrained"] = measure(lambda i, t, o: one(i, t, o), levels, concurrent=True)
+    seconds = engine.stats.constraint_seconds - before[0]
+    count = engine.stats.generated_tokens - before[1]
+    result["constrained"]["maskMillisecondsPerToken"] = 1000 * seconds / max(1, count)
+    result["constrained"]["cutOutputs"] = engine.stats.constrained_cut
+    result["constrained"]["closedOutputs"] = engine.stats.constrained_closed
     engine.stop()
     result["peakRssMiB"] = peak_rss_mib()
     return result
@@ -385,6 +404,22 @@ def table(ours: dict[str, Any], llama: dict[str, Any], names: tuple[str, str]) -
     return "\n".join(lines)
 
 
+def constrained_table(ours: dict[str, Any]) -> str:
+    """Constrained against free decoding, both ours, in the same run."""
+    free, bound = ours, ours["constrained"]
+    lines = ["| measure | constrained | free | ratio |", "| --- | --- | --- | --- |"]
+    a = bound["singleStream"]["decodeTokensPerSecond"]
+    b = free["singleStream"]["decodeTokensPerSecond"]
+    lines.append(f"| single-stream decode tokens/s | {a:.1f} | {b:.1f} | {a / b:.2f} |")
+    for level, entry in bound["concurrency"].items():
+        a = entry["aggregateTokensPerSecond"]
+        b = free["concurrency"][level]["aggregateTokensPerSecond"]
+        lines.append(f"| aggregate tokens/s at {level} | {a:.1f} | {b:.1f} | {a / b:.2f} |")
+    lines.append(f"| mask ms per token | {bound['maskMillisecondsPerToken']:.3f} | - | - |")
+    lines.append(f"| outputs cut by max_tokens | {bound['cutOutputs']} | - | - |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", type=int, default=64)
@@ -444,6 +479,7 @@ def main() -> None:
             print(table(entry, llama, (f"ours ({args.quantization}, {plan})", "llama.cpp")))
     for plan, entry in list(plans.items())[1:]:
         print(table(entry, ours, (f"ours ({plan})", f"ours ({first})")))
+    print(constrained_table(ours))
     say(f"wrote {args.out}")
 
 

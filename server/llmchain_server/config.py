@@ -70,7 +70,8 @@ class OutputParser(Schema):
     type: Literal["text", "json"] = Field(
         "text",
         description="text: the generated text as is. json: parse it as JSON, validate it "
-        "against jsonSchema when given, and retry the step once on invalid output.",
+        "against jsonSchema when given. A json step decodes under its schema (or any JSON "
+        "object), so its output is valid JSON by construction.",
     )
     json_schema: dict[str, Any] | None = Field(
         None, description="JSON Schema the parsed output must satisfy (type json only)."

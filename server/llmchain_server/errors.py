@@ -42,7 +42,7 @@ class Unavailable(ServingError):
 
 
 class OutputInvalid(ServingError):
-    """The model's output stayed unusable (a chain step's JSON after its retry): a 502."""
+    """The model's output is unusable (a chain step's JSON cut by its maxTokens): a 502."""
 
 
 class GenerationFailed(ServingError):

@@ -217,28 +217,49 @@ def test_unknown_chain_is_404(memory_servers: tuple[ServerProcess, ServerProcess
     assert body["error"]["type"] == "not_found_error"  # type: ignore[index]
 
 
-def test_json_output_is_validated_and_retried_once(
+def test_json_steps_decode_under_their_schema(
     model_dirs: Callable[[str], Path], tmp_path: Path
 ) -> None:
+    """The schema asks for a key no model would write by itself: constrained decoding writes
+    it, first time (the step's JSON used to be retried once, then a 502)."""
     server = ServerProcess(
         model_dirs("int4"), args=["--chain", str(chain_file(tmp_path, STRICT_JSON))]
     )
     try:
         server.wait_ready()
         status, body = invoke(server, "extract", {"input": {"text": "a cat named Tom"}})
-        assert status == 502
-        assert "step data" in body["error"]["message"]  # type: ignore[index]
-        assert "after one retry" in body["error"]["message"]  # type: ignore[index]
-        metrics = server.get("/metrics")[2].decode()
-        generated = [
-            line
-            for line in metrics.splitlines()
-            if line.startswith("llmchain_generated_tokens_total")
-        ]
-        # warm-up (2) + two attempts of up to 16 tokens: the step really ran twice
-        assert float(generated[0].split()[-1]) > 18
+        assert status == 200, body
+        assert isinstance(body["output"], dict) and "impossible_key_zq" in body["output"]
     finally:
         server.stop()
+
+
+def test_a_json_step_cut_by_its_stop_sequence_is_a_502(
+    model_dirs: Callable[[str], Path], tmp_path: Path
+) -> None:
+    cut = {**STRICT_JSON, "name": "cut"}
+    cut["chain"] = json.loads(json.dumps(STRICT_JSON["chain"]))
+    cut["chain"]["steps"][0]["generation"]["stop"] = ["impossible"]  # type: ignore[index]
+    server = ServerProcess(model_dirs("int4"), args=["--chain", str(chain_file(tmp_path, cut))])
+    try:
+        server.wait_ready()
+        status, body = invoke(server, "cut", {"input": {"text": "a cat named Tom"}})
+        assert status == 502
+        assert "step data" in body["error"]["message"]  # type: ignore[index]
+    finally:
+        server.stop()
+
+
+def test_a_json_step_whose_schema_cannot_fit_its_max_tokens_stops_the_server(
+    model_dirs: Callable[[str], Path], tmp_path: Path
+) -> None:
+    tight = {**STRICT_JSON, "name": "tight"}
+    tight["chain"] = json.loads(json.dumps(STRICT_JSON["chain"]))
+    tight["chain"]["steps"][0]["generation"]["maxTokens"] = 3  # type: ignore[index]
+    server = ServerProcess(model_dirs("int4"), args=["--chain", str(chain_file(tmp_path, tight))])
+    assert server.process.wait(timeout=120) == 1
+    assert "step data's jsonSchema" in server.logs()
+    assert "fits in max_tokens (3)" in server.logs()
 
 
 def test_a_chain_with_memory_needs_a_store(

@@ -17,7 +17,7 @@ from llmchain_server import errors
 from llmchain_server.chains.runtime import ChainOutputError
 from llmchain_server.chains.templates import ChainInputError
 from llmchain_server.dataplane import ServerSettings
-from llmchain_server.engine import ContextLengthError, EngineStopped, QueueFull
+from llmchain_server.engine import ContextLengthError, EngineStopped, GrammarError, QueueFull
 from llmchain_server.http.errors import TABLE, install, kind_of, problem
 
 Row = tuple[int, str, str | None, bool]  # status, type, code, Retry-After
@@ -39,6 +39,7 @@ EXPECTED: dict[type[errors.ServingError], Row] = {
     ChainInputError: BAD_REQUEST,
     ChainOutputError: OUTPUT,
     ContextLengthError: TOO_LONG,
+    GrammarError: BAD_REQUEST,
     QueueFull: OVERLOADED,
     EngineStopped: UNAVAILABLE,
 }

@@ -14,8 +14,9 @@ MAX_STARTS = 20
 
 
 class ParseError(ValueError):
-    """The model's text does not satisfy the step's parser (the step is retried once; a second
-    failure is the chain's `ChainOutputError`)."""
+    """The model's text does not satisfy the step's parser (the chain's `ChainOutputError`).
+    JSON steps decode under their schema, so this means a cut output, or a schema keyword the
+    constraint does not enforce."""
 
 
 def _no_constants(name: str) -> Any:

@@ -1,6 +1,8 @@
 """Running a chain: each step renders its templates (inputs, earlier steps' outputs, history),
 calls the model through the dataplane, and parses its output; the output step's text can be
-streamed. With memory, the turn is stored per session after the chain succeeds."""
+streamed. A `json` step decodes under its JSON schema (constrained decoding), so its output
+parses by construction, without retries. With memory, the turn is stored per session after the
+chain succeeds."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from llmchain_server.chains.values import (
 from llmchain_server.config import ChainConfig, LLMStep
 from llmchain_server.dataplane import DataPlane
 from llmchain_server.dataplane.memory import SESSION, MemoryStore
+from llmchain_server.dataplane.structured import json_grammar
 from llmchain_server.engine import SamplingParams
 from llmchain_server.errors import InvalidRequest, OutputInvalid, PromptTooLong
 
@@ -31,7 +34,7 @@ FIELD = "input"
 
 
 class ChainOutputError(OutputInvalid):
-    """A step's output stayed invalid after its retry (the model's fault: a 502)."""
+    """A step's output is invalid (a JSON step's cut by its maxTokens: a 502)."""
 
 
 @dataclass
@@ -68,6 +71,20 @@ class ChainRunner:
             )
             for s in self.chain.steps
         }
+        self._grammars = {
+            s.name: json_grammar(s.output.json_schema)
+            for s in self.chain.steps
+            if s.output.type == "json"
+        }
+        """The JSON steps' constraints, made once and checked against the model's tokenizer:
+        a schema llguidance refuses, or one no output within the step's maxTokens completes,
+        stops the server at start with the step's name, not each request later."""
+        for step in self.chain.steps:
+            if step.name in self._grammars:
+                try:
+                    plane.check_constraint(self._params(step))
+                except InvalidRequest as e:
+                    raise ValueError(f"step {step.name}'s jsonSchema: {e.message}") from None
 
     # -- request checking ----------------------------------------------------------------------
     def inputs(self, given: Any) -> dict[str, Any]:
@@ -166,8 +183,7 @@ class ChainRunner:
         except InvalidRequest as e:
             raise ChainInputError(f"step {step.name}: {e.message}") from None
 
-    @staticmethod
-    def _params(step: LLMStep) -> SamplingParams:
+    def _params(self, step: LLMStep) -> SamplingParams:
         g = step.generation
         return SamplingParams(
             max_tokens=g.max_tokens,
@@ -176,6 +192,7 @@ class ChainRunner:
             top_k=g.top_k,
             seed=g.seed,
             stop=tuple(g.stop),
+            grammar=self._grammars.get(step.name),
         )
 
     async def _fitted_prompt(self, step: LLMStep, variables: dict[str, Any]) -> list[int]:
@@ -200,32 +217,26 @@ class ChainRunner:
 
     async def _run_step(self, step: LLMStep, ready: Prepared, run: ChainRun) -> Any:
         prompt = await self._step_prompt(step, ready)
-        for attempt in (1, 2):
-            result = await self.plane.complete(prompt, self._params(step))
-            run.prompt_tokens += result.prompt_tokens
-            run.completion_tokens += result.completion_tokens
-            try:
-                value = parse(result.text, step.output)
-            except ParseError as e:
-                if attempt == 2:
-                    raise ChainOutputError(f"step {step.name}: {e} (after one retry)") from None
-                log.info("Retried step %s: %s", step.name, e)
-                continue
-            # One line per step, with the request id (see http/logs.py): a log aggregator can
-            # follow a request through its chain. Token counts only, never the texts.
-            log.info(
-                "Ran step %s of chain %s",
-                step.name,
-                self.name,
-                extra={
-                    "step": step.name,
-                    "attempt": attempt,
-                    "prompt_tokens": result.prompt_tokens,
-                    "completion_tokens": result.completion_tokens,
-                },
-            )
-            return value
-        raise AssertionError("unreachable")
+        result = await self.plane.complete(prompt, self._params(step))
+        run.prompt_tokens += result.prompt_tokens
+        run.completion_tokens += result.completion_tokens
+        try:
+            value = parse(result.text, step.output)
+        except ParseError as e:
+            raise ChainOutputError(f"step {step.name}: {e}") from None
+        # One line per step, with the request id (see http/logs.py): a log aggregator can
+        # follow a request through its chain. Token counts only, never the texts.
+        log.info(
+            "Ran step %s of chain %s",
+            step.name,
+            self.name,
+            extra={
+                "step": step.name,
+                "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": result.completion_tokens,
+            },
+        )
+        return value
 
     async def prepare(self, inputs: dict[str, Any], session: str | None) -> Prepared:
         """The run's start: history read (Unavailable when the store is down) and the first

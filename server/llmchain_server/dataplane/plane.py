@@ -18,7 +18,8 @@ from llmchain_server.dataplane.admission import Admission
 from llmchain_server.dataplane.cache import ResponseCache
 from llmchain_server.dataplane.metrics import ServerMetrics
 from llmchain_server.dataplane.settings import ServerSettings
-from llmchain_server.engine import Chunk, ContextLengthError, Engine, SamplingParams
+from llmchain_server.engine import Chunk, ContextLengthError, Engine, Grammar, SamplingParams
+from llmchain_server.engine.constraints import Matcher
 from llmchain_server.engine.tokenizer import ChatTemplateError, ModelTokenizer
 from llmchain_server.errors import (
     Draining,
@@ -196,6 +197,7 @@ class DataPlane:
         top_k: int | None = None,
         seed: int | None = None,
         stop: tuple[str, ...] = (),
+        grammar: Grammar | None = None,
     ) -> SamplingParams:
         """A request's sampling; what it leaves unset comes from the model folder's defaults."""
         defaults = self._engine.defaults
@@ -214,9 +216,23 @@ class DataPlane:
                 top_k=defaults.top_k if top_k is None else top_k,
                 seed=seed,
                 stop=stop,
+                grammar=grammar,
             )
         except ValueError as e:
             raise InvalidRequest(str(e)) from None
+
+    def check_constraint(self, params: SamplingParams) -> None:
+        """Raises GrammarError when the request's grammar does not compile or cannot complete
+        within max_tokens (at start: it may compile for a second)."""
+        self._engine.constrain(params)
+
+    async def constrain(self, params: SamplingParams) -> Matcher | None:
+        """The matcher of a constrained request (None for a free one), compiled off the event
+        loop. Raises GrammarError (an InvalidRequest) for a schema or grammar that does not
+        compile or cannot complete within max_tokens: call it before a stream starts."""
+        if params.grammar is None:
+            return None
+        return await self.off_loop(self._engine.constrain, params)
 
     # -- generation ----------------------------------------------------------------------------
     async def stream(self, prompt: Sequence[int], params: SamplingParams) -> AsyncIterator[Chunk]:
@@ -245,7 +261,8 @@ class DataPlane:
         """The engine's chunks, timing the first token and the gaps between tokens."""
         started = time.monotonic()
         last = None
-        generation = self._engine.generate_async(list(prompt), params)
+        matcher = await self.constrain(params)
+        generation = self._engine.generate_async(list(prompt), params, matcher)
         try:
             async for chunk in self._until_cut(aiter(generation)):
                 now = time.monotonic()

@@ -1,5 +1,6 @@
 """The generation engine: onnxruntime session, KV cache, sampling, continuous batching."""
 
+from llmchain_server.engine.constraints import Grammar, GrammarError
 from llmchain_server.engine.engine import ContextLengthError, Engine, EngineSettings
 from llmchain_server.engine.request import Chunk, Generation
 from llmchain_server.engine.sampling import SamplingParams
@@ -12,6 +13,8 @@ __all__ = [
     "EngineSettings",
     "EngineStopped",
     "Generation",
+    "Grammar",
+    "GrammarError",
     "QueueFull",
     "SamplingParams",
 ]

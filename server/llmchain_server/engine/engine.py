@@ -15,6 +15,7 @@ import onnxruntime as ort
 from prometheus_client import CollectorRegistry
 
 from llmchain_server import contract
+from llmchain_server.engine.constraints import Constraints, Matcher
 from llmchain_server.engine.cpu import cpu_kernels
 from llmchain_server.engine.metrics import EngineCollector
 from llmchain_server.engine.prefix_cache import BLOCK_TOKENS, PrefixCache
@@ -89,6 +90,10 @@ class Engine:
         self.digest = model.manifest.digest
         self.quantization = config.quantization
         self.tokenizer = ModelTokenizer(model.tokenizer, config.special, model.chat_template)
+        self.constraints = Constraints(
+            model.tokenizer, config.model.vocab, self.tokenizer.eos_ids_end_of_turn_first()
+        )
+        """Grammars compiled against this tokenizer (constrained decoding)."""
         self.session, self.provider = self._open_session(model.model, available_providers)
         self.kernels = cpu_kernels().family if self.provider == "cpu" else self.provider
         """The kernel family running the model: the CPU's MLAS family (avx2, avx512vnni, ...)
@@ -221,17 +226,36 @@ class Engine:
                 f"together they exceed the context of {self.context} tokens"
             )
 
-    def generate(self, prompt: list[int], params: SamplingParams) -> Generation:
-        """Submit a request; iterate the result for chunks. Raises QueueFull when full."""
+    def constrain(self, params: SamplingParams) -> Matcher | None:
+        """The grammar's matcher for a request `params.grammar` constrains (None when none
+        does). Raises GrammarError (an InvalidRequest) when the grammar does not compile or
+        cannot complete within max_tokens. Compiling a new grammar takes milliseconds to a
+        second: off the event loop."""
+        if params.grammar is None:
+            return None
+        return self.constraints.matcher(params.grammar, params.max_tokens)
+
+    def generate(
+        self, prompt: list[int], params: SamplingParams, matcher: Matcher | None = None
+    ) -> Generation:
+        """Submit a request; iterate the result for chunks. Raises QueueFull when full.
+        `matcher`: from `constrain(params)`, made here when not given."""
         self.check(prompt, params)
-        g = Generation(prompt, params, self.tokenizer)
+        matcher = matcher if matcher is not None else self.constrain(params)
+        g = Generation(prompt, params, self.tokenizer, matcher=matcher)
         self.scheduler.submit(g)
         return g
 
-    def generate_async(self, prompt: list[int], params: SamplingParams) -> Generation:
-        """As generate, for `async for` inside an event loop."""
+    def generate_async(
+        self, prompt: list[int], params: SamplingParams, matcher: Matcher | None = None
+    ) -> Generation:
+        """As generate, for `async for` inside an event loop (make a constrained request's
+        `matcher` off the loop first)."""
         self.check(prompt, params)
-        g = Generation(prompt, params, self.tokenizer, asyncio.get_running_loop())
+        if params.grammar is not None and matcher is None:
+            raise ValueError("a constrained request needs its matcher (Engine.constrain)")
+        loop = asyncio.get_running_loop()
+        g = Generation(prompt, params, self.tokenizer, loop, matcher)
         self.scheduler.submit(g)
         return g
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from llmchain_server.engine.constraints import Matcher
 from llmchain_server.engine.sampling import SamplingParams
 from llmchain_server.engine.stops import StopMatcher
 from llmchain_server.engine.tokenizer import IncrementalDecoder, ModelTokenizer
@@ -22,7 +23,8 @@ _ids = itertools.count(1)
 @dataclass(frozen=True)
 class Chunk:
     """A piece of output. The last chunk of a request carries `finish_reason`
-    ("stop", "length", "cancelled" or "error") and the final token counts."""
+    ("stop", "length", "cancelled" or "error") and the final token counts; for a constrained
+    output, `complete` says whether it matches its grammar whole (false: cut by max_tokens)."""
 
     text: str
     token_id: int | None
@@ -30,6 +32,7 @@ class Chunk:
     prompt_tokens: int
     completion_tokens: int
     error: str | None = None
+    complete: bool | None = None
 
 
 class Generation:
@@ -41,13 +44,16 @@ class Generation:
         params: SamplingParams,
         tokenizer: ModelTokenizer,
         loop: asyncio.AbstractEventLoop | None = None,
+        matcher: Matcher | None = None,
     ) -> None:
+        """`matcher`: the grammar's state, when `params.grammar` constrains the output."""
         self.id = next(_ids)
         self.prompt = prompt
         self.params = params
         self.rng = np.random.default_rng(params.seed)
         self.decoder = IncrementalDecoder(tokenizer, prompt[-4:])
         self.stops = StopMatcher(params.stop)
+        self.matcher = matcher
         self.generated: list[int] = []
         self.created = time.monotonic()
         self.first_token_at: float | None = None
@@ -95,7 +101,10 @@ class Generation:
     def emit(
         self, text: str, token: int | None, finish: str | None = None, error: str | None = None
     ) -> None:
-        chunk = Chunk(text, token, finish, len(self.prompt), len(self.generated), error)
+        complete = None
+        if finish is not None and self.matcher is not None:
+            complete = self.matcher.accepting or self.matcher.done
+        chunk = Chunk(text, token, finish, len(self.prompt), len(self.generated), error, complete)
         if finish is not None:
             self.finish_reason = finish
             self.finished_at = time.monotonic()

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from llmchain_server.engine.constraints import Grammar
+
 Logits = npt.NDArray[np.float32]
 
 
@@ -22,6 +24,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = field(default_factory=tuple)
     ignore_eos: bool = False  # generate max_tokens regardless (benchmarks)
+    grammar: Grammar | None = None  # the output must match it (constraints.py)
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -34,6 +37,8 @@ class SamplingParams:
             raise ValueError("top_k must be 0 (off) or positive")
         if len(self.stop) > 16 or any(not s for s in self.stop):
             raise ValueError("stop takes at most 16 non-empty sequences")
+        if self.grammar is not None and self.ignore_eos:
+            raise ValueError("a constrained output ends with its grammar: no ignore_eos")
 
     @property
     def greedy(self) -> bool:

@@ -51,6 +51,10 @@ class EngineStats:
     prefills: int = 0
     generated_tokens: int = 0
     prompt_tokens: int = 0
+    constrained: int = 0  # constrained outputs finished
+    constrained_closed: int = 0  # ... closed early because the budget ran short
+    constrained_cut: int = 0  # ... cut by the budget, incomplete
+    constraint_seconds: float = 0.0  # time spent masking logits and advancing grammars
 
 
 class Scheduler:
@@ -300,7 +304,7 @@ class Scheduler:
                 finished.append(slot)
                 continue
             try:
-                token = sample(row, g.params, g.rng)
+                token = self._sample(g, row)
             except Exception as e:  # one request's sampling failure is its own
                 log.exception("Failed to sample for request %d", g.id)
                 self._fail([g], e)
@@ -311,6 +315,8 @@ class Scheduler:
             if g.first_token_at is None:
                 g.first_token_at = time.monotonic()
             reason = self._finish_reason(g, token, slot)
+            if g.matcher is not None and g.matcher.finished:
+                reason = "stop"  # the grammar is complete: nothing more may follow
             eos = token in self.eos_ids and not g.params.ignore_eos
             text, hit_stop = ("", False) if eos else g.stops.feed(g.decoder.push(token))
             if hit_stop:
@@ -320,8 +326,22 @@ class Scheduler:
             g.emit(text, token, reason)
             if reason is not None:
                 finished.append(slot)
+                self._count_constrained(g)
         self._retire(finished)
         self.stats.running = len(self._running)
+
+    def _sample(self, g: Generation, row: Logits) -> int:
+        """The next token; a constrained request's only among those its grammar allows, and
+        one that leaves room to complete the grammar within its budget."""
+        if g.matcher is None:
+            return sample(row, g.params, g.rng)
+        started = time.perf_counter()
+        remaining = g.params.max_tokens - len(g.generated)
+        token = g.matcher.budgeted(sample(g.matcher.masked(row), g.params, g.rng), remaining)
+        if not g.matcher.accept(token):
+            raise RuntimeError(f"the grammar refused token {token}: {g.matcher.error}")
+        self.stats.constraint_seconds += time.perf_counter() - started
+        return token
 
     def _finish_reason(self, g: Generation, token: int, slot: int) -> str | None:
         if token in self.eos_ids and not g.params.ignore_eos:
@@ -331,6 +351,13 @@ class Scheduler:
         if self._lengths[slot] + 1 >= self.runner.cache.capacity:
             return "length"
         return None
+
+    def _count_constrained(self, g: Generation) -> None:
+        if g.matcher is None:
+            return
+        self.stats.constrained += 1
+        self.stats.constrained_closed += g.matcher.closed
+        self.stats.constrained_cut += not (g.matcher.accepting or g.matcher.done)
 
     def _retire(self, slots: list[int]) -> None:
         """Free finished slots, moving the last running sequences into the holes."""

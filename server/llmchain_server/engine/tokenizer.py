@@ -56,6 +56,13 @@ class ModelTokenizer:
         env.globals["raise_exception"] = _raise
         self._chat = env.from_string(chat_template) if chat_template is not None else None
 
+    def eos_ids_end_of_turn_first(self) -> list[int]:
+        """The ids that end an output, the EOS token's (the chat template's end of turn)
+        first."""
+        first = self.tokenizer.token_to_id(self.eos_token) if self.eos_token else None
+        rest = sorted(self.eos_ids - {first})
+        return [first, *rest] if first in self.eos_ids else rest
+
     def strip_special(self, text: str) -> str:
         """User-supplied text without special-token strings (`<|im_start|>`…): tokenizers match
         them even inside user content, which would let a user forge chat turns. Removing one can

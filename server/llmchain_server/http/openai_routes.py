@@ -12,7 +12,16 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
 from llmchain_server.dataplane import DataPlane
-from llmchain_server.engine import SamplingParams
+from llmchain_server.dataplane.structured import (
+    Tool,
+    ToolCall,
+    calls_text,
+    json_grammar,
+    tools_grammar,
+    with_tools,
+)
+from llmchain_server.engine import Grammar, GrammarError, SamplingParams
+from llmchain_server.errors import InvalidRequest
 from llmchain_server.http.errors import problem
 from llmchain_server.http.openai_shapes import (
     DONE,
@@ -25,7 +34,13 @@ from llmchain_server.http.openai_shapes import (
     model_card,
 )
 from llmchain_server.http.openapi import errors, event_stream
-from llmchain_server.http.schemas import ChatRequest, CompletionRequest, Sampling
+from llmchain_server.http.schemas import (
+    ChatRequest,
+    CompletionRequest,
+    Message,
+    NamedToolChoice,
+    Sampling,
+)
 from llmchain_server.http.sse import data_event, sse_response
 
 Answer = JSONResponse | StreamingResponse
@@ -46,10 +61,18 @@ def add_openai_routes(app: FastAPI, plane: DataPlane) -> None:
     @app.post("/v1/chat/completions", response_model=None, responses=_answers(ChatCompletion))
     async def chat(request: ChatRequest) -> Answer:
         plane.check_model(request.model)
-        messages = [(m.role, m.text()) for m in request.messages]
-        params = _params(plane, request, request.max_completion_tokens or request.max_tokens)
+        messages = [_turn(m) for m in request.messages]
+        tools = _tools_to_call(request)
+        if tools:
+            messages = with_tools(messages, tools)
+        grammar = _grammar(request, tools)
+        params = _params(
+            plane, request, request.max_completion_tokens or request.max_tokens, grammar
+        )
         prompt = functools.partial(plane.chat_prompt, messages)
-        return await _answer(plane, request, prompt, params, "messages", chat=True)
+        return await _answer(
+            plane, request, prompt, params, "messages", chat=True, calls=bool(tools)
+        )
 
     @app.post("/v1/completions", response_model=None, responses=_answers(TextCompletion))
     async def completions(request: CompletionRequest) -> Answer:
@@ -68,7 +91,9 @@ def _answers(whole: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
     }
 
 
-def _params(plane: DataPlane, request: Sampling, max_tokens: int | None) -> SamplingParams:
+def _params(
+    plane: DataPlane, request: Sampling, max_tokens: int | None, grammar: Grammar | None = None
+) -> SamplingParams:
     return plane.params(
         max_tokens,
         temperature=request.temperature,
@@ -76,7 +101,50 @@ def _params(plane: DataPlane, request: Sampling, max_tokens: int | None) -> Samp
         top_k=request.top_k,
         seed=request.seed,
         stop=request.stops(),
+        grammar=grammar,
     )
+
+
+def _turn(message: Message) -> tuple[str, str]:
+    """A message as (role, text); an assistant turn's tool calls as the model writes them."""
+    if message.role == "assistant" and message.tool_calls:
+        calls = [ToolCall(c.function.name, c.function.arguments) for c in message.tool_calls]
+        return "assistant", (message.text() + "\n" if message.text() else "") + calls_text(calls)
+    return message.role, message.text()
+
+
+def _tools_to_call(request: ChatRequest) -> list[Tool]:
+    """The tools the reply may call: none with tool_choice "none", only the named one."""
+    if not request.tools or request.tool_choice == "none":
+        return []
+    tools = [
+        Tool(t.function.name, t.function.description or "", t.function.parameters or {})
+        for t in request.tools
+    ]
+    if isinstance(request.tool_choice, NamedToolChoice):
+        return [t for t in tools if t.name == request.tool_choice.function.name]
+    return tools
+
+
+def _grammar(request: ChatRequest, tools: list[Tool]) -> Grammar | None:
+    """The constraint on the reply: tool calls (required when asked or named), or JSON."""
+    if tools:
+        required = request.tool_choice not in (None, "auto")
+        parallel = request.parallel_tool_calls is not False
+        return _grammar_field("tools", lambda: tools_grammar(tools, required, parallel))
+    form = request.response_format
+    if form is None or form.type == "text":
+        return None
+    schema = form.json_schema.schema_ if form.json_schema is not None else None
+    return _grammar_field("response_format", lambda: json_grammar(schema))
+
+
+def _grammar_field(field: str, make: Callable[[], Grammar]) -> Grammar:
+    """`make()`, its failures as a 400 naming the request `field`."""
+    try:
+        return make()
+    except (GrammarError, ValueError) as e:
+        raise InvalidRequest(str(e), param=field) from None
 
 
 async def _answer(
@@ -86,6 +154,7 @@ async def _answer(
     params: SamplingParams,
     field: str,
     chat: bool,
+    calls: bool = False,
 ) -> Answer:
     """The answer, whole or streamed. The concurrency place comes first (tokenizing a long
     prompt is work too), held until the last event of a stream; a prompt that cannot fit is
@@ -94,19 +163,23 @@ async def _answer(
     try:
         prompt = await make_prompt()
         plane.fit(prompt, params, field)
+        try:
+            await plane.constrain(params)  # a schema or grammar at fault fails before a stream
+        except GrammarError as e:
+            raise InvalidRequest(e.message, param="tools" if calls else "response_format") from None
     except BaseException:
         release()
         raise
     model = plane.settings.model_name
     if request.stream:
         usage = request.stream_options is not None and request.stream_options.include_usage
-        shape = ChunkEvents(model, chat, usage)
+        shape = ChunkEvents(model, chat, usage, calls)
         return sse_response(_events(plane, prompt, params, shape, release), release)
     try:
         result = await plane.complete(prompt, params)
     finally:
         release()
-    return JSONResponse(completion(result, model, chat))
+    return JSONResponse(completion(result, model, chat, calls))
 
 
 async def _events(
@@ -122,7 +195,7 @@ async def _events(
         final = None
         async for chunk in plane.stream(prompt, params):
             final = chunk
-            if piece := shape.piece(chunk):
+            for piece in shape.pieces(chunk):
                 yield piece
         if closing := shape.closing(final):
             yield closing

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from llmchain_server.dataplane import Result
+from llmchain_server.dataplane.structured import CallStream, ToolCall, read_calls
 from llmchain_server.engine import Chunk
 from llmchain_server.http.sse import data_event
 
@@ -30,16 +31,17 @@ def _ident(chat: bool) -> str:
     return f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
 
 
-def completion(result: Result, model: str, chat: bool) -> dict[str, Any]:
-    """A whole (non-streamed) answer, as a chat completion or a text completion."""
+def completion(result: Result, model: str, chat: bool, calls: bool = False) -> dict[str, Any]:
+    """A whole (non-streamed) answer, as a chat completion or a text completion; with `calls`
+    (tools offered), a reply that is a call block as its tool calls."""
     finish = FINISH.get(result.finish_reason, "stop")
     if chat:
-        choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": result.text},
-            "logprobs": None,
-            "finish_reason": finish,
-        }
+        message: dict[str, Any] = {"role": "assistant", "content": result.text}
+        made = read_calls(result.text)[1] if calls else []
+        if made:
+            message = {"role": "assistant", "content": None, "tool_calls": _calls(made)}
+            finish = "tool_calls"
+        choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
     else:
         choice = {"index": 0, "text": result.text, "logprobs": None, "finish_reason": finish}
     return {
@@ -52,18 +54,33 @@ def completion(result: Result, model: str, chat: bool) -> dict[str, Any]:
     }
 
 
+def _calls(calls: list[ToolCall], start: int = 0, streamed: bool = False) -> list[dict[str, Any]]:
+    return [
+        {
+            **({"index": start + i} if streamed else {}),
+            "id": f"call_{uuid.uuid4().hex[:24]}",
+            "type": "function",
+            "function": {"name": c.name, "arguments": c.arguments},
+        }
+        for i, c in enumerate(calls)
+    ]
+
+
 class ChunkEvents:
     """The `data:` events of one streamed answer (`chat.completion.chunk` or `text_completion`
     objects), all with the same id; with `include_usage` each carries a usage field, null but in
-    the last one."""
+    the last one. With `calls` (tools offered) a call block is held until whole, then sent as
+    `tool_calls` deltas, one per call, and the answer ends with finish_reason `tool_calls`."""
 
-    def __init__(self, model: str, chat: bool, include_usage: bool) -> None:
+    def __init__(self, model: str, chat: bool, include_usage: bool, calls: bool = False) -> None:
         self.model = model
         self.chat = chat
         self.include_usage = include_usage
         self.ident = _ident(chat)
         self.kind = "chat.completion.chunk" if chat else "text_completion"
         self.created = int(time.time())
+        self._calls = CallStream() if calls and chat else None
+        self._made = 0
 
     def _event(self, choice: dict[str, Any], totals: dict[str, int] | None = None) -> str:
         body: dict[str, Any] = {
@@ -84,13 +101,32 @@ class ChunkEvents:
         delta = {"role": "assistant", "content": ""}
         return self._event({"index": 0, "delta": delta, "logprobs": None, "finish_reason": None})
 
-    def piece(self, chunk: Chunk) -> str | None:
-        """The event of a chunk; None for a chunk with neither text nor an end."""
+    def pieces(self, chunk: Chunk) -> list[str]:
+        """The events of a chunk: none for a chunk with neither text nor an end."""
         finish = None if chunk.finish_reason is None else FINISH.get(chunk.finish_reason, "stop")
-        if not chunk.text and finish is None:
-            return None
-        content = {"delta": {"content": chunk.text}} if self.chat else {"text": chunk.text}
-        return self._event({"index": 0, **content, "logprobs": None, "finish_reason": finish})
+        if self._calls is None:
+            if not chunk.text and finish is None:
+                return []
+            content = {"delta": {"content": chunk.text}} if self.chat else {"text": chunk.text}
+            return [self._event({"index": 0, **content, "logprobs": None, "finish_reason": finish})]
+        out = list(self._calls.feed(chunk.text))
+        if finish is not None:
+            out += self._calls.finish()
+        events = [self._delta(item) for item in out]
+        if finish is not None:
+            finish = "tool_calls" if self._made else finish
+            events.append(
+                self._event({"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish})
+            )
+        return events
+
+    def _delta(self, item: str | ToolCall) -> str:
+        if isinstance(item, str):
+            delta: dict[str, Any] = {"content": item}
+        else:
+            delta = {"tool_calls": _calls([item], self._made, streamed=True)}
+            self._made += 1
+        return self._event({"index": 0, "delta": delta, "logprobs": None, "finish_reason": None})
 
     def closing(self, final: Chunk | None) -> str | None:
         """The usage event after the last chunk, when asked for."""
@@ -100,7 +136,7 @@ class ChunkEvents:
 
 
 # -- the same bodies as models, for the OpenAPI document ------------------------------------------
-Finish = Literal["stop", "length"]
+Finish = Literal["stop", "length", "tool_calls"]
 
 
 class Usage(BaseModel):
@@ -109,9 +145,21 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class CalledFunction(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"]
+    function: CalledFunction
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"]
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatChoice(BaseModel):

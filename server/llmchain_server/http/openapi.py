@@ -38,7 +38,7 @@ WHY = {
     413: "The body is larger than this server accepts.",
     429: "Too many requests in flight; retry after `Retry-After` seconds.",
     500: "The model failed while generating (the server's log says why).",
-    502: "The model's output stayed invalid (a chain step's JSON, after one retry).",
+    502: "The model's output is invalid (a chain step's JSON, cut by its maxTokens).",
     503: "Draining for shutdown, or the memory store is unreachable; retry after "
     "`Retry-After` seconds.",
 }

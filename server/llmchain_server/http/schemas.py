@@ -1,14 +1,15 @@
 """Request bodies of the OpenAI-compatible endpoints. Unknown fields are ignored (clients send
 many); known ones are strictly typed (no `"2"` for 2, no `true` for 1) and bounded, so a wrong
-value is a 400 naming the field. Fields of behaviours this server does not implement (tools,
-log probabilities, JSON mode, logit bias, penalties) are accepted with their neutral values,
-which real clients send, and refused, naming the field, when they ask for the behaviour."""
+value is a 400 naming the field. Fields of behaviours this server does not implement (log
+probabilities, logit bias, penalties, the deprecated `functions`) are accepted with their neutral
+values, which real clients send, and refused, naming the field, when they ask for the behaviour.
+Structured output (`response_format`) and tools are served by constrained decoding."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 Text = Annotated[str, Field(max_length=1_000_000)]
@@ -29,10 +30,27 @@ class TextPart(BaseModel):
     text: Text
 
 
+class CalledFunction(BaseModel):
+    model_config = STRICT
+    name: Annotated[str, Field(max_length=64)]
+    arguments: Annotated[str, Field(max_length=100_000)] = ""
+
+
+class MessageToolCall(BaseModel):
+    """A call an earlier assistant turn made, as the client sends the history back."""
+
+    model_config = STRICT
+    id: Annotated[str, Field(max_length=256)] = ""
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class Message(BaseModel):
     model_config = STRICT
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Text | list[TextPart] | None = None
+    tool_calls: Annotated[list[MessageToolCall], Field(max_length=64)] | None = None
+    tool_call_id: Annotated[str, Field(max_length=256)] | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -105,16 +123,58 @@ class Sampling(BaseModel):
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
 
-class TextFormat(BaseModel):
-    model_config = STRICT
-    type: Annotated[str, Field(description='Only "text": JSON mode is not supported.')]
+ToolName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+Schema = Annotated[dict[str, Any], Field(description="A JSON schema.")]
 
-    @field_validator("type")
-    @classmethod
-    def _text_only(cls, value: str) -> str:
-        if value != "text":
-            raise unsupported(f"response_format {value[:32]!r}")
-        return value
+
+class JsonSchemaFormat(BaseModel):
+    model_config = STRICT
+    name: ToolName
+    description: Annotated[str, Field(max_length=10_000)] | None = None
+    schema_: Schema | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """`text`, `json_object` (any JSON object) or `json_schema` (one matching the schema):
+    enforced by constrained decoding, strict or not."""
+
+    model_config = STRICT
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise PydanticCustomError(
+                "json_schema", "response_format of type json_schema needs its json_schema"
+            )
+        return self
+
+
+class FunctionSpec(BaseModel):
+    model_config = STRICT
+    name: ToolName
+    description: Annotated[str, Field(max_length=10_000)] | None = None
+    parameters: Schema | None = None
+    strict: bool | None = None
+
+
+class ToolSpec(BaseModel):
+    model_config = STRICT
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedFunction(BaseModel):
+    model_config = STRICT
+    name: ToolName
+
+
+class NamedToolChoice(BaseModel):
+    model_config = STRICT
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class ChatRequest(Sampling):
@@ -124,12 +184,13 @@ class ChatRequest(Sampling):
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = Field(
         None, description="Only 0: not supported."
     )
-    response_format: TextFormat | None = None
-    tools: list[dict[str, Any]] | None = Field(None, description="Only empty: not supported.")
-    tool_choice: Literal["none", "auto"] | dict[str, Any] | None = Field(
-        None, description='Only "none" or "auto" (with no tools, the same): not supported.'
+    response_format: ResponseFormat | None = None
+    tools: Annotated[list[ToolSpec], Field(max_length=128)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None, description='Default: "auto" with tools, "none" without.'
     )
-    functions: list[dict[str, Any]] | None = Field(None, description="Only empty.")
+    parallel_tool_calls: bool | None = None
+    functions: list[dict[str, Any]] | None = Field(None, description="Only empty: use tools.")
     function_call: Literal["none", "auto"] | dict[str, Any] | None = None
 
     @field_validator("logprobs")
@@ -146,19 +207,45 @@ class ChatRequest(Sampling):
             raise unsupported("top_logprobs")
         return value
 
-    @field_validator("tools", "functions")
+    @field_validator("functions")
     @classmethod
-    def _no_tools(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    def _no_functions(cls, value: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
         if value:
-            raise unsupported("calling tools")
+            raise unsupported("functions (deprecated; send tools)")
         return value
 
-    @field_validator("tool_choice", "function_call")
+    @field_validator("function_call")
     @classmethod
-    def _no_forced_tool(cls, value: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+    def _no_function_call(cls, value: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
         if isinstance(value, dict):
-            raise unsupported("calling tools")
+            raise unsupported("function_call (deprecated; send tool_choice)")
         return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ChatRequest:
+        names = [t.function.name for t in self.tools or []]
+        if len(set(names)) != len(names):
+            raise PydanticCustomError("tools", "tools must have distinct names")
+        choice = self.tool_choice
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise PydanticCustomError(
+                "tool_choice", "tool_choice names a function that is not in tools"
+            )
+        if choice == "required" and not names:
+            raise PydanticCustomError("tool_choice", 'tool_choice "required" needs tools')
+        calling = names and choice != "none"
+        formatted = self.response_format is not None and self.response_format.type != "text"
+        if calling and formatted:
+            raise PydanticCustomError(
+                "response_format", "response_format cannot be combined with tools to call"
+            )
+        if (calling or formatted) and self.stop:
+            raise PydanticCustomError(
+                "stop",
+                "stop cannot be combined with response_format or tools: the output "
+                "ends where its format does",
+            )
+        return self
 
 
 class CompletionRequest(Sampling):
