@@ -95,7 +95,7 @@ def tools_grammar(tools: Sequence[Tool], required: bool, parallel: bool = True) 
         raise ValueError("no tools to call")
     rules = []
     for i, tool in enumerate(tools):
-        schema = {**dict(tool.parameters), "x-guidance": JSON_COMPACT}
+        schema = {**closed(tool.parameters), "x-guidance": JSON_COMPACT}
         head = json.dumps(f'{{"name": "{tool.name}", "arguments": ')
         rules.append(f'call_{i}: {head} %json {json.dumps(schema)} "}}"')
     more = f' ("," call){{0,{MAX_CALLS - 1}}}' if parallel else ""
@@ -110,9 +110,30 @@ def tools_grammar(tools: Sequence[Tool], required: bool, parallel: bool = True) 
     return Grammar.lark("\n".join(lark))
 
 
-def json_grammar(schema: Mapping[str, Any] | None) -> Grammar:
-    """Replies that are one JSON value of `schema` (None: any JSON object)."""
-    return Grammar.json_schema(dict(schema) if schema is not None else {"type": "object"})
+def json_grammar(schema: Mapping[str, Any] | None, strict: bool = False) -> Grammar:
+    """Replies that are one JSON value of `schema` (None: any JSON object); `strict` closes
+    its objects as `closed` says."""
+    if schema is None:
+        return Grammar.json_schema({"type": "object"})
+    return Grammar.json_schema(closed(schema) if strict else dict(schema))
+
+
+def closed(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of `schema` whose objects with `properties` and no `additionalProperties` take no
+    other keys, as OpenAI's strict mode reads schemas. Tool arguments are read so: a small model
+    otherwise fills open objects with keys copied from the prompt (`"type"`, `"required"`), which
+    no tool uses. A loop, not recursion: schemas come from clients."""
+    root: dict[str, Any] = json.loads(json.dumps(schema))
+    pending: list[Any] = [root]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, list):
+            pending.extend(node)
+        elif isinstance(node, dict):
+            if "properties" in node and "additionalProperties" not in node:
+                node["additionalProperties"] = False
+            pending.extend(node.values())
+    return root
 
 
 def read_calls(text: str) -> tuple[str | None, list[ToolCall]]:

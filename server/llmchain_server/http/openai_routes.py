@@ -113,8 +113,41 @@ def _turn(message: Message) -> tuple[str, str]:
     return message.role, message.text()
 
 
+def _check_formats(request: ChatRequest) -> None:
+    """What the fields cannot say alone: InvalidRequest naming the field at fault."""
+    names = [t.function.name for t in request.tools or []]
+    if len(set(names)) != len(names):
+        raise InvalidRequest("tools must have distinct names", param="tools")
+    choice = request.tool_choice
+    if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+        raise InvalidRequest(
+            f"tool_choice names {choice.function.name!r}, which is not in tools",
+            param="tool_choice.function.name",
+        )
+    if choice == "required" and not names:
+        raise InvalidRequest('tool_choice "required" needs tools', param="tool_choice")
+    form = request.response_format
+    if form is not None and form.type == "json_schema" and form.json_schema is None:
+        raise InvalidRequest(
+            "response_format of type json_schema needs its json_schema", param="response_format"
+        )
+    calling = bool(names) and choice != "none"
+    formatted = form is not None and form.type != "text"
+    if calling and formatted:
+        raise InvalidRequest(
+            "response_format cannot be combined with tools to call", param="response_format"
+        )
+    if (calling or formatted) and request.stop:
+        raise InvalidRequest(
+            "stop cannot be combined with response_format or tools: the output ends where "
+            "its format does",
+            param="stop",
+        )
+
+
 def _tools_to_call(request: ChatRequest) -> list[Tool]:
     """The tools the reply may call: none with tool_choice "none", only the named one."""
+    _check_formats(request)
     if not request.tools or request.tool_choice == "none":
         return []
     tools = [
@@ -135,8 +168,9 @@ def _grammar(request: ChatRequest, tools: list[Tool]) -> Grammar | None:
     form = request.response_format
     if form is None or form.type == "text":
         return None
-    schema = form.json_schema.schema_ if form.json_schema is not None else None
-    return _grammar_field("response_format", lambda: json_grammar(schema))
+    spec = form.json_schema
+    schema, strict = (spec.schema_, bool(spec.strict)) if spec is not None else (None, False)
+    return _grammar_field("response_format", lambda: json_grammar(schema, strict))
 
 
 def _grammar_field(field: str, make: Callable[[], Grammar]) -> Grammar:

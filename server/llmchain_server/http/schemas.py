@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
 Text = Annotated[str, Field(max_length=1_000_000)]
@@ -143,14 +143,6 @@ class ResponseFormat(BaseModel):
     type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None
 
-    @model_validator(mode="after")
-    def _schema_given(self) -> ResponseFormat:
-        if self.type == "json_schema" and self.json_schema is None:
-            raise PydanticCustomError(
-                "json_schema", "response_format of type json_schema needs its json_schema"
-            )
-        return self
-
 
 class FunctionSpec(BaseModel):
     model_config = STRICT
@@ -220,32 +212,6 @@ class ChatRequest(Sampling):
         if isinstance(value, dict):
             raise unsupported("function_call (deprecated; send tool_choice)")
         return value
-
-    @model_validator(mode="after")
-    def _consistent(self) -> ChatRequest:
-        names = [t.function.name for t in self.tools or []]
-        if len(set(names)) != len(names):
-            raise PydanticCustomError("tools", "tools must have distinct names")
-        choice = self.tool_choice
-        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
-            raise PydanticCustomError(
-                "tool_choice", "tool_choice names a function that is not in tools"
-            )
-        if choice == "required" and not names:
-            raise PydanticCustomError("tool_choice", 'tool_choice "required" needs tools')
-        calling = names and choice != "none"
-        formatted = self.response_format is not None and self.response_format.type != "text"
-        if calling and formatted:
-            raise PydanticCustomError(
-                "response_format", "response_format cannot be combined with tools to call"
-            )
-        if (calling or formatted) and self.stop:
-            raise PydanticCustomError(
-                "stop",
-                "stop cannot be combined with response_format or tools: the output "
-                "ends where its format does",
-            )
-        return self
 
 
 class CompletionRequest(Sampling):
