@@ -86,6 +86,9 @@ bench-server: install ## HTTP end to end vs llama-cpp-python's server and llama-
 	hack/build-llama-server.sh
 	$(BIN)/python bench/server.py
 
+bench-structured: install ## Valid JSON outputs and tool calls of SmolLM2-135M with and without constrained decoding
+	$(BIN)/python bench/structured.py
+
 bench-chain: install ## A two-step chain with memory, 8 conversations x 6 turns: ours vs LangChain + llama-server -np 8
 	hack/build-llama-server.sh
 	$(BIN)/python bench/chain.py

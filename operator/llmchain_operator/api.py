@@ -554,6 +554,38 @@ class Memory(config.Memory):
     )
 
 
+class SecretHeader(Schema):
+    """An HTTP header whose value is a key of a Secret."""
+
+    header: str = Field(pattern=config.HEADER, description="Header name, e.g. Authorization.")
+    secret_key_ref: SecretKeyRef = Field(description="The Secret key holding its value.")
+
+
+class Tool(config.ToolBase):
+    """A tool chains can call over HTTP, from tool and agent steps."""
+
+    headers_from_secrets: list[SecretHeader] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Headers whose values are Secret keys (tokens, API keys): passed to the "
+        "server pods as environment variables, never written into the chain ConfigMap.",
+    )
+
+    def for_server(self, index: int) -> config.Tool:
+        """The tool as the server reads it: each secret header names the environment variable
+        `secret_env` gives it."""
+        data = self.model_dump(exclude={"headers_from_secrets"})
+        data["secret_headers"] = {
+            h.header: secret_env(index, j) for j, h in enumerate(self.headers_from_secrets)
+        }
+        return config.Tool.model_validate(data)
+
+
+def secret_env(tool: int, header: int) -> str:
+    """The server's environment variable holding secret header `header` of tool `tool`."""
+    return f"LLMCHAIN_TOOL_{tool}_SECRET_{header}"
+
+
 class Chain(config.Chain):
     """A sequential chain: each step's output is a variable for the steps after it."""
 
@@ -585,8 +617,31 @@ class LLMChainAppSpec(Schema):
         "autoscaler targets the Deployment, never this resource.",
     )
     monitoring: Monitoring = nested(Monitoring, "Prometheus and Grafana objects.")
+    tools: list[Tool] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Tools the chain's tool and agent steps call over HTTP. The operator "
+        "adds NetworkPolicy egress for their ports (and DNS); the server checks allowedHosts "
+        "on every call.",
+    )
 
     model_config = rules(
+        (
+            "self.tools.all(t, self.tools.exists_one(u, u.name == t.name))",
+            "tool names must be unique",
+            ".tools",
+        ),
+        (
+            "self.chain.steps.all(s, s.type != 'tool' || self.tools.exists(t, t.name == s.tool))",
+            "a tool step's tool must be one of spec.tools",
+            ".chain.steps",
+        ),
+        (
+            "self.chain.steps.all(s, s.type != 'agent' || "
+            "s.tools.all(n, self.tools.exists(t, t.name == n)))",
+            "an agent step's tools must be among spec.tools",
+            ".chain.steps",
+        ),
         (
             "!(self.model.executionProvider in ['cuda', 'tensorrt']) || self.serving.gpus >= 1",
             "executionProvider cuda and tensorrt need serving.gpus >= 1",
@@ -598,6 +653,23 @@ class LLMChainAppSpec(Schema):
             ".model.quantization",
         ),
     )
+
+
+def tool_problems(spec: LLMChainAppSpec) -> list[str]:
+    """The spec's tool references, as the CRD's CEL rules check them (for `llmchain render` and
+    the webhook, which validate with these models)."""
+    names = [t.name for t in spec.tools]
+    problems = [
+        f"spec.tools: tool {n} is defined twice" for n in sorted(set(names)) if names.count(n) > 1
+    ]
+    for i, step in enumerate(spec.chain.steps):
+        wanted = [step.tool] if isinstance(step, config.ToolStep) else getattr(step, "tools", [])
+        problems += [
+            f"spec.chain.steps[{i}]: tool {n} is not one of spec.tools"
+            for n in wanted
+            if n not in names
+        ]
+    return problems
 
 
 class Condition(Schema):

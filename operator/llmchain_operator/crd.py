@@ -63,9 +63,62 @@ def _strip_null(schema: JsonSchema) -> JsonSchema:
     return {**non_null[0], **rest}
 
 
+def _flatten(options: list[JsonSchema], defs: dict[str, JsonSchema]) -> JsonSchema:
+    """A `oneOf` of object kinds told apart by their `type` (chain steps) as one object: every
+    kind's properties, those of all kinds required when all require them, and CEL rules for the
+    rest: each kind's required fields, and fields only the kinds that have them may set.
+    Defaults of fields not every kind has are dropped (the API server would set them on every
+    kind); the server's models apply them."""
+    kinds = [_convert(o, defs) for o in options]
+    tags = [
+        k["properties"]["type"].get("enum", [k["properties"]["type"].get("default")])[0]
+        for k in kinds
+    ]
+    properties: JsonSchema = {}
+    for kind in kinds:
+        for name, sub in kind["properties"].items():
+            properties.setdefault(name, dict(sub))
+    properties["type"] = {**properties["type"], "enum": tags}
+    everywhere = set.intersection(*(set(k["properties"]) for k in kinds))
+    for name in set(properties) - everywhere:
+        properties[name].pop("default", None)
+    rules = []
+    for tag, kind in zip(tags, kinds, strict=True):
+        needed = [r for r in kind.get("required", []) if r not in ("type",)]
+        needed = [r for r in needed if not all(r in k.get("required", []) for k in kinds)]
+        if needed:
+            test = " && ".join(f"has(self.{r})" for r in needed)
+            rules.append(
+                {
+                    "rule": f"self.type != '{tag}' || ({test})",
+                    "message": f"a {tag} step needs {', '.join(needed)}",
+                }
+            )
+    for name in sorted(set(properties) - everywhere):
+        having = [t for t, k in zip(tags, kinds, strict=True) if name in k["properties"]]
+        rules.append(
+            {
+                "rule": f"!has(self.{name}) || self.type in {having!r}".replace("'", "'"),
+                "message": f"{name} is a field of {' and '.join(having)} steps only",
+                "fieldPath": f".{name}",
+            }
+        )
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": sorted(
+            set.intersection(*(set(k.get("required", [])) for k in kinds)) - {"type"}
+        ),
+        "x-kubernetes-validations": rules,
+    }
+
+
 def _convert(schema: JsonSchema, defs: dict[str, JsonSchema]) -> JsonSchema:
     schema = _strip_null(_resolve(schema, defs))
     schema = _strip_null(_resolve(schema, defs))  # a ref inside the anyOf
+    if "oneOf" in schema:
+        rest = {k: v for k, v in schema.items() if k not in ("oneOf", *DROPPED_KEYS)}
+        return {**_flatten(schema["oneOf"], defs), **rest}
     out: JsonSchema = {}
     for key, value in schema.items():
         if key in DROPPED_KEYS:

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from llmchain_operator.api import LLMChainApp, name_problems
+from llmchain_operator.api import LLMChainApp, name_problems, tool_problems
 from llmchain_server.config import template_problems
 
 
@@ -22,12 +22,20 @@ class Validated:
     problems: list[str] = field(default_factory=list)
 
 
+STEP_TAGS = ("llm", "tool", "agent")
+
+
 def field_path(loc: Sequence[int | str]) -> str:
     """A pydantic error location as a field path: ("spec", "steps", 0, "name") →
     spec.steps[0].name."""
     path = ""
+    after_index = False
     for part in loc:
+        if after_index and part in STEP_TAGS:
+            after_index = False
+            continue  # the union member pydantic tried (a step's kind), not a field
         path += f"[{part}]" if isinstance(part, int) else f".{part}"
+        after_index = isinstance(part, int)
     return path.lstrip(".") or "(the resource)"
 
 
@@ -48,5 +56,8 @@ def validate(body: Mapping[str, Any]) -> Validated:
         return Validated(None, [f"{k}: not a field of the resource" for k in unknown])
     problems = name_problems(str(app.metadata.get("name", "")))
     if problems:  # stored before the CRD checked names: report rather than apply
+        return Validated(None, problems)
+    problems = tool_problems(app.spec)
+    if problems:  # the chain config could not be rendered
         return Validated(None, problems)
     return Validated(app, template_problems(app.spec.chain, at="spec.chain"))

@@ -13,9 +13,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import jsonschema
 from jinja2 import StrictUndefined, TemplateSyntaxError, meta
 from jinja2.sandbox import SandboxedEnvironment
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 IDENTIFIER = r"^[a-z][a-z0-9_]{0,62}$"
@@ -90,6 +99,101 @@ class OutputParser(Schema):
     )
 
 
+HEADER = r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$"
+"""HTTP header names a tool may set."""
+ENV_NAME = r"^[A-Z_][A-Z0-9_]{0,127}$"
+HOST = r"^((\*\.)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?|[0-9a-fA-F:.]+(/[0-9]{1,3})?)$"
+"""An allowed host: a lowercase host name (`*.` for its subdomains), an IP address or a CIDR."""
+
+
+class HttpBinding(Schema):
+    """How a tool is called over HTTP. Templates are Jinja2 (sandboxed, strict) over the call's
+    arguments; in `url` every substituted value is percent-encoded (a value cannot add a path
+    segment or a query), in `body` every substituted value is written as JSON."""
+
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = Field(
+        "GET", description="HTTP method."
+    )
+    url: str = Field(
+        min_length=1,
+        max_length=2048,
+        pattern=r"^https?://",
+        description="URL template (http or https), e.g. "
+        "http://orders.shop.svc/orders/{{ order_id }}; values are percent-encoded.",
+    )
+    headers: dict[Annotated[str, Field(pattern=HEADER)], Annotated[str, Field(max_length=1024)]] = (
+        Field(
+            default_factory=dict,
+            max_length=16,
+            description="Header templates by header name (no secrets here: see "
+            "headersFromSecrets).",
+        )
+    )
+    body: str | None = Field(
+        None,
+        max_length=MAX_TEMPLATE_CHARS,
+        description="Body template (values written as JSON); omitted: POST, PUT and PATCH send "
+        "the arguments as a JSON object, GET and DELETE no body.",
+    )
+    timeout_seconds: float = Field(
+        10.0, gt=0, le=120, description="Most seconds a call may take, redirects included."
+    )
+    max_response_bytes: int = Field(
+        1048576, ge=1, le=16777216, description="Largest response body read; larger fails."
+    )
+    allowed_hosts: list[Annotated[str, Field(min_length=1, max_length=253, pattern=HOST)]] = Field(
+        min_length=1,
+        max_length=32,
+        description="Where calls may go: host names (api.example.com, or *.example.com for "
+        "its subdomains), IP addresses or CIDRs. Checked on the resolved address, which is the "
+        "one connected to; redirects are checked again. Loopback, link-local (cloud metadata) "
+        "and unspecified addresses are refused unless an IP or CIDR entry names them.",
+    )
+
+
+class ToolBase(Schema):
+    """A tool chains can call: a name, what it does, its arguments' JSON schema, its HTTP
+    binding."""
+
+    name: str = Field(pattern=IDENTIFIER, max_length=63, description="Tool name.")
+    description: str = Field(
+        "", max_length=1024, description="What the tool does (the model reads it)."
+    )
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object"},
+        description="JSON schema of the arguments (an object). Objects that do not say "
+        "additionalProperties take no other keys.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    http: HttpBinding = Field(description="How the tool is called.")
+
+    @field_validator("parameters")
+    @classmethod
+    def _a_json_schema_of_an_object(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """A schema the model's arguments can be checked against: valid JSON Schema, of an
+        object (a tool takes named arguments)."""
+        try:
+            jsonschema.Draft202012Validator.check_schema(value)
+        except jsonschema.SchemaError as e:
+            raise ValueError(f"parameters is not a valid JSON schema: {e.message}") from None
+        if value.get("type", "object") != "object":
+            raise ValueError("parameters must be the schema of an object (type: object)")
+        return value
+
+
+class Tool(ToolBase):
+    """A tool as the server reads it: secret headers come from its environment."""
+
+    secret_headers: dict[
+        Annotated[str, Field(pattern=HEADER)], Annotated[str, Field(pattern=ENV_NAME)]
+    ] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="Headers whose values come from the server's environment (the operator "
+        "sets them from Secrets): header name to variable name.",
+    )
+
+
 class LLMStep(Schema):
     """A step that renders a prompt template and calls the model."""
 
@@ -100,8 +204,8 @@ class LLMStep(Schema):
     )
     type: Literal["llm"] = Field(
         "llm",
-        description="Step kind. Only llm exists in v1alpha1; tool, retrieval and agent steps "
-        "will be added under new type values.",
+        description="Step kind: llm (a prompt to the model), tool (one tool call) or agent "
+        "(the model calls tools in a loop, then answers).",
     )
     prompt: str = Field(
         min_length=1,
@@ -125,8 +229,76 @@ class LLMStep(Schema):
     output: OutputParser = nested(OutputParser, "How the generated text is parsed.")
 
 
-Step = LLMStep
-"""A chain step. Becomes a union discriminated by `type` when more step kinds exist."""
+class ToolStep(Schema):
+    """A step that calls one tool with templated arguments; its output is the tool's response
+    (parsed JSON for a JSON response, else the text)."""
+
+    name: str = Field(
+        pattern=IDENTIFIER,
+        max_length=63,
+        description="Step name; later steps use its output as the template variable of this name.",
+    )
+    type: Literal["tool"] = Field(description="tool: one call of a tool.")
+    tool: str = Field(pattern=IDENTIFIER, max_length=63, description="The tool to call.")
+    arguments: dict[
+        Annotated[str, Field(max_length=63)], Annotated[str, Field(max_length=MAX_TEMPLATE_CHARS)]
+    ] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="Argument templates by name (inputs and earlier outputs as variables); a "
+        "value the tool's schema types as number, integer, boolean, object or array is read as "
+        "JSON. The arguments must match the tool's schema.",
+    )
+
+
+class AgentStep(Schema):
+    """A step where the model chooses among tools in a loop, each result fed back, then
+    answers; its output is the answer's text."""
+
+    name: str = Field(
+        pattern=IDENTIFIER,
+        max_length=63,
+        description="Step name; later steps use its output as the template variable of this name.",
+    )
+    type: Literal["agent"] = Field(description="agent: a tool-calling loop ending in an answer.")
+    prompt: str = Field(
+        min_length=1,
+        max_length=MAX_TEMPLATE_CHARS,
+        description="Jinja2 template of the task (the user message), as in llm steps.",
+    )
+    system: str | None = Field(
+        None, max_length=MAX_TEMPLATE_CHARS, description="Jinja2 template of the system message."
+    )
+    tools: list[Annotated[str, Field(pattern=IDENTIFIER, max_length=63)]] = Field(
+        min_length=1, max_length=16, description="The tools the model may call."
+    )
+    max_iterations: int = Field(
+        4, ge=1, le=16, description="Most model turns that call tools before the answer."
+    )
+    call_first: bool = Field(
+        False,
+        description="The first turn must call a tool (tool_choice required); later turns "
+        "choose between calling and answering.",
+    )
+    timeout_seconds: int = Field(
+        60, ge=1, le=600, description="Most seconds the whole loop may take; then it answers."
+    )
+    generation: Generation = nested(Generation, "Decoding parameters of each model turn.")
+
+
+def _step_type(value: Any) -> str:
+    """A step's kind; `llm` when unsaid (steps written before there were other kinds)."""
+    kind = value.get("type", "llm") if isinstance(value, dict) else getattr(value, "type", "llm")
+    return kind if isinstance(kind, str) else "llm"
+
+
+Step = Annotated[
+    Annotated[LLMStep, Tag("llm")]
+    | Annotated[ToolStep, Tag("tool")]
+    | Annotated[AgentStep, Tag("agent")],
+    Discriminator(_step_type),
+]
+"""A chain step, by its `type`."""
 
 
 class Memory(Schema):
@@ -211,6 +383,21 @@ class ChainConfig(Schema):
         description="Chain name, served at /v1/chains/<name>/.",
     )
     chain: Chain
+    tools: list[Tool] = Field(
+        default_factory=list, max_length=32, description="The tools tool and agent steps call."
+    )
+
+    @model_validator(mode="after")
+    def _tools_known(self) -> ChainConfig:
+        names = [t.name for t in self.tools]
+        if len(set(names)) != len(names):
+            raise ValueError("tool names must be unique")
+        for step in self.chain.steps:
+            wanted = [step.tool] if isinstance(step, ToolStep) else getattr(step, "tools", [])
+            for name in wanted:
+                if name not in names:
+                    raise ValueError(f"step {step.name} uses tool {name!r}, which is not defined")
+        return self
 
 
 def template_problems(chain: Chain, at: str = "chain") -> list[str]:
@@ -225,7 +412,7 @@ def template_problems(chain: Chain, at: str = "chain") -> list[str]:
     known = set(chain.inputs) | ({"history"} if chain.memory else set())
     problems: list[str] = []
     for index, step in enumerate(chain.steps):
-        for field, source in (("prompt", step.prompt), ("system", step.system)):
+        for field, source in step_templates(step):
             if source is None:
                 continue
             where = f"{at}.steps[{index}].{field}"
@@ -241,3 +428,10 @@ def template_problems(chain: Chain, at: str = "chain") -> list[str]:
                 )
         known.add(step.name)
     return problems
+
+
+def step_templates(step: LLMStep | ToolStep | AgentStep) -> list[tuple[str, str | None]]:
+    """A step's Jinja2 templates by field path: prompt and system, or each argument."""
+    if isinstance(step, ToolStep):
+        return [(f"arguments.{name}", source) for name, source in step.arguments.items()]
+    return [("prompt", step.prompt), ("system", step.system)]

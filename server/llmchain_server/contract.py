@@ -149,6 +149,18 @@ PREFIX_BLOCKS: Final = "llmchain_prefix_cache_blocks"
 """Gauge, label state (used, capacity): blocks of the prefix cache."""
 PREFIX_EVICTIONS: Final = "llmchain_prefix_cache_evictions_total"
 """Counter: blocks evicted from the prefix cache to make room."""
+CONSTRAINED_OUTPUTS: Final = "llmchain_constrained_outputs_total"
+"""Counter, label outcome (complete, closed, cut): outputs under a grammar or JSON schema, by
+whether they completed on their own, were closed early as max_tokens ran short, or were cut
+incomplete."""
+CONSTRAINT_SECONDS: Final = "llmchain_constraint_seconds_total"
+"""Counter: seconds spent masking logits and advancing grammars (constrained decoding's cost)."""
+TOOL_CALLS: Final = "llmchain_tool_calls_total"
+"""Counter, labels TOOL_CALL_LABELS: tool calls made by chains (outcome: ok, error,
+cancelled)."""
+TOOL_CALL_DURATION: Final = "llmchain_tool_call_duration_seconds"
+"""Histogram, label tool: tool call latency."""
+TOOL_CALL_LABELS: Final = ("tool", "outcome")
 
 REQUEST_LABELS: Final = ("route", "status")
 LATENCY_LABELS: Final = ("route",)

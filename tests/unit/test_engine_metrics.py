@@ -46,6 +46,8 @@ def test_scraped_names_values_and_labels() -> None:
         "llmchain_prefix_cache_lookup_tokens_total",
         "llmchain_prefix_cache_hit_tokens_total",
         "llmchain_prefix_cache_evictions_total",
+        "llmchain_constrained_outputs_total",
+        "llmchain_constraint_seconds_total",
         "llmchain_prefix_cache_blocks",
     }
 

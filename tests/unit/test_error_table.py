@@ -17,6 +17,7 @@ from llmchain_server import errors
 from llmchain_server.chains.runtime import ChainOutputError
 from llmchain_server.chains.templates import ChainInputError
 from llmchain_server.dataplane import ServerSettings
+from llmchain_server.dataplane.tool_calls import ToolCallFailed
 from llmchain_server.engine import ContextLengthError, EngineStopped, GrammarError, QueueFull
 from llmchain_server.http.errors import TABLE, install, kind_of, problem
 
@@ -40,6 +41,7 @@ EXPECTED: dict[type[errors.ServingError], Row] = {
     ChainOutputError: OUTPUT,
     ContextLengthError: TOO_LONG,
     GrammarError: BAD_REQUEST,
+    ToolCallFailed: (502, "tool_error", None, False),
     QueueFull: OVERLOADED,
     EngineStopped: UNAVAILABLE,
 }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from llmchain_operator.api import LLMChainApp, quantity_bytes
+from llmchain_operator.api import LLMChainApp, quantity_bytes, secret_env
 from llmchain_operator.builders.common import (
     Manifest,
     app_name,
@@ -43,8 +43,15 @@ def chain_configmap_name(app: LLMChainApp) -> str:
 
 
 def render_chain_config(app: LLMChainApp) -> str:
-    config = ChainConfig(name=app_name(app), chain=app.spec.chain.for_server())
-    return yaml.safe_dump(config.model_dump(by_alias=True, exclude_none=True), sort_keys=False)
+    config = ChainConfig(
+        name=app_name(app),
+        chain=app.spec.chain.for_server(),
+        tools=[tool.for_server(i) for i, tool in enumerate(app.spec.tools)],
+    )
+    data = config.model_dump(by_alias=True, exclude_none=True)
+    if not data["tools"]:
+        del data["tools"]  # as before tools existed: a server of that version reads it too
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 def build_chain_configmap(app: LLMChainApp) -> Manifest:
@@ -166,6 +173,15 @@ def _server_env(app: LLMChainApp) -> list[Manifest]:
             }
         )
     env.extend(memory_url_env(app))
+    for i, tool in enumerate(app.spec.tools):
+        for j, secret in enumerate(tool.headers_from_secrets):
+            ref = secret.secret_key_ref
+            env.append(
+                {
+                    "name": secret_env(i, j),
+                    "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
+                }
+            )
     return env
 
 

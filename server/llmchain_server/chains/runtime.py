@@ -13,6 +13,7 @@ from typing import Any
 
 from llmchain_server.chains.parsers import ParseError, parse
 from llmchain_server.chains.templates import ChainInputError, compile_template, render
+from llmchain_server.chains.tool_steps import CallRecord, ToolSteps
 from llmchain_server.chains.values import (
     MAX_DEPTH,
     MAX_ITEMS,
@@ -21,7 +22,7 @@ from llmchain_server.chains.values import (
     mapped_strings,
     string_chars,
 )
-from llmchain_server.config import ChainConfig, LLMStep
+from llmchain_server.config import ChainConfig, LLMStep, Step, ToolStep
 from llmchain_server.dataplane import DataPlane
 from llmchain_server.dataplane.memory import SESSION, MemoryStore
 from llmchain_server.dataplane.structured import json_grammar
@@ -46,7 +47,7 @@ class Prepared:
     inputs: dict[str, Any]  # cleaned of special-token strings: what memory keeps
     session: str | None
     variables: dict[str, Any]
-    first_prompt: list[int]
+    first_prompt: list[int] | None  # None when the first step is no llm step
 
 
 @dataclass
@@ -55,6 +56,7 @@ class ChainRun:
     steps: dict[str, Any] = field(default_factory=dict)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    tool_calls: list[CallRecord] = field(default_factory=list)
 
 
 class ChainRunner:
@@ -64,22 +66,23 @@ class ChainRunner:
         self.plane = plane
         self.memory = memory
         self.output_step = self.chain.output or self.chain.steps[-1].name
+        llm_steps = [s for s in self.chain.steps if isinstance(s, LLMStep)]
         self._templates = {
             s.name: (
                 compile_template(s.prompt, f"step {s.name} prompt"),
                 compile_template(s.system, f"step {s.name} system") if s.system else None,
             )
-            for s in self.chain.steps
+            for s in llm_steps
         }
         self._grammars = {
-            s.name: json_grammar(s.output.json_schema)
-            for s in self.chain.steps
-            if s.output.type == "json"
+            s.name: json_grammar(s.output.json_schema) for s in llm_steps if s.output.type == "json"
         }
+        self.tools = ToolSteps(config.tools, self.chain.steps, plane) if config.tools else None
+        """The tool and agent steps' runner (None for a chain without tools)."""
         """The JSON steps' constraints, made once and checked against the model's tokenizer:
         a schema llguidance refuses, or one no output within the step's maxTokens completes,
         stops the server at start with the step's name, not each request later."""
-        for step in self.chain.steps:
+        for step in llm_steps:
             if step.name in self._grammars:
                 try:
                     plane.check_constraint(self._params(step))
@@ -211,11 +214,24 @@ class ChainRunner:
         return prompt
 
     async def _step_prompt(self, step: LLMStep, ready: Prepared) -> list[int]:
-        if step is self.chain.steps[0]:
+        if step is self.chain.steps[0] and ready.first_prompt is not None:
             return ready.first_prompt
         return await self._fitted_prompt(step, ready.variables)
 
-    async def _run_step(self, step: LLMStep, ready: Prepared, run: ChainRun) -> Any:
+    async def _run_step(self, step: Step, ready: Prepared, run: ChainRun) -> Any:
+        if isinstance(step, LLMStep):
+            return await self._run_llm_step(step, ready, run)
+        assert self.tools is not None  # the config checks a tool step's tool is defined
+        if isinstance(step, ToolStep):
+            return await self.tools.run_tool(step, ready.variables, run.tool_calls)
+        usage = [0, 0]
+        try:
+            return await self.tools.run_agent(step, ready.variables, run.tool_calls, usage)
+        finally:
+            run.prompt_tokens += usage[0]
+            run.completion_tokens += usage[1]
+
+    async def _run_llm_step(self, step: LLMStep, ready: Prepared, run: ChainRun) -> Any:
         prompt = await self._step_prompt(step, ready)
         result = await self.plane.complete(prompt, self._params(step))
         run.prompt_tokens += result.prompt_tokens
@@ -242,7 +258,8 @@ class ChainRunner:
         """The run's start: history read (Unavailable when the store is down) and the first
         step's prompt fitted (PromptTooLong), before anything is answered."""
         cleaned, variables = await self._variables(inputs, session)
-        first = await self._fitted_prompt(self.chain.steps[0], variables)
+        step = self.chain.steps[0]
+        first = await self._fitted_prompt(step, variables) if isinstance(step, LLMStep) else None
         return Prepared(cleaned, session, variables, first)
 
     async def invoke(self, inputs: dict[str, Any], session: str | None) -> ChainRun:
@@ -262,13 +279,18 @@ class ChainRunner:
         run = ChainRun()
         variables = ready.variables
         last = self.chain.steps[-1]
-        streamable = last.name == self.output_step and last.output.type == "text"
+        streamable = (
+            isinstance(last, LLMStep)
+            and last.name == self.output_step
+            and last.output.type == "text"
+        )
         for step in self.chain.steps[:-1] if streamable else self.chain.steps:
             variables[step.name] = run.steps[step.name] = await self._run_step(step, ready, run)
         if not streamable:
             yield run.steps[self.output_step]
             await self._remember(ready.inputs, ready.session, run.steps[self.output_step])
             return
+        assert isinstance(last, LLMStep)
         parts: list[str] = []
         async for chunk in self.plane.stream(
             await self._step_prompt(last, ready), self._params(last)

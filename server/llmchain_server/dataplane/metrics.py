@@ -53,6 +53,19 @@ class ServerMetrics:
         self.cache_misses = Counter(
             counter(contract.CACHE_MISSES), "Response cache misses.", registry=registry
         )
+        self.tool_calls = Counter(
+            counter(contract.TOOL_CALLS),
+            "Tool calls made by chains, by outcome (ok, error, cancelled).",
+            contract.TOOL_CALL_LABELS,
+            registry=registry,
+        )
+        self.tool_seconds = Histogram(
+            contract.TOOL_CALL_DURATION,
+            "Tool call latency, redirects included.",
+            ("tool",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.cache_errors = Counter(
             counter(contract.CACHE_ERRORS),
             "Response cache lookups that failed (fail-open).",

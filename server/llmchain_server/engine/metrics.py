@@ -11,6 +11,8 @@ from prometheus_client.registry import Collector
 
 from llmchain_server.contract import (
     BATCH_SIZE,
+    CONSTRAINED_OUTPUTS,
+    CONSTRAINT_SECONDS,
     ENGINE_STEPS,
     GENERATED_TOKENS,
     MODEL_INFO,
@@ -63,6 +65,22 @@ class EngineCollector(Collector):
             value=s.prompt_tokens,
         )
         yield CounterMetricFamily(counter(ENGINE_STEPS), "Decode steps run.", value=s.steps)
+        outcomes = CounterMetricFamily(
+            counter(CONSTRAINED_OUTPUTS),
+            "Outputs under a grammar or JSON schema, by outcome: complete on their own, closed "
+            "early as max_tokens ran short, or cut incomplete.",
+            labels=["outcome"],
+        )
+        complete = s.constrained - s.constrained_closed - s.constrained_cut
+        outcomes.add_metric(["complete"], complete)
+        outcomes.add_metric(["closed"], s.constrained_closed)
+        outcomes.add_metric(["cut"], s.constrained_cut)
+        yield outcomes
+        yield CounterMetricFamily(
+            counter(CONSTRAINT_SECONDS),
+            "Seconds spent masking logits and advancing grammars.",
+            value=s.constraint_seconds,
+        )
         p = self._prefix() or PrefixStats()
         yield CounterMetricFamily(
             counter(PREFIX_LOOKUP_TOKENS),

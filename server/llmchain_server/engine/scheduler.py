@@ -52,8 +52,8 @@ class EngineStats:
     generated_tokens: int = 0
     prompt_tokens: int = 0
     constrained: int = 0  # constrained outputs finished
-    constrained_closed: int = 0  # ... closed early because the budget ran short
-    constrained_cut: int = 0  # ... cut by the budget, incomplete
+    constrained_closed: int = 0  # ... complete, closed early because the budget ran short
+    constrained_cut: int = 0  # ... cut incomplete (by the budget, a stop or the context)
     constraint_seconds: float = 0.0  # time spent masking logits and advancing grammars
 
 
@@ -356,8 +356,10 @@ class Scheduler:
         if g.matcher is None:
             return
         self.stats.constrained += 1
-        self.stats.constrained_closed += g.matcher.closed
-        self.stats.constrained_cut += not (g.matcher.accepting or g.matcher.done)
+        if not (g.matcher.accepting or g.matcher.done):
+            self.stats.constrained_cut += 1
+        elif g.matcher.closed:
+            self.stats.constrained_closed += 1
 
     def _retire(self, slots: list[int]) -> None:
         """Free finished slots, moving the last running sequences into the holes."""

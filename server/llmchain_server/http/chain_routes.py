@@ -80,11 +80,12 @@ class ChainRoutes:
 
     async def invoke(self, request: InvokeRequest) -> dict[str, Any]:
         with self.admission.admitted():
-            run_id, output, usage = await self._run_one(request.input, request.config)
+            run_id, output, usage, calls = await self._run_one(request.input, request.config)
+        metadata = {"run_id": run_id, "feedback_tokens": [], "usage": usage}
         return {
             "output": output,
             "callback_events": [],
-            "metadata": {"run_id": run_id, "feedback_tokens": [], "usage": usage},
+            "metadata": metadata | ({"tool_calls": calls} if calls else {}),
         }
 
     async def batch(self, request: BatchRequest) -> dict[str, Any]:
@@ -131,11 +132,14 @@ class ChainRoutes:
             raise
         return sse_response(self._events(ready, release), release)
 
-    async def _run_one(self, given: Any, config: Any) -> tuple[str, Any, dict[str, int]]:
+    async def _run_one(
+        self, given: Any, config: Any
+    ) -> tuple[str, Any, dict[str, int], list[dict[str, Any]]]:
         inputs = self.runner.inputs(given)
         run = await self.runner.invoke(inputs, self.runner.session(config))
         usage = {"prompt_tokens": run.prompt_tokens, "completion_tokens": run.completion_tokens}
-        return str(uuid.uuid4()), run.output, usage
+        calls = [c.to_json() for c in run.tool_calls]
+        return str(uuid.uuid4()), run.output, usage, calls
 
     async def _events(self, ready: Prepared, release: Callable[[], None]) -> AsyncIterator[str]:
         try:

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model
 
 from llmchain_server.chains.runtime import ChainRunner
 from llmchain_server.chains.values import MAX_DEPTH, MAX_ITEMS
+from llmchain_server.config import AgentStep, LLMStep
 from llmchain_server.dataplane.memory import SESSION
 
 JSON_VALUE = (
@@ -36,10 +37,22 @@ class RunUsage(BaseModel):
     completion_tokens: int
 
 
+class ToolCallMade(BaseModel):
+    """A tool call the run made (tool and agent steps), with what it was given."""
+
+    step: str
+    tool: str
+    arguments: Any
+    ok: bool
+    seconds: float
+    error: str | None = None
+
+
 class RunMetadata(BaseModel):
     run_id: str
     feedback_tokens: list[Any]
     usage: RunUsage
+    tool_calls: list[ToolCallMade] = []
 
 
 class BatchMetadata(BaseModel):
@@ -86,9 +99,10 @@ def documented_bodies(
 def answer_models(runner: ChainRunner) -> tuple[type[BaseModel], type[BaseModel]]:
     """The answers of invoke and batch; their output is what the output step's parser gives."""
     step = next(s for s in runner.chain.steps if s.name == runner.output_step)
-    if step.output.type == "text":
-        output: dict[str, Any] = {"type": "string"}
-    else:
+    output: dict[str, Any] = {}  # a tool step's: whatever the tool answers
+    if isinstance(step, AgentStep) or (isinstance(step, LLMStep) and step.output.type == "text"):
+        output = {"type": "string"}
+    elif isinstance(step, LLMStep):
         output = dict(step.output.json_schema or {})
     name = _title(runner.name)
     out: Any = Annotated[Any, WithJsonSchema(output)]

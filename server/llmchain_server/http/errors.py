@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from llmchain_server.dataplane.tool_calls import ToolCallFailed
 from llmchain_server.errors import (
     Draining,
     GenerationFailed,
@@ -49,6 +50,7 @@ TABLE: dict[type[ServingError], Kind] = {
     Unavailable: Kind(503, "service_unavailable", retry_after=True),
     OutputInvalid: Kind(502, "output_parse_error"),
     GenerationFailed: Kind(500, "server_error"),
+    ToolCallFailed: Kind(502, "tool_error"),
 }
 INTERNAL = Kind(500, "server_error")
 """Any other exception: a bug or a failure the log explains; its text is never shown."""
