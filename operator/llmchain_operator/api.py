@@ -494,6 +494,13 @@ class Alerts(Schema):
     cache_hit_rate_percent: float | None = Field(
         None, ge=0, le=100, description="Alert when the cache hit rate falls below this."
     )
+    tool_error_rate_percent: float = Field(
+        10.0,
+        ge=0.001,
+        lt=100,
+        description="Alert when more than this percentage of tool calls fail (apps with "
+        "tools only).",
+    )
     for_duration: str | None = Field(
         None,
         # The PrometheusRule CRD's own pattern for `for` (units in order, each at most once).
@@ -502,7 +509,7 @@ class Alerts(Schema):
         max_length=32,
         description="How long an alert's condition must hold before it fires, as a Prometheus "
         "duration of at most 24h (0, 30s, 2m, 1h30m); unset: 5m for LLMChainAppDown, 10m for "
-        "latency and error rate, 30m for the cache hit rate.",
+        "latency, error rate and tool errors, 30m for the cache hit rate.",
     )
 
     @field_validator("for_duration")
@@ -571,10 +578,18 @@ class Tool(config.ToolBase):
         "server pods as environment variables, never written into the chain ConfigMap.",
     )
 
+    egress_ports: list[Annotated[int, Field(ge=1, le=65535)]] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Ports the server pods' NetworkPolicy lets out for this tool; default: the "
+        "URL's port. A tool behind a Service whose targetPort differs needs the pods' port here "
+        "(policies see the connection after the Service's translation).",
+    )
+
     def for_server(self, index: int) -> config.Tool:
         """The tool as the server reads it: each secret header names the environment variable
         `secret_env` gives it."""
-        data = self.model_dump(exclude={"headers_from_secrets"})
+        data = self.model_dump(exclude={"headers_from_secrets", "egress_ports"})
         data["secret_headers"] = {
             h.header: secret_env(index, j) for j, h in enumerate(self.headers_from_secrets)
         }
@@ -701,6 +716,40 @@ class AutoscalerStatus(Schema):
     last_scale_time: str | None = Field(None, description="When the HPA last changed the count.")
 
 
+class ToolStatus(Schema):
+    """A tool of the app as the status reports it."""
+
+    name: str = Field(description="Tool name.")
+    method: str = Field(description="HTTP method.")
+    allowed_hosts: list[str] = Field(description="Where its calls may go.")
+    steps: list[str] = Field(description="The steps that call it.")
+
+
+def tools_status(spec: LLMChainAppSpec) -> list[dict[str, object]] | None:
+    """The status's tools (camelCase, as stored): each with the steps that call it; None for
+    an app without tools."""
+    if not spec.tools:
+        return None
+
+    def callers(name: str) -> list[str]:
+        return [
+            s.name
+            for s in spec.chain.steps
+            if (isinstance(s, config.ToolStep) and s.tool == name)
+            or (isinstance(s, config.AgentStep) and name in s.tools)
+        ]
+
+    return [
+        {
+            "name": t.name,
+            "method": t.http.method,
+            "allowedHosts": list(t.http.allowed_hosts),
+            "steps": callers(t.name),
+        }
+        for t in spec.tools
+    ]
+
+
 class LLMChainAppStatus(Schema):
     """Observed state, written by the operator."""
 
@@ -726,6 +775,9 @@ class LLMChainAppStatus(Schema):
         None, description="Label selector of the pods (for the scale subresource)."
     )
     endpoint: str | None = Field(None, description="In-cluster URL of the app's HTTP API.")
+    tools: list[ToolStatus] | None = Field(
+        None, description="The tools the chain calls, and where calls may go."
+    )
     model_digest: str | None = Field(
         None, description="Digest of the built model being served (sha256:...)."
     )

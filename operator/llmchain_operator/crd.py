@@ -91,7 +91,7 @@ def _flatten(options: list[JsonSchema], defs: dict[str, JsonSchema]) -> JsonSche
             rules.append(
                 {
                     "rule": f"self.type != '{tag}' || ({test})",
-                    "message": f"a {tag} step needs {', '.join(needed)}",
+                    "message": f"{tag} steps need {', '.join(needed)}",
                 }
             )
     for name in sorted(set(properties) - everywhere):

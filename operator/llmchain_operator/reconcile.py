@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmchain_operator import metrics
-from llmchain_operator.api import KIND, LLMChainApp
+from llmchain_operator.api import KIND, LLMChainApp, tools_status
 from llmchain_operator.blockers import (
     LOG_TAIL_BYTES,
     crash_looping_init_containers,
@@ -443,6 +443,8 @@ class Reconciler:
             "selector": selector,
             "endpoint": endpoint(app, self.settings),
             "modelDigest": model_digest(app),
+            # None removes the list when the last tool goes (a merge patch keeps what it omits).
+            "tools": tools_status(app.spec),
         }
         if _status_digest(body.get("status", {})) != _status_digest(status):
             await self.kube.patch_status(KIND, meta["namespace"], meta["name"], status)

@@ -96,6 +96,20 @@ def set_path(path: str, value: Any) -> Mutation:
     return mutate
 
 
+def both(*mutations: Mutation) -> Mutation:
+    def mutate(app: dict[str, Any]) -> None:
+        for m in mutations:
+            m(app)
+
+    return mutate
+
+
+TOOL: dict[str, Any] = {
+    "name": "lookup",
+    "parameters": {"type": "object", "properties": {"id": {"type": "string"}}},
+    "http": {"url": "http://tools/items/{{ id }}", "allowedHosts": ["tools"]},
+}
+
 # (case, mutation, text the API server's message must contain: the field and the reason)
 INVALID: list[tuple[str, Mutation, list[str]]] = [
     (
@@ -232,6 +246,73 @@ INVALID: list[tuple[str, Mutation, list[str]]] = [
         ["spec.serving.tolerations[0].operator", "must be Exists when key is empty"],
     ),
     ("unknown-field", set_path("serving.replicaz", 2), ['unknown field "spec.serving.replicaz"']),
+    # Tools and tool-calling steps.
+    (
+        "tool-step-naming-no-tool",
+        set_path("chain.steps", [{"name": "s", "type": "tool", "tool": "missing"}]),
+        ["spec.chain.steps", "a tool step's tool must be one of spec.tools"],
+    ),
+    (
+        "agent-tools-not-defined",
+        both(
+            set_path("tools", [TOOL]),
+            set_path(
+                "chain.steps", [{"name": "s", "type": "agent", "prompt": "p", "tools": ["x"]}]
+            ),
+        ),
+        ["spec.chain.steps", "an agent step's tools must be among spec.tools"],
+    ),
+    (
+        "field-of-another-step-kind",
+        both(
+            set_path("tools", [TOOL]),
+            set_path(
+                "chain.steps",
+                [{"name": "s", "type": "tool", "tool": "lookup", "prompt": "p"}],
+            ),
+        ),
+        ["spec.chain.steps[0].prompt", "prompt is a field of llm and agent steps only"],
+    ),
+    (
+        "agent-without-tools",
+        set_path("chain.steps", [{"name": "s", "type": "agent", "prompt": "p"}]),
+        ["spec.chain.steps[0]", "agent steps need prompt, tools"],
+    ),
+    (
+        "tool-names-repeated",
+        set_path("tools", [TOOL, TOOL]),
+        ["spec.tools", "tool names must be unique"],
+    ),
+    (
+        "tool-host-not-a-host",
+        set_path("tools", [{**TOOL, "http": {**TOOL["http"], "allowedHosts": ["http://x/"]}}]),
+        ["spec.tools[0].http.allowedHosts[0]"],
+    ),
+    (
+        "tool-url-not-http",
+        set_path("tools", [{**TOOL, "http": {**TOOL["http"], "url": "file:///etc/passwd"}}]),
+        ["spec.tools[0].http.url"],
+    ),
+    (
+        "tool-timeout-too-long",
+        set_path("tools", [{**TOOL, "http": {**TOOL["http"], "timeoutSeconds": 3600}}]),
+        ["spec.tools[0].http.timeoutSeconds"],
+    ),
+    (
+        "tool-secret-header-without-a-key",
+        set_path(
+            "tools",
+            [
+                {
+                    **TOOL,
+                    "headersFromSecrets": [
+                        {"header": "Authorization", "secretKeyRef": {"name": "k"}}
+                    ],
+                }
+            ],
+        ),
+        ["spec.tools[0].headersFromSecrets[0].secretKeyRef.key"],
+    ),
 ]
 
 

@@ -25,6 +25,8 @@ from llmchain_server.contract import (
     METRICS_PATH,
     READY_PATH,
     REQUESTS,
+    TOOL_CALL_DURATION,
+    TOOL_CALLS,
     TTFT,
 )
 
@@ -160,6 +162,21 @@ def alerts(app: LLMChainApp) -> list[Alert]:
                 f"Cache hit rate of {name} is below {number(spec.cache_hit_rate_percent)}%.",
             )
         )
+    if app.spec.tools:
+        calls = rate(TOOL_CALLS, "5m")
+        failed = rate(TOOL_CALLS, "5m", ',outcome="error"')
+        found.append(
+            Alert(
+                "LLMChainToolErrors",
+                # `or vector(0)`: no error series exists before the first failure.
+                f"({failed} or vector(0)) / {calls}",
+                ">",
+                spec.tool_error_rate_percent / 100,
+                pending or "10m",
+                "warning",
+                f"More than {number(spec.tool_error_rate_percent)}% of {name}'s tool calls fail.",
+            )
+        )
     return found
 
 
@@ -224,6 +241,26 @@ def panels(app: LLMChainApp) -> list[Panel]:
         ),
         Panel("In-flight requests per pod", "short", (("{{pod}}", f"{INFLIGHT}{{{sel}}}"),)),
         Panel("Cache hit rate", "percentunit", (("hits", f"{hits} / ({hits} + {misses})"),)),
+        *(tool_panels(sel) if app.spec.tools else []),
+    ]
+
+
+def tool_panels(sel: str) -> list[Panel]:
+    """The dashboard's tool row: calls per second by tool and outcome, p99 latency by tool."""
+    buckets = f"rate({TOOL_CALL_DURATION}_bucket{{{sel}}}[5m])"
+    by_tool = f"histogram_quantile(0.99, sum by (le, tool) ({buckets}))"
+    return [
+        Panel(
+            "Tool calls per second by tool and outcome",
+            "reqps",
+            (
+                (
+                    "{{tool}} {{outcome}}",
+                    f"sum by (tool, outcome) (rate({TOOL_CALLS}{{{sel}}}[5m]))",
+                ),
+            ),
+        ),
+        Panel("Tool call latency p99 by tool", "s", (("{{tool}}", by_tool),)),
     ]
 
 
@@ -362,11 +399,29 @@ class _Synthetic:
         return cases
 
 
+def _tool_errors(self: _Synthetic, alert: Alert) -> list[_Case]:
+    r = alert.threshold
+    tool = {**self.target, "tool": "lookup"}
+
+    def calls(failed: int, ok: int) -> list[Manifest]:
+        return [
+            _series(TOOL_CALLS, {**tool, "outcome": "error"}, self.grow(failed)),
+            _series(TOOL_CALLS, {**tool, "outcome": "ok"}, self.grow(ok)),
+        ]
+
+    return [
+        _Case(calls(100, int(100 * (1 - r) / r / 2)), True, {}),
+        _Case(calls(100, math.ceil(100 * (1 - r) / r * 2) + 1), False, {}),
+        _Case([_series(TOOL_CALLS, {**tool, "outcome": "ok"}, self.grow(100))], False, {}),
+    ]
+
+
 _CASES = {
     "LLMChainAppDown": _Synthetic.down,
     "LLMChainHighLatency": _Synthetic.latency,
     "LLMChainHighErrorRate": _Synthetic.error_rate,
     "LLMChainLowCacheHitRate": _Synthetic.cache,
+    "LLMChainToolErrors": _tool_errors,
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from llmchain_operator.api import LLMChainApp
 from llmchain_operator.builders.common import (
     Manifest,
@@ -67,16 +69,21 @@ def build_pdb(app: LLMChainApp) -> Manifest:
 
 def build_network_policies(app: LLMChainApp) -> list[Manifest]:
     """Server pods accept only their HTTP port (the cache sidecar stays private); the memory
-    store accepts only the app's server pods."""
+    store accepts only the app's server pods. With tools, server pods also send only to the
+    tools' ports (`tool_egress`), DNS and the memory store."""
+    spec: Manifest = {
+        "podSelector": {"matchLabels": selector_labels(app, "server")},
+        "policyTypes": ["Ingress"],
+        "ingress": [{"ports": [{"protocol": "TCP", "port": HTTP_PORT}]}],
+    }
+    if app.spec.tools:
+        spec["policyTypes"] = ["Ingress", "Egress"]
+        spec["egress"] = tool_egress(app)
     server = {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": metadata(app, app_name(app), "server"),
-        "spec": {
-            "podSelector": {"matchLabels": selector_labels(app, "server")},
-            "policyTypes": ["Ingress"],
-            "ingress": [{"ports": [{"protocol": "TCP", "port": HTTP_PORT}]}],
-        },
+        "spec": spec,
     }
     if not manages_memory(app):
         return [server]
@@ -96,3 +103,55 @@ def build_network_policies(app: LLMChainApp) -> list[Manifest]:
         },
     }
     return [server, memory]
+
+
+EVERYWHERE = ("0.0.0.0/0", "::/0")
+EXTERNAL_REDIS_PORTS = (6379, 6380)
+"""The external memory store's URL is in a Secret: its usual ports (plain, TLS) are let out."""
+
+
+def tool_egress(app: LLMChainApp) -> list[Manifest]:
+    """Egress of an app with tools: DNS; the memory store; each tool's port, to the IP or CIDR
+    entries of its allowedHosts, or anywhere when it names hosts (NetworkPolicy knows no host
+    names: those are checked by the server, on every call, after resolution)."""
+    rules: list[Manifest] = [
+        {"ports": [{"protocol": p, "port": 53} for p in ("UDP", "TCP")]},
+    ]
+    if manages_memory(app):
+        rules.append(
+            {
+                "to": [{"podSelector": {"matchLabels": selector_labels(app, "memory")}}],
+                "ports": [{"protocol": "TCP", "port": CACHE_PORT}],
+            }
+        )
+    elif app.spec.chain.memory is not None:
+        rules.append({"ports": [{"protocol": "TCP", "port": p} for p in EXTERNAL_REDIS_PORTS]})
+    for tool in app.spec.tools:
+        blocks = [_cidr(h) for h in tool.http.allowed_hosts]
+        to = (
+            [{"ipBlock": {"cidr": cidr}} for cidr in EVERYWHERE]
+            if None in blocks
+            else [{"ipBlock": {"cidr": b}} for b in blocks]
+        )
+        ports = tool.egress_ports or [_port(tool.http.url)]
+        rules.append({"to": to, "ports": [{"protocol": "TCP", "port": p} for p in ports]})
+    return rules
+
+
+def _cidr(entry: str) -> str | None:
+    """An allowedHosts entry as a CIDR; None for a host name."""
+    try:
+        return str(ipaddress.ip_network(entry, strict=False))
+    except ValueError:
+        return None
+
+
+def _port(url: str) -> int:
+    """The port of a URL template: its own, or its scheme's (a templated port cannot be known:
+    the scheme's is assumed)."""
+    scheme, _, rest = url.partition("://")
+    authority = rest.split("/", 1)[0].split("?", 1)[0].rpartition("@")[2]
+    _, colon, port = authority.rpartition(":")
+    if colon and port.isdigit() and not authority.endswith("]"):
+        return int(port)
+    return 443 if scheme == "https" else 80
