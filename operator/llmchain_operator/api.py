@@ -642,18 +642,19 @@ class LLMChainAppSpec(Schema):
 
     model_config = rules(
         (
-            "self.tools.all(t, self.tools.exists_one(u, u.name == t.name))",
+            "!has(self.tools) || self.tools.all(t, self.tools.exists_one(u, u.name == t.name))",
             "tool names must be unique",
             ".tools",
         ),
         (
-            "self.chain.steps.all(s, s.type != 'tool' || self.tools.exists(t, t.name == s.tool))",
+            "self.chain.steps.all(s, s.type != 'tool' || "
+            "(has(self.tools) && self.tools.exists(t, t.name == s.tool)))",
             "a tool step's tool must be one of spec.tools",
             ".chain.steps",
         ),
         (
             "self.chain.steps.all(s, s.type != 'agent' || "
-            "s.tools.all(n, self.tools.exists(t, t.name == n)))",
+            "(has(self.tools) && s.tools.all(n, self.tools.exists(t, t.name == n))))",
             "an agent step's tools must be among spec.tools",
             ".chain.steps",
         ),

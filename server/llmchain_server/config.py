@@ -11,6 +11,7 @@ resources spell them. `x-kubernetes-validations` entries are CEL rules the API s
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 import jsonschema
@@ -106,6 +107,26 @@ HOST = r"^((\*\.)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?|[0-9a-fA-F:.]+(/[0-9]{1,3})?)$"
 """An allowed host: a lowercase host name (`*.` for its subdomains), an IP address or a CIDR."""
 
 
+def header_names_rule() -> dict[str, Any]:
+    """The CEL rule on a map keyed by header names (a structural schema has no
+    patternProperties)."""
+    return {
+        "x-kubernetes-validations": [
+            {
+                "rule": f"self.all(k, k.matches('{HEADER}'))",
+                "message": "header names are letters, digits and dashes (at most 64)",
+            }
+        ]
+    }
+
+
+def _header_names(value: dict[str, Any]) -> dict[str, Any]:
+    bad = [k for k in value if not re.fullmatch(HEADER, k)]
+    if bad:
+        raise ValueError(f"header name {bad[0][:70]!r} is not letters, digits and dashes")
+    return value
+
+
 class HttpBinding(Schema):
     """How a tool is called over HTTP. Templates are Jinja2 (sandboxed, strict) over the call's
     arguments; in `url` every substituted value is percent-encoded (a value cannot add a path
@@ -121,14 +142,13 @@ class HttpBinding(Schema):
         description="URL template (http or https), e.g. "
         "http://orders.shop.svc/orders/{{ order_id }}; values are percent-encoded.",
     )
-    headers: dict[Annotated[str, Field(pattern=HEADER)], Annotated[str, Field(max_length=1024)]] = (
-        Field(
-            default_factory=dict,
-            max_length=16,
-            description="Header templates by header name (no secrets here: see "
-            "headersFromSecrets).",
-        )
+    headers: dict[str, Annotated[str, Field(max_length=1024)]] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="Header templates by header name (no secrets here: see headersFromSecrets).",
+        json_schema_extra=header_names_rule(),
     )
+
     body: str | None = Field(
         None,
         max_length=MAX_TEMPLATE_CHARS,
@@ -141,6 +161,12 @@ class HttpBinding(Schema):
     max_response_bytes: int = Field(
         1048576, ge=1, le=16777216, description="Largest response body read; larger fails."
     )
+
+    @field_validator("headers")
+    @classmethod
+    def _header_names(cls, value: dict[str, str]) -> dict[str, str]:
+        return _header_names(value)
+
     allowed_hosts: list[Annotated[str, Field(min_length=1, max_length=253, pattern=HOST)]] = Field(
         min_length=1,
         max_length=32,
@@ -184,14 +210,18 @@ class ToolBase(Schema):
 class Tool(ToolBase):
     """A tool as the server reads it: secret headers come from its environment."""
 
-    secret_headers: dict[
-        Annotated[str, Field(pattern=HEADER)], Annotated[str, Field(pattern=ENV_NAME)]
-    ] = Field(
+    secret_headers: dict[str, Annotated[str, Field(pattern=ENV_NAME)]] = Field(
         default_factory=dict,
         max_length=16,
         description="Headers whose values come from the server's environment (the operator "
         "sets them from Secrets): header name to variable name.",
+        json_schema_extra=header_names_rule(),
     )
+
+    @field_validator("secret_headers")
+    @classmethod
+    def _secret_header_names(cls, value: dict[str, str]) -> dict[str, str]:
+        return _header_names(value)
 
 
 class LLMStep(Schema):

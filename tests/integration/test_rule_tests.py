@@ -79,7 +79,12 @@ def test_every_generated_alert_fires_and_stays_quiet_in_promtool(tmp_path: Path,
         t["alert_rule_test"][0]["alertname"] for t in yaml.safe_load(tests.read_text())["tests"]
     }
     cache_floor = app["spec"]["monitoring"]["alerts"].get("cacheHitRatePercent")
-    assert names == ALERTS | ({"LLMChainLowCacheHitRate"} if cache_floor else set())
+    tools = app["spec"].get("tools")
+    assert names == (
+        ALERTS
+        | ({"LLMChainLowCacheHitRate"} if cache_floor else set())
+        | ({"LLMChainToolErrors"} if tools else set())
+    )
     result = promtool_test(tests)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
