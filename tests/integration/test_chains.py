@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 import redis
 import yaml
 
-from tests.support.redis import RedisServer
+from tests.support.redis import RedisServer, free_port
 from tests.support.server import ServerProcess
 
 TWO_STEPS = {
@@ -333,8 +335,20 @@ def test_every_example_chain_holds_a_two_turn_conversation(
     from llmchain_operator.builders.workload import render_chain_config
 
     app = LLMChainApp.model_validate(yaml.safe_load(example.read_text()))
+    rendered = yaml.safe_load(render_chain_config(app))
+    tools = None
+    if rendered.get("tools"):  # the example's tool service, as a local process on loopback
+        port = free_port()
+        tools = subprocess.Popen(
+            [sys.executable, str(example.parent / "tool_service.py"), "--port", str(port)]
+        )
+        for tool in rendered["tools"]:
+            tool["http"]["url"] = tool["http"]["url"].replace(
+                "http://shop-tools", f"http://127.0.0.1:{port}"
+            )
+            tool["http"]["allowedHosts"] = ["127.0.0.1"]
     path = tmp_path / "chain.yaml"
-    path.write_text(render_chain_config(app))
+    path.write_text(yaml.safe_dump(rendered))
     chain = app.spec.chain
     args = ["--chain", str(path)]
     if chain.memory is not None:
@@ -343,10 +357,10 @@ def test_every_example_chain_holds_a_two_turn_conversation(
     try:
         server.wait_ready()
         name = str(app.metadata["name"])
-        payload = {
-            "input": {i: f"my order {n} has not arrived" for n, i in enumerate(chain.inputs)},
-            "config": {"configurable": {"session_id": "two-turns"}},
-        }
+        inputs = {i: f"my order {n} has not arrived" for n, i in enumerate(chain.inputs)}
+        if "order" in inputs:
+            inputs["order"] = "A1234"  # an id in the example's order table
+        payload = {"input": inputs, "config": {"configurable": {"session_id": "two-turns"}}}
         for turn in (1, 2):
             status, body = invoke(server, name, payload)
             assert status == 200, f"turn {turn}: {body}"
@@ -355,6 +369,9 @@ def test_every_example_chain_holds_a_two_turn_conversation(
             assert turns == 2
     finally:
         assert server.stop() == 0
+        if tools is not None:
+            tools.terminate()
+            tools.wait(timeout=10)
 
 
 @pytest.fixture
