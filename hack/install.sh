@@ -25,7 +25,8 @@ if ! command -v redis-server >/dev/null; then
   $sudo systemctl disable --now redis-server >/dev/null 2>&1 || true
 fi
 command -v qemu-x86_64 >/dev/null || apt_install qemu-user
-for tool in runc:runc nft:nftables buildah:buildah mmdebstrap:mmdebstrap; do
+# unshare and ip: the hostile tool-call tests run in a network namespace of their own.
+for tool in runc:runc nft:nftables buildah:buildah mmdebstrap:mmdebstrap unshare:util-linux ip:iproute2; do
   command -v "${tool%%:*}" >/dev/null || apt_install "${tool##*:}"
 done
 

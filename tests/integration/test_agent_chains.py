@@ -197,6 +197,17 @@ def test_a_tool_step_and_an_agent_step_with_the_example_service(shop: ServerProc
     assert 'llmchain_tool_calls_total{outcome="ok",tool="order_status"}' in metrics
 
 
+def test_batch_reports_each_run_s_tool_calls(shop: ServerProcess) -> None:
+    inputs = [{"question": "Hi", "order": o} for o in ("A1234", "B5678")]
+    status, _, body = shop.post("/v1/chains/shop/batch", {"inputs": inputs})
+    assert status == 200, body
+    per_run = body["metadata"]["tool_calls"]
+    assert [run[0]["arguments"] for run in per_run] == [
+        {"order_id": "A1234"},
+        {"order_id": "B5678"},
+    ]
+
+
 def test_tool_step_arguments_are_checked_against_the_schema(shop: ServerProcess) -> None:
     status, body = invoke(shop, "shop", {"question": "hi", "order": "X" * 40})  # maxLength 12
     assert status == 400

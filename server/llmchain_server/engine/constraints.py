@@ -35,6 +35,9 @@ CLOSERS = ('"', "}", "]", ",", ":", "0", "{", "[", "n", "t", "f", "1", " ", "\n"
 objects and arrays, or start the shortest values. `"` comes first (inside a string every other
 one is content); the separators come before the digits (inside a number a digit only makes it
 longer)."""
+CLOSE_SEARCH = 256
+"""A request is refused when no closing path of at most its max_tokens is found, for budgets up
+to this many tokens (a longer search costs more than it tells: such budgets are let run)."""
 COMPILED_KEPT = 64
 """Compiled grammars kept for reuse (an agent sends the same tools every turn)."""
 _KINDS = {"json_schema": "JSON schema", "lark": "grammar", "regex": "regular expression"}
@@ -117,9 +120,9 @@ class Constraints:
                 self._compiled[grammar.text] = compiled
                 while len(self._compiled) > COMPILED_KEPT:
                     self._compiled.popitem(last=False)
-        matcher = Matcher(self, compiled.deep_copy())
-        shortest = matcher.closing_path(max_tokens)
-        if shortest is None:
+        with self._lock:  # one copy at a time of a matcher other threads copy too
+            matcher = Matcher(self, compiled.deep_copy())
+        if max_tokens <= CLOSE_SEARCH and matcher.closing_path(max_tokens) is None:
             raise GrammarError(
                 f"no output this {_KINDS[grammar.kind]} allows fits in max_tokens ({max_tokens})"
             )

@@ -113,11 +113,10 @@ class ChainRoutes:
             except ExceptionGroup as e:
                 raise e.exceptions[0] from None
             results = [t.result() for t in tasks]
-        return {
-            "output": [r[1] for r in results],
-            "callback_events": [],
-            "metadata": {"run_ids": [r[0] for r in results]},
-        }
+        metadata: dict[str, Any] = {"run_ids": [r[0] for r in results]}
+        if any(r[3] for r in results):
+            metadata["tool_calls"] = [r[3] for r in results]
+        return {"output": [r[1] for r in results], "callback_events": [], "metadata": metadata}
 
     async def stream(self, request: InvokeRequest) -> StreamingResponse:
         """The run's events. What /invoke refuses is refused here before the 200 (bad inputs,

@@ -57,6 +57,7 @@ class RunMetadata(BaseModel):
 
 class BatchMetadata(BaseModel):
     run_ids: list[str]
+    tool_calls: list[list[ToolCallMade]] = []  # one list per input, when any run called tools
 
 
 def _title(name: str) -> str:
