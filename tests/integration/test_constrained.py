@@ -217,3 +217,32 @@ def test_constrained_and_free_rows_share_a_batch_without_changing_the_free_ones(
     assert [results[i] for i in range(len(free_prompts))] == alone
     for i in range(3):
         jsonschema.validate(json.loads(results[10 + i]), PERSON)
+
+
+def test_grammars_the_greedy_close_used_to_loop_on_complete_within_budget(engine: Engine) -> None:
+    """Regressions from review: regexes whose closing search looped on one token (refused, or
+    cut), a sampled token that opened a long object near the budget's end, an output already
+    complete when the budget ran out."""
+    prompt = chat(engine, [("user", "Write something long.")])
+    for pattern, budget in (("x+y", 50), ("[a-z]+@[a-z]+", 50), (r"[0-9]+(\.[0-9]+)?", 2)):
+        text, last = run(engine, prompt, SamplingParams(budget, grammar=Grammar.regex(pattern)))
+        assert last.complete is True, (pattern, text)
+    item = {"type": "string"}
+    rows = {
+        "type": "object",
+        "properties": {
+            "items": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {k: item for k in "abcd"},
+                    "required": list("abcd"),
+                },
+            }
+        },
+        "required": ["items"],
+    }
+    for budget in (60, 76, 90):
+        params = SamplingParams(budget, temperature=1.0, seed=3, grammar=Grammar.json_schema(rows))
+        text, last = run(engine, prompt, params)
+        jsonschema.validate(json.loads(text), rows)

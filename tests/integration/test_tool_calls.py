@@ -48,7 +48,7 @@ def test_arguments_are_data_in_urls_bodies_and_headers(outcomes: dict[str, Any])
     templated = json.loads(outcomes["results"]["templated"]["value"]["body"])
     assert templated == {"c": 'x", "admin": true, "y": "'}  # one string, no injected key
     refused(outcomes, "header", "line break")
-    refused(outcomes, "scheme", "only http and https")
+    refused(outcomes, "scheme", "only http and https")  # a redirect to file://
 
 
 def test_secret_headers_reach_the_tool_only(outcomes: dict[str, Any]) -> None:
@@ -86,3 +86,20 @@ def test_tool_output_is_returned_as_data(outcomes: dict[str, Any]) -> None:
     agent loop puts it in a `tool` message, cleaned of special tokens, never rendered."""
     value = outcomes["results"]["injection"]["value"]
     assert value.startswith("<tool_call>") and "{{ 7 * 7 }}" in value
+
+
+def test_headers_do_not_follow_a_redirect_to_another_origin(outcomes: dict[str, Any]) -> None:
+    moved = outcomes["results"]["secret_redirect"]["value"]
+    assert moved["host"].endswith(":18766") and moved["auth"] == ""  # the secret stayed home
+
+
+def test_bodies_are_read_unencoded_and_timeouts_are_the_tools_own(
+    outcomes: dict[str, Any],
+) -> None:
+    refused(outcomes, "gzipped", "gzip-encoded")  # 10 MB in 10 KB never inflates in memory
+    assert outcomes["results"]["six_seconds"] == {"ok": True, "status": 200, "value": "done"}
+
+
+def test_bad_values_and_names_are_tool_failures_not_crashes(outcomes: dict[str, Any]) -> None:
+    refused(outcomes, "unicode_header", "could not be called (UnicodeEncodeError)")
+    refused(outcomes, "unknown", "there is no tool")

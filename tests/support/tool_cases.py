@@ -9,6 +9,7 @@ that counts every connection it gets: the tests assert it got none. Tool servers
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import subprocess
 import sys
@@ -23,10 +24,11 @@ METADATA = "169.254.169.254"
 BIG = b"x" * (5 * 1024 * 1024)
 
 
-def tool(name: str, url: str, allowed: list[str], **http: Any) -> Tool:
+def tool(name: str, url: str, allowed: list[str], name_as: str = "", **http: Any) -> Tool:
+    """A tool; `secret` ones (by `name`) send the Authorization header from TOOL_TOKEN."""
     return Tool.model_validate(
         {
-            "name": name,
+            "name": name_as or name,
             "http": {"url": url, "allowedHosts": allowed, **http},
             **({"secretHeaders": {"Authorization": "TOOL_TOKEN"}} if name == "secret" else {}),
         }
@@ -65,6 +67,20 @@ async def serve(port: int, metadata_hits: list[str]) -> web.AppRunner:
     async def to_ok(_: web.Request) -> web.Response:
         raise web.HTTPFound("/ok/redirected")
 
+    async def to_other_port(_: web.Request) -> web.Response:
+        raise web.HTTPFound(f"http://127.0.0.1:{port + 1}/ok/other")
+
+    async def to_file(_: web.Request) -> web.Response:
+        raise web.HTTPFound("file:///etc/passwd")
+
+    async def gzipped(_: web.Request) -> web.Response:
+        body = gzip.compress(b"z" * 10_000_000)  # 10 MB in about 10 KB
+        return web.Response(body=body, headers={"Content-Encoding": "gzip"})
+
+    async def six_seconds(_: web.Request) -> web.Response:
+        await asyncio.sleep(6)
+        return web.Response(text="done")
+
     async def loop(_: web.Request) -> web.Response:
         raise web.HTTPFound("/loop")
 
@@ -82,10 +98,15 @@ async def serve(port: int, metadata_hits: list[str]) -> web.AppRunner:
     app.router.add_get("/to-metadata", to_metadata)
     app.router.add_get("/to-ok", to_ok)
     app.router.add_get("/loop", loop)
+    app.router.add_get("/to-other-port", to_other_port)
+    app.router.add_get("/gzipped", gzipped)
+    app.router.add_get("/to-file", to_file)
+    app.router.add_get("/six-seconds", six_seconds)
     app.router.add_get("/injection", injection)
     runner = web.AppRunner(app, shutdown_timeout=0.5)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
+    await web.TCPSite(runner, "127.0.0.1", port + 1).start()  # another origin
 
     async def metadata(request: web.Request) -> web.Response:
         metadata_hits.append(request.path)
@@ -131,7 +152,11 @@ async def main() -> dict[str, Any]:
         tool("loop", base + "/loop", loopback),
         tool("injection", base + "/injection", loopback),
         tool("header", base + "/ok", loopback, headers={"X-City": "{{ city }}"}),
-        tool("scheme", "file:///etc/passwd", loopback),
+        tool("secret", base + "/to-other-port", loopback, name_as="secret_redirect"),
+        tool("gzipped", base + "/gzipped", loopback),
+        tool("six_seconds", base + "/six-seconds", loopback, timeoutSeconds=10),
+        tool("unicode_header", base + "/ok", loopback, headers={"X-City": "{{ city }}"}),
+        tool("scheme", base + "/to-file", loopback),
     ]
     caller = ToolCaller(tools, env={"TOOL_TOKEN": "Bearer s3cr3t"})
     args = {"city": "Paris/../admin", "q": "a&b=c"}
@@ -153,6 +178,11 @@ async def main() -> dict[str, Any]:
         "loop": await outcome(caller, "loop", {}),
         "injection": await outcome(caller, "injection", {}),
         "header": await outcome(caller, "header", {"city": "Paris\r\nX-Evil: 1"}),
+        "secret_redirect": await outcome(caller, "secret_redirect", {}),
+        "gzipped": await outcome(caller, "gzipped", {}),
+        "six_seconds": await outcome(caller, "six_seconds", {}),
+        "unicode_header": await outcome(caller, "unicode_header", {"city": "Zürich"}),
+        "unknown": await outcome(caller, "no_such_tool", {}),
         "scheme": await outcome(caller, "scheme", {}),
     }
     await caller.close()

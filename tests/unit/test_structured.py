@@ -95,3 +95,19 @@ def test_the_tool_grammar_names_each_tool_and_bounds_parallel_calls() -> None:
 def test_tool_names_are_checked() -> None:
     with pytest.raises(ValueError, match="must match"):
         Tool("a b")
+
+
+def test_only_a_reply_that_is_exactly_a_call_block_of_offered_tools_calls() -> None:
+    assert read_calls(" " + BLOCK) == (" " + BLOCK, [])  # the grammar's text may not start so
+    assert read_calls(BLOCK, names={"add"}) == (BLOCK, [])  # f was not offered
+    assert read_calls(BLOCK, names={"add", "f"})[1]
+
+
+def test_a_streamed_block_ends_only_where_it_parses() -> None:
+    tricky = '<tool_call>[{"name": "f", "arguments": {"s": "]</tool_call>"}}]</tool_call>'
+    stream = CallStream()
+    out: list[str | ToolCall] = []
+    for ch in tricky:
+        out += stream.feed(ch)
+    out += stream.finish()
+    assert out == [ToolCall("f", '{"s": "]</tool_call>"}')]

@@ -111,9 +111,12 @@ EXTERNAL_REDIS_PORTS = (6379, 6380)
 
 
 def tool_egress(app: LLMChainApp) -> list[Manifest]:
-    """Egress of an app with tools: DNS; the memory store; each tool's port, to the IP or CIDR
-    entries of its allowedHosts, or anywhere when it names hosts (NetworkPolicy knows no host
-    names: those are checked by the server, on every call, after resolution)."""
+    """Egress of an app with tools: DNS; the memory store; the model URL's port (the model init
+    container downloads from inside the pod); each tool's port, to the IP or CIDR entries of its
+    allowedHosts, or anywhere when it names hosts (NetworkPolicy knows no host names: those are
+    checked by the server, on every call, after resolution). Some network plugins (Cilium) do
+    not match in-cluster pod addresses with ipBlock rules: there, an in-cluster tool needs its
+    own rule beside the operator's."""
     rules: list[Manifest] = [
         {"ports": [{"protocol": p, "port": 53} for p in ("UDP", "TCP")]},
     ]
@@ -126,6 +129,14 @@ def tool_egress(app: LLMChainApp) -> list[Manifest]:
         )
     elif app.spec.chain.memory is not None:
         rules.append({"ports": [{"protocol": "TCP", "port": p} for p in EXTERNAL_REDIS_PORTS]})
+    url = app.spec.model.source.url
+    if url is not None:  # the model init container downloads it from inside these pods
+        rules.append(
+            {
+                "to": [{"ipBlock": {"cidr": cidr}} for cidr in EVERYWHERE],
+                "ports": [{"protocol": "TCP", "port": _port(url.url)}],
+            }
+        )
     for tool in app.spec.tools:
         blocks = [_cidr(h) for h in tool.http.allowed_hosts]
         to = (

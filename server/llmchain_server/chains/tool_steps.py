@@ -146,17 +146,26 @@ class ToolSteps:
             messages.append(("system", self.plane.strip_special(system)))
         user = render(prompt_t, variables, f"step {step.name} prompt")
         messages.append(("user", self.plane.strip_special(user)))
+        names = set(step.tools)
         for turn in range(step.max_iterations + 1):
             last = turn == step.max_iterations or time.monotonic() >= deadline
             grammar = ANSWER if last else must_call if turn == 0 and step.call_first else choose
-            text = await self._turn(step, messages, tools, grammar, usage)
-            content, made = read_calls(text)
-            if not made:
-                return content or ""
+            if last:
+                text = await self._turn(step, messages, tools, grammar, usage)
+            else:
+                try:  # a turn that calls is bounded by the step's time too
+                    async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                        text = await self._turn(step, messages, tools, grammar, usage)
+                except TimeoutError:
+                    text = await self._turn(step, messages, tools, ANSWER, usage)
+                    last = True
+            content, made = read_calls(text, names)
+            if last or not made:  # the answer turn's text is the answer, whatever it holds
+                return text if made else content or ""
             messages.append(("assistant", calls_text(made)))
             for call in made:
                 messages.append(("tool", await self._call(step, call, deadline, calls)))
-        raise AssertionError("unreachable: the last turn answers in text")
+        raise AssertionError("unreachable: the last turn answers")
 
     async def _turn(
         self,
@@ -193,6 +202,12 @@ class ToolSteps:
         try:
             if remaining <= 0:
                 raise ToolCallFailed(f"step {step.name} ran out of time before this call")
+            try:  # the grammar made them match; checked again, as data from a model
+                jsonschema.validate(arguments, self.configs[call.name].parameters)
+            except jsonschema.ValidationError as e:
+                raise ToolCallFailed(
+                    f"the arguments fail tool {call.name}'s schema ({e.validator!r} rule)"
+                ) from None
             async with asyncio.timeout(remaining):
                 result = await self.caller.call(call.name, arguments)
         except (ToolCallFailed, TimeoutError) as e:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,7 +106,7 @@ def tools_grammar(tools: Sequence[Tool], required: bool, parallel: bool = True) 
         *rules,
     ]
     if not required:
-        lark.append(r"text: /[^<][\s\S]*/")
+        lark.append(r"text: /[^<\s][\s\S]*/")
     return Grammar.lark("\n".join(lark))
 
 
@@ -136,28 +136,39 @@ def closed(schema: Mapping[str, Any]) -> dict[str, Any]:
     return root
 
 
-def read_calls(text: str) -> tuple[str | None, list[ToolCall]]:
-    """A reply's text content and tool calls: a reply that is a call block is calls only."""
-    stripped = text.strip()
+def read_calls(
+    text: str, names: Collection[str] | None = None
+) -> tuple[str | None, list[ToolCall]]:
+    """A reply's text content and tool calls: a reply that is exactly a call block (the
+    grammar's form: no text before it) is calls only; with `names`, only when every call names
+    one of them (anything else is text, never a call of a tool nobody offered)."""
+    stripped = text.rstrip()
     if not stripped.startswith(OPEN) or not stripped.endswith(CLOSE):
         return text, []
     try:
         items = json.loads(stripped[len(OPEN) - 1 : len(stripped) - len(CLOSE) + 1])
-    except ValueError:
+    except (ValueError, RecursionError):
+        return text, []
+    if not isinstance(items, list) or not all(
+        isinstance(i, dict) and isinstance(i.get("name"), str) for i in items
+    ):
         return text, []
     calls = [
-        ToolCall(str(item["name"]), json.dumps(item.get("arguments", {}), ensure_ascii=False))
+        ToolCall(item["name"], json.dumps(item.get("arguments", {}), ensure_ascii=False))
         for item in items
-        if isinstance(item, dict) and "name" in item
     ]
-    return (None, calls) if calls else (text, [])
+    if not calls or (names is not None and any(c.name not in names for c in calls)):
+        return text, []
+    return None, calls
 
 
 class CallStream:
     """Reads a reply as it streams: text pieces come out as content once they cannot begin a
-    call block; a call block is held until it is whole, then comes out as its calls."""
+    call block; a call block is held until it is whole (it ends and parses), then comes out as
+    its calls."""
 
-    def __init__(self) -> None:
+    def __init__(self, names: Collection[str] | None = None) -> None:
+        self._names = names
         self._held = ""
         self._mode = "start"  # start (undecided), text, calls
 
@@ -168,7 +179,7 @@ class CallStream:
             return
         self._held += piece
         if self._mode == "start":
-            head = self._held.lstrip()
+            head = self._held
             if OPEN.startswith(head):
                 return  # could still be a call block
             if not head.startswith(OPEN):
@@ -177,7 +188,7 @@ class CallStream:
                 yield held
                 return
             self._mode = "calls"
-        if self._held.rstrip().endswith(CLOSE):
+        if self._held.rstrip().endswith(CLOSE) and read_calls(self._held, self._names)[1]:
             yield from self.finish()
 
     def finish(self) -> Iterator[str | ToolCall]:
@@ -185,7 +196,7 @@ class CallStream:
         held, self._held = self._held, ""
         if not held:
             return
-        content, calls = read_calls(held)
+        content, calls = read_calls(held, self._names)
         if calls:
             yield from calls
         elif content:

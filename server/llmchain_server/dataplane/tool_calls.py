@@ -38,6 +38,7 @@ from llmchain_server.dataplane.metrics import ServerMetrics
 from llmchain_server.errors import ServingError
 
 log = logging.getLogger(__name__)
+logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines carry URLs: arguments
 
 MAX_REDIRECTS = 3
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -91,7 +92,15 @@ class ToolCaller:
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(trust_env=False, follow_redirects=False)
+            # No pooled connections: a pool keyed by the pinned address would hand a TLS
+            # connection verified for one host name to a call to another. No timeout of
+            # httpx's own: each call's `timeoutSeconds` bounds it whole.
+            self._client = httpx.AsyncClient(
+                trust_env=False,
+                follow_redirects=False,
+                timeout=None,
+                limits=httpx.Limits(max_keepalive_connections=0),
+            )
         return self._client
 
     async def close(self) -> None:
@@ -102,7 +111,9 @@ class ToolCaller:
         """Call tool `name`; ToolCallFailed when it cannot be called or answers an error. One
         log line per call (tool, outcome, status, duration; never arguments) and the tool's
         metrics."""
-        tool = self.tools[name]
+        tool = self.tools.get(name)
+        if tool is None:
+            raise ToolCallFailed(f"there is no tool {name[:64]!r}")
         started = time.monotonic()
         status = 0
         try:
@@ -113,9 +124,11 @@ class ToolCaller:
                 raise ToolCallFailed(
                     f"tool {name} took longer than {tool.http.timeout_seconds:g} s"
                 ) from None
-            except httpx.HTTPError as e:
+            except (httpx.HTTPError, httpx.InvalidURL, ValueError, UnicodeError) as e:
+                # A refused connection, a bad redirect target (port 99999), a header value
+                # that is no ASCII: the tool's failure, never the server's.
                 raise ToolCallFailed(
-                    f"tool {name} could not be reached ({type(e).__name__})"
+                    f"tool {name} could not be called ({type(e).__name__})"
                 ) from None
         except ToolCallFailed as e:
             self._record(name, "error", started, status, e.message)
@@ -147,7 +160,13 @@ class ToolCaller:
             location = response.headers.get("location")
             if response.status_code in (301, 302, 303, 307, 308) and location:
                 await response.aclose()
-                url = urljoin(url, location)
+                target = urljoin(url, location)
+                if _origin(target) != _origin(url):
+                    if urlsplit(url).scheme == "https" and urlsplit(target).scheme != "https":
+                        raise ToolCallFailed(f"tool {tool.name} redirected from https to http")
+                    # Another origin gets none of the tool's headers (secrets among them).
+                    headers = {k: v for k, v in headers.items() if k.lower() == "content-type"}
+                url = target
                 if response.status_code == 303 or (
                     response.status_code in (301, 302) and method == "POST"
                 ):
@@ -203,11 +222,22 @@ class ToolCaller:
         request = self._http().build_request(
             method,
             pinned,
-            headers={**headers, "Host": parts.netloc.rpartition("@")[2]},
+            # Identity only: a compressed body could inflate past maxResponseBytes in memory
+            # before it is counted.
+            headers={
+                **headers,
+                "Host": parts.netloc.rpartition("@")[2],
+                "Accept-Encoding": "identity",
+            },
             content=body,
             extensions={"sni_hostname": host} if parts.scheme == "https" else {},
         )
         return await self._http().send(request, stream=True)
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port
 
 
 async def checked_address(tool: Tool, host: str, port: int) -> IPAddress:
@@ -286,12 +316,15 @@ def _special(address: IPAddress) -> bool:
 
 async def _read_limited(response: httpx.Response, tool: Tool) -> bytes:
     limit = tool.http.max_response_bytes
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise ToolCallFailed(f"tool {tool.name} answered a {encoding[:32]}-encoded body")
     declared = response.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ToolCallFailed(f"tool {tool.name}: the response is larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.aiter_raw():
         size += len(chunk)
         if size > limit:
             raise ToolCallFailed(f"tool {tool.name}: the response is larger than {limit} bytes")

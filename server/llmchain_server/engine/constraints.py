@@ -26,18 +26,20 @@ from llguidance import LLMatcher, LLTokenizer
 from llmchain_server.errors import InvalidRequest
 
 CLOSE_WINDOW = 64
-"""In the last this many tokens of a budget, steps check that the output can still close ..."""
-CLOSE_MARGIN = 24
-"""... and only once the budget left is within this many tokens of the closing path's length
-when last measured (a path costs about 0.4 ms to find; one token rarely lengthens it by more)."""
+"""In the last this many tokens of a budget, every step checks that the output can still close
+after the token sampled (about 0.4 ms a step)."""
 CLOSERS = ('"', "}", "]", ",", ":", "0", "{", "[", "n", "t", "f", "1", " ", "\n")
+ENDERS = 5
+"""The first CLOSERS end things and may repeat in a path; the others start values, and a path
+takes each once, then something else (in a regex such as [a-z]+@[a-z]+, `n` forever would loop)."""
 """Texts tried, in this order, to close an output when nothing is forced: they end strings,
 objects and arrays, or start the shortest values. `"` comes first (inside a string every other
 one is content); the separators come before the digits (inside a number a digit only makes it
 longer)."""
 CLOSE_SEARCH = 256
-"""A request is refused when no closing path of at most its max_tokens is found, for budgets up
-to this many tokens (a longer search costs more than it tells: such budgets are let run)."""
+"""The longest closing path searched for at a request's start: a request is refused when the
+path found is longer than its max_tokens; when none is found (a grammar the greedy search does
+not close) it runs, and is counted if cut."""
 COMPILED_KEPT = 64
 """Compiled grammars kept for reuse (an agent sends the same tools every turn)."""
 _KINDS = {"json_schema": "JSON schema", "lark": "grammar", "regex": "regular expression"}
@@ -94,7 +96,10 @@ class Constraints:
         )
         self.vocab = vocab
         self.eos_ids = frozenset(eos_ids)
+        self.end = eos_ids[0] if eos_ids else 0
+        """The token that ends an output (the chat template's end of turn)."""
         self.closers = [ids[0] for ids in map(self._single, CLOSERS) if ids]
+        self.enders = frozenset(ids[0] for ids in map(self._single, CLOSERS[:ENDERS]) if ids)
         self._compiled: collections.OrderedDict[str, LLMatcher] = collections.OrderedDict()
         self._lock = threading.Lock()
 
@@ -122,9 +127,11 @@ class Constraints:
                     self._compiled.popitem(last=False)
         with self._lock:  # one copy at a time of a matcher other threads copy too
             matcher = Matcher(self, compiled.deep_copy())
-        if max_tokens <= CLOSE_SEARCH and matcher.closing_path(max_tokens) is None:
+        shortest = matcher.closing_path(CLOSE_SEARCH)
+        if shortest is not None and len(shortest) > max_tokens:
             raise GrammarError(
-                f"no output this {_KINDS[grammar.kind]} allows fits in max_tokens ({max_tokens})"
+                f"no output this {_KINDS[grammar.kind]} allows fits in max_tokens ({max_tokens}): "
+                f"the shortest found takes {len(shortest)} tokens"
             )
         return matcher
 
@@ -137,7 +144,6 @@ class Matcher:
         self._m = matcher
         self._mask = np.full((1, (constraints.vocab + 31) // 32), -1, dtype=np.int32)
         self._closing: list[int] = []  # the closing path being followed, once it has begun
-        self._need = CLOSE_WINDOW  # the closing path's length when last measured
         self.closed = False
         """The budget ran short and the output was closed along the shortest path."""
 
@@ -173,17 +179,18 @@ class Matcher:
         steps that follow keep to. Only checked in the last CLOSE_WINDOW tokens."""
         if self._closing:
             return self._closing.pop(0)
-        if remaining > min(CLOSE_WINDOW, self._need + CLOSE_MARGIN) or token in self._c.eos_ids:
+        if remaining > CLOSE_WINDOW or token in self._c.eos_ids:
             return token
         trial = self._m.deep_copy()
         if trial.consume_token(token):
             path = _close(self._c, trial, remaining - 1)
             if path is not None:
-                self._need = len(path)
                 return token
         path = self.closing_path(remaining)
-        if not path:  # no closing path fits: the output will be cut, and counted
+        if path is None:  # no closing path fits: the output will be cut, and counted
             return token
+        if not path:  # complete as it stands: end it here
+            return self._c.end
         self.closed = True
         self._closing = path[1:]
         return path[0]
@@ -207,6 +214,7 @@ class Matcher:
 
 def _close(c: Constraints, m: LLMatcher, limit: int) -> list[int] | None:
     path: list[int] = []
+    tried: set[int] = set()  # fallback choices: taking another one breaks loops (x+y)
     mask = np.full((1, (c.vocab + 31) // 32), -1, dtype=np.int32)
     while len(path) <= limit:
         if m.is_accepting():
@@ -217,12 +225,17 @@ def _close(c: Constraints, m: LLMatcher, limit: int) -> list[int] | None:
         else:
             m.unsafe_compute_mask_ptr(mask.ctypes.data, mask.nbytes)
             bits = np.unpackbits(mask.view(np.uint8), bitorder="little")[: c.vocab]
-            token = next((t for t in c.closers if bits[t]), -1)
-            if token < 0:
-                allowed = [t for t in np.flatnonzero(bits) if t not in c.eos_ids]
+            token = next(
+                (t for t in c.closers if bits[t] and (t in c.enders or t not in tried)), -1
+            )
+            if token >= 0:
+                tried.add(token)
+            else:  # no closer: the first allowed token this path has not taken yet
+                allowed = [int(t) for t in np.flatnonzero(bits) if t not in c.eos_ids]
                 if not allowed:
                     return None
-                token = int(allowed[0])
+                token = next((t for t in allowed if t not in tried), allowed[0])
+                tried.add(token)
         if not m.consume_token(token):
             return None
         path.append(token)

@@ -70,9 +70,8 @@ def add_openai_routes(app: FastAPI, plane: DataPlane) -> None:
             plane, request, request.max_completion_tokens or request.max_tokens, grammar
         )
         prompt = functools.partial(plane.chat_prompt, messages)
-        return await _answer(
-            plane, request, prompt, params, "messages", chat=True, calls=bool(tools)
-        )
+        names = [t.name for t in tools] or None
+        return await _answer(plane, request, prompt, params, "messages", chat=True, calls=names)
 
     @app.post("/v1/completions", response_model=None, responses=_answers(TextCompletion))
     async def completions(request: CompletionRequest) -> Answer:
@@ -188,7 +187,7 @@ async def _answer(
     params: SamplingParams,
     field: str,
     chat: bool,
-    calls: bool = False,
+    calls: list[str] | None = None,
 ) -> Answer:
     """The answer, whole or streamed. The concurrency place comes first (tokenizing a long
     prompt is work too), held until the last event of a stream; a prompt that cannot fit is

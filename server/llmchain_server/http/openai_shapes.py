@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Collection
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -31,13 +32,15 @@ def _ident(chat: bool) -> str:
     return f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
 
 
-def completion(result: Result, model: str, chat: bool, calls: bool = False) -> dict[str, Any]:
+def completion(
+    result: Result, model: str, chat: bool, calls: Collection[str] | None = None
+) -> dict[str, Any]:
     """A whole (non-streamed) answer, as a chat completion or a text completion; with `calls`
     (tools offered), a reply that is a call block as its tool calls."""
     finish = FINISH.get(result.finish_reason, "stop")
     if chat:
         message: dict[str, Any] = {"role": "assistant", "content": result.text}
-        made = read_calls(result.text)[1] if calls else []
+        made = read_calls(result.text, calls)[1] if calls else []
         if made:
             message = {"role": "assistant", "content": None, "tool_calls": _calls(made)}
             finish = "tool_calls"
@@ -72,14 +75,16 @@ class ChunkEvents:
     the last one. With `calls` (tools offered) a call block is held until whole, then sent as
     `tool_calls` deltas, one per call, and the answer ends with finish_reason `tool_calls`."""
 
-    def __init__(self, model: str, chat: bool, include_usage: bool, calls: bool = False) -> None:
+    def __init__(
+        self, model: str, chat: bool, include_usage: bool, calls: Collection[str] | None = None
+    ) -> None:
         self.model = model
         self.chat = chat
         self.include_usage = include_usage
         self.ident = _ident(chat)
         self.kind = "chat.completion.chunk" if chat else "text_completion"
         self.created = int(time.time())
-        self._calls = CallStream() if calls and chat else None
+        self._calls = CallStream(calls) if calls and chat else None
         self._made = 0
 
     def _event(self, choice: dict[str, Any], totals: dict[str, int] | None = None) -> str:
