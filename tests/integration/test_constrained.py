@@ -246,3 +246,20 @@ def test_grammars_the_greedy_close_used_to_loop_on_complete_within_budget(engine
         params = SamplingParams(budget, temperature=1.0, seed=3, grammar=Grammar.json_schema(rows))
         text, last = run(engine, prompt, params)
         jsonschema.validate(json.loads(text), rows)
+
+
+def test_a_closing_path_longer_than_the_usual_window_is_still_kept_to(engine: Engine) -> None:
+    """A required constant of about 100 tokens: the window in which each step checks grows to
+    the closing path's length, so the free field before it stops in time."""
+    words = " ".join(f"word{i}" for i in range(40))
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "string"}, "b": {"const": words}},
+        "required": ["a", "b"],
+        "additionalProperties": False,
+    }
+    prompt = chat(engine, [("user", "Write a very long story about the sea, as JSON.")])
+    params = SamplingParams(200, temperature=1.0, seed=1, grammar=Grammar.json_schema(schema))
+    text, last = run(engine, prompt, params)
+    assert last.complete is True, text
+    assert json.loads(text)["b"] == words

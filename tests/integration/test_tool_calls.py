@@ -103,3 +103,5 @@ def test_bodies_are_read_unencoded_and_timeouts_are_the_tools_own(
 def test_bad_values_and_names_are_tool_failures_not_crashes(outcomes: dict[str, Any]) -> None:
     refused(outcomes, "unicode_header", "could not be called (UnicodeEncodeError)")
     refused(outcomes, "unknown", "there is no tool")
+    deep = outcomes["results"]["deep"]  # JSON nested past Python's recursion: kept as text
+    assert deep["ok"] is True and deep["value"].startswith("[[[")

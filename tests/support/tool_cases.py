@@ -70,6 +70,9 @@ async def serve(port: int, metadata_hits: list[str]) -> web.AppRunner:
     async def to_other_port(_: web.Request) -> web.Response:
         raise web.HTTPFound(f"http://127.0.0.1:{port + 1}/ok/other")
 
+    async def deep(_: web.Request) -> web.Response:
+        return web.Response(text="[" * 50_000 + "]" * 50_000, content_type="application/json")
+
     async def to_file(_: web.Request) -> web.Response:
         raise web.HTTPFound("file:///etc/passwd")
 
@@ -101,6 +104,7 @@ async def serve(port: int, metadata_hits: list[str]) -> web.AppRunner:
     app.router.add_get("/to-other-port", to_other_port)
     app.router.add_get("/gzipped", gzipped)
     app.router.add_get("/to-file", to_file)
+    app.router.add_get("/deep", deep)
     app.router.add_get("/six-seconds", six_seconds)
     app.router.add_get("/injection", injection)
     runner = web.AppRunner(app, shutdown_timeout=0.5)
@@ -154,6 +158,7 @@ async def main() -> dict[str, Any]:
         tool("header", base + "/ok", loopback, headers={"X-City": "{{ city }}"}),
         tool("secret", base + "/to-other-port", loopback, name_as="secret_redirect"),
         tool("gzipped", base + "/gzipped", loopback),
+        tool("deep", base + "/deep", loopback),
         tool("six_seconds", base + "/six-seconds", loopback, timeoutSeconds=10),
         tool("unicode_header", base + "/ok", loopback, headers={"X-City": "{{ city }}"}),
         tool("scheme", base + "/to-file", loopback),
@@ -180,6 +185,7 @@ async def main() -> dict[str, Any]:
         "header": await outcome(caller, "header", {"city": "Paris\r\nX-Evil: 1"}),
         "secret_redirect": await outcome(caller, "secret_redirect", {}),
         "gzipped": await outcome(caller, "gzipped", {}),
+        "deep": await outcome(caller, "deep", {}),
         "six_seconds": await outcome(caller, "six_seconds", {}),
         "unicode_header": await outcome(caller, "unicode_header", {"city": "Zürich"}),
         "unknown": await outcome(caller, "no_such_tool", {}),

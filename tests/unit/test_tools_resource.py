@@ -74,9 +74,9 @@ def test_egress_is_limited_to_dns_memory_and_the_tools_ports() -> None:
         "ports": [{"protocol": "TCP", "port": 8443}],
     }
     # A host name: every address (NetworkPolicy has no host names), on the pods' port given.
-    assert egress[-1]["to"] == [
-        {"ipBlock": {"cidr": "0.0.0.0/0"}},
-        {"ipBlock": {"cidr": "::/0"}},
+    assert egress[-1]["to"] == [  # but never to link-local and cloud metadata addresses
+        {"ipBlock": {"cidr": "0.0.0.0/0", "except": ["169.254.0.0/16", "100.100.100.200/32"]}},
+        {"ipBlock": {"cidr": "::/0", "except": ["fe80::/10", "fd00:ec2::254/128"]}},
     ]
     assert egress[-1]["ports"] == [{"protocol": "TCP", "port": 8080}]
     assert build_network_policies(app(QA))[0]["spec"]["policyTypes"] == ["Ingress"]
@@ -146,3 +146,12 @@ def test_validation_names_the_field_at_fault(change: Any, expected: str) -> None
     change(raw["spec"])
     problems = validate(raw).problems
     assert any(expected in p for p in problems), problems
+
+
+def test_the_model_download_is_let_out_only_from_pods_that_download() -> None:
+    raw = copy.deepcopy(AGENT)
+    direct = build_network_policies(app(raw))[0]["spec"]["egress"]
+    assert {"protocol": "TCP", "port": 80} in [p for r in direct for p in r["ports"]]
+    raw["spec"]["model"]["volume"] = {"size": "1Gi"}  # built once by a Job instead
+    in_job = build_network_policies(app(raw))[0]["spec"]["egress"]
+    assert {"protocol": "TCP", "port": 80} not in [p for r in in_job for p in r["ports"]]

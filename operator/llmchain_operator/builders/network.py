@@ -13,6 +13,7 @@ from llmchain_operator.builders.common import (
     selector_labels,
 )
 from llmchain_operator.builders.memory import manages_memory, memory_name
+from llmchain_operator.builders.model import builds_in_job
 from llmchain_operator.settings import Settings
 from llmchain_server.contract import CACHE_PORT, HTTP_PORT
 
@@ -106,6 +107,17 @@ def build_network_policies(app: LLMChainApp) -> list[Manifest]:
 
 
 EVERYWHERE = ("0.0.0.0/0", "::/0")
+METADATA_RANGES = {
+    "0.0.0.0/0": ["169.254.0.0/16", "100.100.100.200/32"],
+    "::/0": ["fe80::/10", "fd00:ec2::254/128"],
+}
+"""Left out of "everywhere": link-local (cloud metadata) and the other metadata addresses."""
+
+
+def _everywhere() -> list[Manifest]:
+    return [{"ipBlock": {"cidr": c, "except": METADATA_RANGES[c]}} for c in EVERYWHERE]
+
+
 EXTERNAL_REDIS_PORTS = (6379, 6380)
 """The external memory store's URL is in a Secret: its usual ports (plain, TLS) are let out."""
 
@@ -130,20 +142,16 @@ def tool_egress(app: LLMChainApp) -> list[Manifest]:
     elif app.spec.chain.memory is not None:
         rules.append({"ports": [{"protocol": "TCP", "port": p} for p in EXTERNAL_REDIS_PORTS]})
     url = app.spec.model.source.url
-    if url is not None:  # the model init container downloads it from inside these pods
+    if url is not None and not builds_in_job(app):  # the init container downloads it
         rules.append(
             {
-                "to": [{"ipBlock": {"cidr": cidr}} for cidr in EVERYWHERE],
+                "to": _everywhere(),
                 "ports": [{"protocol": "TCP", "port": _port(url.url)}],
             }
         )
     for tool in app.spec.tools:
         blocks = [_cidr(h) for h in tool.http.allowed_hosts]
-        to = (
-            [{"ipBlock": {"cidr": cidr}} for cidr in EVERYWHERE]
-            if None in blocks
-            else [{"ipBlock": {"cidr": b}} for b in blocks]
-        )
+        to = _everywhere() if None in blocks else [{"ipBlock": {"cidr": b}} for b in blocks]
         ports = tool.egress_ports or [_port(tool.http.url)]
         rules.append({"to": to, "ports": [{"protocol": "TCP", "port": p} for p in ports]})
     return rules

@@ -39,6 +39,8 @@ RESULT_CHARS = 2000
 """Characters of a tool's result fed back to the model (the rest is cut, and said so)."""
 ANSWER = Grammar.lark(r"start: /[^<][\s\S]*/")
 """An agent's last turn: text that cannot start a call block."""
+LATE_TOKENS = 32
+"""Most tokens of the answer an agent gives once its time is up (its answer must still come)."""
 JSON_TYPES = ("number", "integer", "boolean", "object", "array", "null")
 
 
@@ -150,14 +152,17 @@ class ToolSteps:
         for turn in range(step.max_iterations + 1):
             last = turn == step.max_iterations or time.monotonic() >= deadline
             grammar = ANSWER if last else must_call if turn == 0 and step.call_first else choose
-            if last:
-                text = await self._turn(step, messages, tools, grammar, usage)
+            if last:  # past the deadline already: a short answer
+                late = time.monotonic() >= deadline
+                text = await self._turn(
+                    step, messages, tools, grammar, usage, LATE_TOKENS if late else None
+                )
             else:
                 try:  # a turn that calls is bounded by the step's time too
                     async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                         text = await self._turn(step, messages, tools, grammar, usage)
-                except TimeoutError:
-                    text = await self._turn(step, messages, tools, ANSWER, usage)
+                except TimeoutError:  # out of time: a short answer, now
+                    text = await self._turn(step, messages, tools, ANSWER, usage, LATE_TOKENS)
                     last = True
             content, made = read_calls(text, names)
             if last or not made:  # the answer turn's text is the answer, whatever it holds
@@ -174,10 +179,11 @@ class ToolSteps:
         tools: list[Tool],
         grammar: Grammar,
         usage: list[int],
+        most: int | None = None,
     ) -> str:
         g = step.generation
         params = SamplingParams(
-            max_tokens=g.max_tokens,
+            max_tokens=min(g.max_tokens, most or g.max_tokens),
             temperature=g.temperature,
             top_p=g.top_p,
             top_k=g.top_k,

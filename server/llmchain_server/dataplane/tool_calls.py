@@ -133,9 +133,12 @@ class ToolCaller:
         except ToolCallFailed as e:
             self._record(name, "error", started, status, e.message)
             raise
-        except BaseException:  # cancelled by the caller (an agent's deadline, a client gone)
+        except asyncio.CancelledError:  # by the caller (an agent's deadline, a client gone)
             self._record(name, "cancelled", started, status, "cancelled")
             raise
+        except Exception as e:  # anything else is still this tool's failure, not the server's
+            self._record(name, "error", started, status, type(e).__name__)
+            raise ToolCallFailed(f"tool {name} failed ({type(e).__name__})") from None
         self._record(name, "ok", started, status, None)
         return ToolResult(name, status, value, time.monotonic() - started)
 
@@ -337,6 +340,6 @@ def _value(response: httpx.Response, content: bytes) -> Any:
     if "json" in response.headers.get("content-type", ""):
         try:
             return json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deep to read: the text
             return text
     return text

@@ -28,6 +28,8 @@ from llmchain_server.errors import InvalidRequest
 CLOSE_WINDOW = 64
 """In the last this many tokens of a budget, every step checks that the output can still close
 after the token sampled (about 0.4 ms a step)."""
+CLOSE_MARGIN = 16
+"""How much longer than the closing path last measured the checking window is kept."""
 CLOSERS = ('"', "}", "]", ",", ":", "0", "{", "[", "n", "t", "f", "1", " ", "\n")
 ENDERS = 5
 """The first CLOSERS end things and may repeat in a path; the others start values, and a path
@@ -95,8 +97,10 @@ class Constraints:
             str(tokenizer_json), n_vocab=vocab, eos_token=list(eos_ids) or None
         )
         self.vocab = vocab
+        if not eos_ids:
+            raise ValueError("constrained decoding needs the model's end-of-output token")
         self.eos_ids = frozenset(eos_ids)
-        self.end = eos_ids[0] if eos_ids else 0
+        self.end = eos_ids[0]
         """The token that ends an output (the chat template's end of turn)."""
         self.closers = [ids[0] for ids in map(self._single, CLOSERS) if ids]
         self.enders = frozenset(ids[0] for ids in map(self._single, CLOSERS[:ENDERS]) if ids)
@@ -128,6 +132,8 @@ class Constraints:
         with self._lock:  # one copy at a time of a matcher other threads copy too
             matcher = Matcher(self, compiled.deep_copy())
         shortest = matcher.closing_path(CLOSE_SEARCH)
+        if shortest is not None:
+            matcher.window = max(CLOSE_WINDOW, len(shortest) + CLOSE_MARGIN)
         if shortest is not None and len(shortest) > max_tokens:
             raise GrammarError(
                 f"no output this {_KINDS[grammar.kind]} allows fits in max_tokens ({max_tokens}): "
@@ -144,6 +150,9 @@ class Matcher:
         self._m = matcher
         self._mask = np.full((1, (constraints.vocab + 31) // 32), -1, dtype=np.int32)
         self._closing: list[int] = []  # the closing path being followed, once it has begun
+        self.window = CLOSE_WINDOW
+        """The last tokens of the budget in which each step checks; widened to the closing
+        path's length (and a margin) whenever one longer than the window is measured."""
         self.closed = False
         """The budget ran short and the output was closed along the shortest path."""
 
@@ -176,15 +185,16 @@ class Matcher:
     def budgeted(self, token: int, remaining: int) -> int:
         """`token` if the output can still close within the `remaining` tokens of budget (this
         one included) after it, else the first token of the closing path from here, which the
-        steps that follow keep to. Only checked in the last CLOSE_WINDOW tokens."""
+        steps that follow keep to. Checked in the budget's last `window` tokens."""
         if self._closing:
             return self._closing.pop(0)
-        if remaining > CLOSE_WINDOW or token in self._c.eos_ids:
+        if remaining > self.window or token in self._c.eos_ids:
             return token
         trial = self._m.deep_copy()
         if trial.consume_token(token):
             path = _close(self._c, trial, remaining - 1)
             if path is not None:
+                self.window = max(self.window, len(path) + CLOSE_MARGIN)
                 return token
         path = self.closing_path(remaining)
         if path is None:  # no closing path fits: the output will be cut, and counted
@@ -213,6 +223,13 @@ class Matcher:
 
 
 def _close(c: Constraints, m: LLMatcher, limit: int) -> list[int] | None:
+    """A closing path from `m`'s state (which it consumes): the plain greedy one (shortest on
+    JSON), else, when that loops, one that takes each value-starting or fallback token once."""
+    path = _greedy(c, m.deep_copy(), limit, avoid=False)
+    return path if path is not None else _greedy(c, m, limit, avoid=True)
+
+
+def _greedy(c: Constraints, m: LLMatcher, limit: int, avoid: bool) -> list[int] | None:
     path: list[int] = []
     tried: set[int] = set()  # fallback choices: taking another one breaks loops (x+y)
     mask = np.full((1, (c.vocab + 31) // 32), -1, dtype=np.int32)
@@ -226,7 +243,12 @@ def _close(c: Constraints, m: LLMatcher, limit: int) -> list[int] | None:
             m.unsafe_compute_mask_ptr(mask.ctypes.data, mask.nbytes)
             bits = np.unpackbits(mask.view(np.uint8), bitorder="little")[: c.vocab]
             token = next(
-                (t for t in c.closers if bits[t] and (t in c.enders or t not in tried)), -1
+                (
+                    t
+                    for t in c.closers
+                    if bits[t] and (not avoid or t in c.enders or t not in tried)
+                ),
+                -1,
             )
             if token >= 0:
                 tried.add(token)
@@ -234,7 +256,7 @@ def _close(c: Constraints, m: LLMatcher, limit: int) -> list[int] | None:
                 allowed = [int(t) for t in np.flatnonzero(bits) if t not in c.eos_ids]
                 if not allowed:
                     return None
-                token = next((t for t in allowed if t not in tried), allowed[0])
+                token = next((t for t in allowed if not avoid or t not in tried), allowed[0])
                 tried.add(token)
         if not m.consume_token(token):
             return None
