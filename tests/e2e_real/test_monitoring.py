@@ -81,15 +81,16 @@ def app_manifest(name: str, model_url: str, **spec: Any) -> dict[str, Any]:
 
 
 def failing_chain() -> dict[str, Any]:
-    """A chain whose JSON parser always fails: 3 tokens never make the object its schema
-    requires, so each request ends in 502 after the step's retry (a real failure)."""
+    """A chain whose JSON output is always cut: the step decodes under its schema, whose
+    output starts with `{`, and its stop sequence is `{`, so the text parsed is empty and each
+    request ends in a 502 (a real failure of the server's parser, not a faked one)."""
     return {
         "inputs": ["question"],
         "steps": [
             {
                 "name": "answer",
                 "prompt": "Question: {{ question }}\nAnswer as JSON:",
-                "generation": {"maxTokens": 3, "temperature": 0.0},
+                "generation": {"maxTokens": 16, "temperature": 0.0, "stop": ["{"]},
                 "output": {
                     "type": "json",
                     "jsonSchema": {"type": "object", "required": ["answer"]},
