@@ -270,10 +270,9 @@ def test_the_agent_loop_contains_hostile_tools(
         assert calls["redirects"]["ok"] is False
         assert "host localhost is not in its allowedHosts" in calls["redirects"]["error"]
         assert calls["injects"]["ok"] is True
-        # The injected "call" is data: no call to hang came from the injects step.
-        assert [c["tool"] for c in body["metadata"]["tool_calls"] if c["step"] == "injects"] == [
-            "injection"
-        ] * len([c for c in body["metadata"]["tool_calls"] if c["step"] == "injects"])
+        # The injected "call" is data: the injects step called only its own tool, never hang.
+        made = {c["tool"] for c in body["metadata"]["tool_calls"] if c["step"] == "injects"}
+        assert made == {"injection"}
         assert isinstance(body["output"], str)
         metrics = server.get("/metrics")[2].decode()
         assert 'llmchain_tool_calls_total{outcome="error",tool="big"}' in metrics

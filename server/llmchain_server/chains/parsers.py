@@ -53,9 +53,12 @@ def parse(text: str, parser: OutputParser) -> Any:
         try:
             jsonschema.validate(value, parser.json_schema)
         except jsonschema.ValidationError as e:
-            where = "/".join(str(p) for p in e.absolute_path) or "the top level"
-            # The validator and the place only: messages quote model output, which is not logged.
-            raise ParseError(
-                f"the output fails the JSON schema's {e.validator!r} rule at {where}"
-            ) from None
+            raise ParseError(f"the output fails the JSON schema's {schema_failure(e)}") from None
     return value
+
+
+def schema_failure(e: jsonschema.ValidationError) -> str:
+    """Which rule failed where: the validator and the place only (messages would quote the
+    value, model output or a request's arguments, which is not logged)."""
+    where = "/".join(str(p) for p in e.absolute_path) or "the top level"
+    return f"{e.validator!r} rule at {where}"

@@ -18,6 +18,7 @@ from typing import Any
 import jsonschema
 from jinja2 import Template
 
+from llmchain_server.chains.parsers import schema_failure
 from llmchain_server.chains.templates import ChainInputError, compile_template, render
 from llmchain_server.config import AgentStep, ToolStep
 from llmchain_server.config import Tool as ToolConfig
@@ -115,10 +116,9 @@ class ToolSteps:
         try:
             jsonschema.validate(arguments, tool.parameters)
         except jsonschema.ValidationError as e:
-            where = "/".join(str(p) for p in e.absolute_path) or "the top level"
             raise ChainInputError(
                 f"step {step.name}: the arguments fail tool {tool.name}'s schema "
-                f"({e.validator!r} rule at {where})"
+                f"({schema_failure(e)})"
             ) from None
         started = time.monotonic()
         try:

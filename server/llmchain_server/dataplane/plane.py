@@ -235,11 +235,14 @@ class DataPlane:
         return await self.off_loop(self._engine.constrain, params)
 
     # -- generation ----------------------------------------------------------------------------
-    async def stream(self, prompt: Sequence[int], params: SamplingParams) -> AsyncIterator[Chunk]:
-        """The answer's chunks: replayed from the response cache, or generated (and stored)."""
+    async def stream(
+        self, prompt: Sequence[int], params: SamplingParams, matcher: Matcher | None = None
+    ) -> AsyncIterator[Chunk]:
+        """The answer's chunks: replayed from the response cache, or generated (and stored).
+        `matcher`: a constrained request's, from `constrain` (made here when not given)."""
         cache = self.cache if self.cache is not None and self.cache.cacheable(params) else None
         if cache is None:
-            async for chunk in self._generate(prompt, params):
+            async for chunk in self._generate(prompt, params, matcher):
                 yield chunk
             return
         key = cache.key(prompt, params)
@@ -249,19 +252,20 @@ class DataPlane:
                 yield chunk
             return
         produced: list[Chunk] = []
-        async for chunk in self._generate(prompt, params):
+        async for chunk in self._generate(prompt, params, matcher):
             produced.append(chunk)
             yield chunk
         if produced and produced[-1].finish_reason in ("stop", "length"):
             await cache.put(key, produced)
 
     async def _generate(
-        self, prompt: Sequence[int], params: SamplingParams
+        self, prompt: Sequence[int], params: SamplingParams, matcher: Matcher | None
     ) -> AsyncIterator[Chunk]:
         """The engine's chunks, timing the first token and the gaps between tokens."""
         started = time.monotonic()
         last = None
-        matcher = await self.constrain(params)
+        if matcher is None:
+            matcher = await self.constrain(params)
         generation = self._engine.generate_async(list(prompt), params, matcher)
         try:
             async for chunk in self._until_cut(aiter(generation)):
@@ -299,11 +303,13 @@ class DataPlane:
         finally:
             cut.cancel()
 
-    async def complete(self, prompt: Sequence[int], params: SamplingParams) -> Result:
+    async def complete(
+        self, prompt: Sequence[int], params: SamplingParams, matcher: Matcher | None = None
+    ) -> Result:
         """The whole answer at once."""
         parts: list[str] = []
         final: Chunk | None = None
-        async for chunk in self.stream(prompt, params):
+        async for chunk in self.stream(prompt, params, matcher):
             parts.append(chunk.text)
             final = chunk
         assert final is not None and final.finish_reason is not None

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmchain_server.engine import Grammar
+from llmchain_server.engine.constraints import JSON_OPTIONS
 
 OPEN, CLOSE = "<tool_call>[", "]</tool_call>"
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_CALLS = 8
 """Most calls one reply makes (parallel calls on)."""
-JSON_COMPACT = {"whitespace_flexible": False}
 
 TOOLS_PROMPT = """You are an expert in composing functions. You are given a question and a set of \
 possible functions. Based on the question, you will need to make one or more function/tool calls \
@@ -95,7 +95,7 @@ def tools_grammar(tools: Sequence[Tool], required: bool, parallel: bool = True) 
         raise ValueError("no tools to call")
     rules = []
     for i, tool in enumerate(tools):
-        schema = {**closed(tool.parameters), "x-guidance": JSON_COMPACT}
+        schema = {**closed(tool.parameters), "x-guidance": JSON_OPTIONS}
         head = json.dumps(f'{{"name": "{tool.name}", "arguments": ')
         rules.append(f'call_{i}: {head} %json {json.dumps(schema)} "}}"')
     more = f' ("," call){{0,{MAX_CALLS - 1}}}' if parallel else ""

@@ -21,6 +21,7 @@ from llmchain_server.dataplane.structured import (
     with_tools,
 )
 from llmchain_server.engine import Grammar, GrammarError, SamplingParams
+from llmchain_server.engine.constraints import Matcher
 from llmchain_server.errors import InvalidRequest
 from llmchain_server.http.errors import problem
 from llmchain_server.http.openai_shapes import (
@@ -196,8 +197,8 @@ async def _answer(
     try:
         prompt = await make_prompt()
         plane.fit(prompt, params, field)
-        try:
-            await plane.constrain(params)  # a schema or grammar at fault fails before a stream
+        try:  # a schema or grammar at fault fails before a stream; the matcher is used below
+            matcher = await plane.constrain(params)
         except GrammarError as e:
             raise InvalidRequest(e.message, param="tools" if calls else "response_format") from None
     except BaseException:
@@ -207,9 +208,9 @@ async def _answer(
     if request.stream:
         usage = request.stream_options is not None and request.stream_options.include_usage
         shape = ChunkEvents(model, chat, usage, calls)
-        return sse_response(_events(plane, prompt, params, shape, release), release)
+        return sse_response(_events(plane, prompt, params, matcher, shape, release), release)
     try:
-        result = await plane.complete(prompt, params)
+        result = await plane.complete(prompt, params, matcher)
     finally:
         release()
     return JSONResponse(completion(result, model, chat, calls))
@@ -219,6 +220,7 @@ async def _events(
     plane: DataPlane,
     prompt: list[int],
     params: SamplingParams,
+    matcher: Matcher | None,
     shape: ChunkEvents,
     release: Callable[[], None],
 ) -> AsyncIterator[str]:
@@ -226,7 +228,7 @@ async def _events(
         if opening := shape.opening():
             yield opening
         final = None
-        async for chunk in plane.stream(prompt, params):
+        async for chunk in plane.stream(prompt, params, matcher):
             final = chunk
             for piece in shape.pieces(chunk):
                 yield piece
