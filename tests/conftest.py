@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cluster import ROOT, Cluster, create_namespace, start_cluster, stop_cluster
-from tests.support.model import GGUF_SHA256, gguf_path
+from tests.support.model import EMBEDDING_ZIP_SHA256, GGUF_SHA256, embedding_zip, gguf_path
 from tests.support.operator import OperatorProcess, install_operator_identity
 from tests.support.redis import RedisServer
 
@@ -50,6 +50,24 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path
         if quantization not in built:
             out = root / quantization
             build_model(str(gguf_path()), out, quantization, sha256=GGUF_SHA256)
+            built[quantization] = out
+        return built[quantization]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def embedding_dirs(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Embedding model folders built from all-MiniLM-L6-v2's zip, one per quantization."""
+    from llmchain_server.model import build_model
+
+    root = tmp_path_factory.mktemp("embedding-models")
+    built: dict[str, Path] = {}
+
+    def get(quantization: str) -> Path:
+        if quantization not in built:
+            out = root / quantization
+            build_model(str(embedding_zip()), out, quantization, sha256=EMBEDDING_ZIP_SHA256)
             built[quantization] = out
         return built[quantization]
 

@@ -105,6 +105,16 @@ def operator(
 @click.option("--memory-url", help="The Redis all replicas share for conversation memory.")
 @click.option("--model-name", help="Model id clients send (default: the folder's name).")
 @click.option(
+    "--embedding-model",
+    "embedding_dir",
+    type=click.Path(path_type=Path),
+    help="An embedding model folder (`llmchain model build` from a sentence-transformers "
+    "model): serves /v1/embeddings.",
+)
+@click.option(
+    "--embedding-model-name", help="Embedding model id clients send (default: its folder's name)."
+)
+@click.option(
     "--log-format", type=click.Choice(["json", "text"]), default="json", show_default=True
 )
 @click.option("--log-level", default="INFO", show_default=True)
@@ -116,6 +126,8 @@ def serve(
     redis_url: str | None,
     memory_url: str | None,
     model_name: str | None,
+    embedding_dir: Path | None,
+    embedding_model_name: str | None,
     log_format: str,
     log_level: str,
 ) -> None:
@@ -127,7 +139,19 @@ def serve(
     from llmchain_server.serve import run
 
     try:
-        sys.exit(run(model_dir, host, port, model_name, chain_file, redis_url, memory_url))
+        sys.exit(
+            run(
+                model_dir,
+                host,
+                port,
+                model_name,
+                chain_file,
+                redis_url,
+                memory_url,
+                embedding_dir,
+                embedding_model_name,
+            )
+        )
     except ValueError as e:  # an unverifiable model folder names its problem
         raise click.ClickException(str(e)) from None
 

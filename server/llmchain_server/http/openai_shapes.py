@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Collection
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from llmchain_server.dataplane import Result
 from llmchain_server.dataplane.structured import CallStream, ToolCall, read_calls
@@ -215,6 +215,32 @@ class Model(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"]
     data: list[Model]
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingItem(BaseModel):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str = Field(
+        description="Floats, or base64 of little-endian float32 (encoding_format base64)."
+    )
+    truncated: bool = Field(
+        description="Not OpenAI's: the input was longer than the model's longest input and "
+        "only its beginning was embedded."
+    )
+
+
+class EmbeddingList(BaseModel):
+    """`/v1/embeddings`: one item per input, in input order."""
+
+    object: Literal["list"]
+    data: list[EmbeddingItem]
+    model: str
+    usage: EmbeddingUsage
 
 
 def model_card(name: str) -> dict[str, Any]:

@@ -254,3 +254,29 @@ class CompletionRequest(Sampling):
 
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+
+EmbeddingText = Annotated[str, Field(max_length=1_000_000)]
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=100_000)]
+
+
+class EmbeddingRequest(BaseModel):
+    """`/v1/embeddings`: one text, a list of texts, one list of token ids or a list of them (the
+    texts' tokens in the embedding model's vocabulary, without special tokens)."""
+
+    model_config = STRICT
+    model: Annotated[str, Field(max_length=256)]
+    input: (
+        EmbeddingText
+        | Annotated[list[EmbeddingText], Field(max_length=2048)]
+        | TokenIds
+        | Annotated[list[TokenIds], Field(max_length=2048)]
+    )
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Annotated[int, Field(ge=1)] | None = None
+    user: Annotated[str, Field(max_length=256)] | None = None
+    truncate: bool = Field(
+        True,
+        description="Not OpenAI's: embed the beginning of an input longer than the model's "
+        "longest input (and mark it `truncated`), or refuse the request when false.",
+    )

