@@ -49,7 +49,7 @@ class Embedder:
         folder: Path,
         provider: str = "auto",
         threads: int | None = None,
-        batch_tokens: int = 8192,
+        batch_tokens: int = 1024,
     ) -> None:
         started = time.monotonic()
         self.folder = folder

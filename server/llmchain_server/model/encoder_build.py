@@ -10,13 +10,11 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from llmchain_server.model.convert import linear_kind
 from llmchain_server.model.encoder_config import EMBEDDING_QUANTIZATIONS, EncoderConfig
 from llmchain_server.model.encoder_graph import build_encoder
 from llmchain_server.model.encoder_source import EncoderSource
 from llmchain_server.model.manifest import content_digest, file_digest
 from llmchain_server.model.progress import Progress
-from llmchain_server.model.weights import Floats, Weight, quantize_offset
 
 
 def build_encoder_into(
@@ -38,14 +36,10 @@ def build_encoder_into(
         f"{', normalised' if normalize else ''}, inputs up to {max_tokens} tokens"
     )
 
-    def convert(w: Floats) -> Weight:
-        return quantize_offset(w, 8) if quantization == "int8" else w
-
     model = build_encoder(
         config,
         source.weight,
-        convert,
-        linear_kind(quantization),
+        quantization,
         pooling,
         normalize,
         on_layer=lambda i: progress.step(i, config.layers, "converted layer"),
