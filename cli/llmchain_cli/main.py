@@ -115,6 +115,13 @@ def operator(
     "--embedding-model-name", help="Embedding model id clients send (default: its folder's name)."
 )
 @click.option(
+    "--index",
+    "index_dir",
+    type=click.Path(path_type=Path),
+    help="A document index (`llmchain index build`) for the chain's retrieval steps; built with "
+    "--embedding-model.",
+)
+@click.option(
     "--log-format", type=click.Choice(["json", "text"]), default="json", show_default=True
 )
 @click.option("--log-level", default="INFO", show_default=True)
@@ -128,6 +135,7 @@ def serve(
     model_name: str | None,
     embedding_dir: Path | None,
     embedding_model_name: str | None,
+    index_dir: Path | None,
     log_format: str,
     log_level: str,
 ) -> None:
@@ -150,6 +158,7 @@ def serve(
                 memory_url,
                 embedding_dir,
                 embedding_model_name,
+                index_dir,
             )
         )
     except ValueError as e:  # an unverifiable model folder names its problem
@@ -301,6 +310,69 @@ def build(
         raise click.ClickException(str(e)) from None
     except OSError as e:
         raise click.ClickException(f"cannot write the model folder {out}: {e}") from None
+    click.echo(manifest["digest"])
+
+
+@cli.group()
+def index() -> None:
+    """Document indexes for retrieval steps."""
+
+
+@index.command("build")
+@click.option(
+    "--documents",
+    required=True,
+    help="A folder of documents (every file under it), one file, or an http(s) URL of a file "
+    "or a .zip / .tar.gz of documents.",
+)
+@click.option("--sha256", help="Expected checksum of a --documents URL (required for URLs).")
+@click.option(
+    "--embedding-model",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The embedding model folder (`llmchain model build` from a sentence-transformers model).",
+)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Index folder.")
+@click.option("--chunk-size", default=200, show_default=True, help="Tokens per chunk, at most.")
+@click.option("--chunk-overlap", default=40, show_default=True, help="Tokens chunks share.")
+@click.option(
+    "--kind",
+    type=click.Choice(["auto", "flat", "ivf", "hnsw"]),
+    default="auto",
+    show_default=True,
+    help="Faiss index: flat (exact), ivf or hnsw (approximate); auto: flat up to 50,000 chunks.",
+)
+@click.option("--digest", help="Build digest to record (the operator's corpus digest).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Download cache.")
+def index_build(
+    documents: str,
+    sha256: str | None,
+    embedding_model: Path,
+    out: Path,
+    chunk_size: int,
+    chunk_overlap: int,
+    kind: str,
+    digest: str | None,
+    cache_dir: Path | None,
+) -> None:
+    """Chunk, embed and index documents, once per corpus: a folder already built from the same
+    documents, model, chunking and kind is reused."""
+    from llmchain_server.model import FetchError
+    from llmchain_server.model.fields import FolderError
+    from llmchain_server.retrieval.build import IndexBuildError, build_index
+    from llmchain_server.retrieval.chunking import Chunking
+    from llmchain_server.retrieval.documents import documents_at
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        with documents_at(documents, sha256, cache_dir) as root:
+            manifest = build_index(
+                root, embedding_model, out, Chunking(chunk_size, chunk_overlap), kind, digest
+            )
+    except (IndexBuildError, FetchError, FolderError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(f"cannot build the index {out}: {e}") from None
     click.echo(manifest["digest"])
 
 

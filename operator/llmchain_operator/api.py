@@ -659,6 +659,13 @@ class LLMChainAppSpec(Schema):
             ".chain.steps",
         ),
         (
+            "self.chain.steps.all(s, s.type != 'retrieval')",
+            "retrieval steps need a document index, which an LLMChainApp cannot configure yet "
+            "(spec.retrieval is not implemented); serve such a chain with `llmchain serve "
+            "--embedding-model ... --index ...`",
+            ".chain.steps",
+        ),
+        (
             "!(self.model.executionProvider in ['cuda', 'tensorrt']) || self.serving.gpus >= 1",
             "executionProvider cuda and tensorrt need serving.gpus >= 1",
             ".model.executionProvider",
@@ -685,6 +692,11 @@ def tool_problems(spec: LLMChainAppSpec) -> list[str]:
             for n in wanted
             if n not in names
         ]
+        if isinstance(step, config.RetrievalStep):
+            problems.append(
+                f"spec.chain.steps[{i}]: retrieval steps need a document index, which an "
+                "LLMChainApp cannot configure yet (spec.retrieval is not implemented)"
+            )
     return problems
 
 

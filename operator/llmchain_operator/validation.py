@@ -22,7 +22,7 @@ class Validated:
     problems: list[str] = field(default_factory=list)
 
 
-STEP_TAGS = ("llm", "tool", "agent")
+STEP_TAGS = ("llm", "tool", "agent", "retrieval")
 
 
 def field_path(loc: Sequence[int | str]) -> str:

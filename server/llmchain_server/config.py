@@ -234,8 +234,9 @@ class LLMStep(Schema):
     )
     type: Literal["llm"] = Field(
         "llm",
-        description="Step kind: llm (a prompt to the model), tool (one tool call) or agent "
-        "(the model calls tools in a loop, then answers).",
+        description="Step kind: llm (a prompt to the model), tool (one tool call), agent "
+        "(the model calls tools in a loop, then answers) or retrieval (a search of the "
+        "document index).",
     )
     prompt: str = Field(
         min_length=1,
@@ -316,6 +317,37 @@ class AgentStep(Schema):
     generation: Generation = nested(Generation, "Decoding parameters of each model turn.")
 
 
+class RetrievalStep(Schema):
+    """A step that searches the app's document index; its output is the passages found, each
+    {text, source, score, similarity}, best first (a list later templates can loop over)."""
+
+    name: str = Field(
+        pattern=IDENTIFIER,
+        max_length=63,
+        description="Step name; later steps use its output as the template variable of this name.",
+    )
+    type: Literal["retrieval"] = Field(description="retrieval: a search of the document index.")
+    query: str = Field(
+        min_length=1,
+        max_length=MAX_TEMPLATE_CHARS,
+        description="Jinja2 template of the search query (inputs and earlier outputs as "
+        "variables). A query longer than the embedding model's longest input is cut to it, "
+        "and the chain's metadata says so.",
+    )
+    k: int = Field(4, ge=1, le=50, description="How many passages to return at most.")
+    score_threshold: float | None = Field(
+        None,
+        ge=-1,
+        le=1,
+        description="Drop passages whose cosine similarity to the query is below this.",
+    )
+    mode: Literal["dense", "bm25", "hybrid"] = Field(
+        "dense",
+        description="dense: nearest by embedding; bm25: keyword (BM25) ranking; hybrid: both, "
+        "fused by reciprocal rank.",
+    )
+
+
 def _step_type(value: Any) -> str:
     """A step's kind; `llm` when unsaid (steps written before there were other kinds)."""
     kind = value.get("type", "llm") if isinstance(value, dict) else getattr(value, "type", "llm")
@@ -325,7 +357,8 @@ def _step_type(value: Any) -> str:
 Step = Annotated[
     Annotated[LLMStep, Tag("llm")]
     | Annotated[ToolStep, Tag("tool")]
-    | Annotated[AgentStep, Tag("agent")],
+    | Annotated[AgentStep, Tag("agent")]
+    | Annotated[RetrievalStep, Tag("retrieval")],
     Discriminator(_step_type),
 ]
 """A chain step, by its `type`."""
@@ -460,8 +493,13 @@ def template_problems(chain: Chain, at: str = "chain") -> list[str]:
     return problems
 
 
-def step_templates(step: LLMStep | ToolStep | AgentStep) -> list[tuple[str, str | None]]:
-    """A step's Jinja2 templates by field path: prompt and system, or each argument."""
+def step_templates(
+    step: LLMStep | ToolStep | AgentStep | RetrievalStep,
+) -> list[tuple[str, str | None]]:
+    """A step's Jinja2 templates by field path: prompt and system, each argument, or the
+    query."""
     if isinstance(step, ToolStep):
         return [(f"arguments.{name}", source) for name, source in step.arguments.items()]
+    if isinstance(step, RetrievalStep):
+        return [("query", step.query)]
     return [("prompt", step.prompt), ("system", step.system)]

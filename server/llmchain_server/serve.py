@@ -21,11 +21,14 @@ from llmchain_server.engine import Engine, EngineSettings
 from llmchain_server.engine.embedder import Embedder
 from llmchain_server.http.app import create_app
 from llmchain_server.http.server import serve
+from llmchain_server.retrieval.retriever import Retriever
 
 log = logging.getLogger(__name__)
 
 
-def load_chain(path: Path, plane: DataPlane, memory_url: str | None) -> ChainRunner:
+def load_chain(
+    path: Path, plane: DataPlane, memory_url: str | None, retriever: Retriever | None = None
+) -> ChainRunner:
     """The chain from its config file; its memory store when it has memory."""
     try:
         config = ChainConfig.model_validate(yaml.safe_load(path.read_text()))
@@ -41,7 +44,7 @@ def load_chain(path: Path, plane: DataPlane, memory_url: str | None) -> ChainRun
         memory = MemoryStore(
             memory_url, config.name, config.chain.memory.window, config.chain.memory.ttl_seconds
         )
-    return ChainRunner(config, plane, memory)
+    return ChainRunner(config, plane, memory, retriever)
 
 
 def read_api_key(settings: ServerSettings) -> str | None:
@@ -64,6 +67,7 @@ def run(
     memory_url: str | None = None,
     embedding_model: Path | None = None,
     embedding_model_name: str | None = None,
+    index: Path | None = None,
 ) -> int:
     registry = CollectorRegistry()
     engine = Engine(model, EngineSettings.from_env(), registry=registry)
@@ -76,15 +80,21 @@ def run(
             redis_url, engine.digest, settings.cache_ttl_seconds, settings.cache_sampled, metrics
         )
     plane = DataPlane(engine, settings, metrics, cache)
-    chain = load_chain(chain_file, plane, memory_url or redis_url) if chain_file else None
     embeddings = None
     if embedding_model is not None:
-        engine_settings = engine.settings
         embeddings = Embeddings(
-            Embedder(embedding_model, engine_settings.provider, engine_settings.threads),
+            Embedder(embedding_model, engine.settings.provider, engine.settings.threads),
             embedding_model_name or embedding_model.name,
             EmbeddingMetrics(registry),
         )
+    retriever = None
+    if index is not None:
+        if embeddings is None:
+            raise ValueError(f"--index {index} needs the --embedding-model it was built with")
+        retriever = Retriever(index, embeddings)
+    chain = (
+        load_chain(chain_file, plane, memory_url or redis_url, retriever) if chain_file else None
+    )
     engine.start()
     app = create_app(plane, metrics, api_key, chain, embeddings)
     log.info("Serving %s on %s:%d", settings.model_name, host, port)

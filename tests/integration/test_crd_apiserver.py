@@ -266,6 +266,11 @@ INVALID: list[tuple[str, Mutation, list[str]]] = [
         ["spec.chain.steps", "an agent step's tools must be among spec.tools"],
     ),
     (
+        "retrieval-step-without-an-index",
+        set_path("chain.steps", [{"name": "s", "type": "retrieval", "query": "{{ question }}"}]),
+        ["spec.chain.steps", "retrieval steps need a document index"],
+    ),
+    (
         "field-of-another-step-kind",
         both(
             set_path("tools", [TOOL]),

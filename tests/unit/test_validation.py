@@ -28,12 +28,23 @@ def broken(**changes: Any) -> dict[str, Any]:
     return body
 
 
+def with_step(step: dict[str, Any]) -> dict[str, Any]:
+    body = copy.deepcopy(QA)
+    body["metadata"]["namespace"] = "apps"
+    body["spec"]["chain"]["steps"].append(step)
+    return body
+
+
 MISTAKES = [
     (broken(name="Second Step"), "spec.chain.steps[1].name: String should match pattern"),
     (broken(name="second", prompt="{{ nowhere }}"), "spec.chain.steps[1].prompt: uses undeclared"),
     (
         broken(name="second", generation={"maxTokens": 0}),
         "spec.chain.steps[1].generation.maxTokens",
+    ),
+    (
+        with_step({"name": "second", "type": "retrieval", "query": "{{ question }}"}),
+        "spec.chain.steps[1]: retrieval steps need a document index",
     ),
 ]
 
@@ -43,7 +54,9 @@ def test_field_paths_use_brackets_for_list_items() -> None:
     assert field_path(()) == "(the resource)"
 
 
-@pytest.mark.parametrize(("body", "expected"), MISTAKES, ids=["schema", "template", "bound"])
+@pytest.mark.parametrize(
+    ("body", "expected"), MISTAKES, ids=["schema", "template", "bound", "retrieval"]
+)
 def test_validate_render_and_the_webhook_word_a_mistake_alike(
     body: dict[str, Any], expected: str
 ) -> None:

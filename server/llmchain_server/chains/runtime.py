@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmchain_server.chains.parsers import ParseError, parse
+from llmchain_server.chains.retrieval_steps import RetrievalSteps, SourceRecord
 from llmchain_server.chains.templates import ChainInputError, compile_template, render
 from llmchain_server.chains.tool_steps import CallRecord, ToolSteps
 from llmchain_server.chains.values import (
@@ -22,12 +23,13 @@ from llmchain_server.chains.values import (
     mapped_strings,
     string_chars,
 )
-from llmchain_server.config import ChainConfig, LLMStep, Step, ToolStep
+from llmchain_server.config import ChainConfig, LLMStep, RetrievalStep, Step, ToolStep
 from llmchain_server.dataplane import DataPlane
 from llmchain_server.dataplane.memory import SESSION, MemoryStore
 from llmchain_server.dataplane.structured import json_grammar
 from llmchain_server.engine import SamplingParams
 from llmchain_server.errors import InvalidRequest, OutputInvalid, PromptTooLong
+from llmchain_server.retrieval.retriever import Retriever
 
 log = logging.getLogger(__name__)
 FIELD = "input"
@@ -57,10 +59,19 @@ class ChainRun:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     tool_calls: list[CallRecord] = field(default_factory=list)
+    sources: list[SourceRecord] = field(default_factory=list)
+    truncated_queries: list[str] = field(default_factory=list)
+    """Retrieval steps whose query was cut to the embedding model's longest input."""
 
 
 class ChainRunner:
-    def __init__(self, config: ChainConfig, plane: DataPlane, memory: MemoryStore | None) -> None:
+    def __init__(
+        self,
+        config: ChainConfig,
+        plane: DataPlane,
+        memory: MemoryStore | None,
+        retriever: Retriever | None = None,
+    ) -> None:
         self.name = config.name
         self.chain = config.chain
         self.plane = plane
@@ -78,6 +89,15 @@ class ChainRunner:
             s.name: json_grammar(s.output.json_schema) for s in llm_steps if s.output.type == "json"
         }
         self.tools = ToolSteps(config.tools, self.chain.steps, plane) if config.tools else None
+        wants_index = [s.name for s in self.chain.steps if isinstance(s, RetrievalStep)]
+        if wants_index and retriever is None:
+            raise ValueError(
+                f"chain {config.name}: step {wants_index[0]} is a retrieval step, and this server "
+                "has no document index (give --index and --embedding-model)"
+            )
+        self.retrieval = (
+            RetrievalSteps(self.chain.steps, retriever) if retriever and wants_index else None
+        )
         """The tool and agent steps' runner (None for a chain without tools)."""
         """The JSON steps' constraints, made once and checked against the model's tokenizer:
         a schema llguidance refuses, or one no output within the step's maxTokens completes,
@@ -221,6 +241,11 @@ class ChainRunner:
     async def _run_step(self, step: Step, ready: Prepared, run: ChainRun) -> Any:
         if isinstance(step, LLMStep):
             return await self._run_llm_step(step, ready, run)
+        if isinstance(step, RetrievalStep):
+            assert self.retrieval is not None  # __init__ refuses a retrieval step without one
+            return await self.retrieval.run(
+                step, ready.variables, run.sources, run.truncated_queries
+            )
         assert self.tools is not None  # the config checks a tool step's tool is defined
         if isinstance(step, ToolStep):
             return await self.tools.run_tool(step, ready.variables, run.tool_calls)

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmchain_server.chains.runtime import ChainRunner, Prepared
+from llmchain_server.chains.runtime import ChainRun, ChainRunner, Prepared
 from llmchain_server.errors import InvalidRequest
 from llmchain_server.http.chain_schemas import answer_models
 from llmchain_server.http.errors import problem
@@ -80,13 +80,10 @@ class ChainRoutes:
 
     async def invoke(self, request: InvokeRequest) -> dict[str, Any]:
         with self.admission.admitted():
-            run_id, output, usage, calls = await self._run_one(request.input, request.config)
-        metadata = {"run_id": run_id, "feedback_tokens": [], "usage": usage}
-        return {
-            "output": output,
-            "callback_events": [],
-            "metadata": metadata | ({"tool_calls": calls} if calls else {}),
-        }
+            run_id, run = await self._run_one(request.input, request.config)
+        usage = {"prompt_tokens": run.prompt_tokens, "completion_tokens": run.completion_tokens}
+        metadata = {"run_id": run_id, "feedback_tokens": [], "usage": usage} | _found(run)
+        return {"output": run.output, "callback_events": [], "metadata": metadata}
 
     async def batch(self, request: BatchRequest) -> dict[str, Any]:
         configs = (
@@ -114,9 +111,15 @@ class ChainRoutes:
                 raise e.exceptions[0] from None
             results = [t.result() for t in tasks]
         metadata: dict[str, Any] = {"run_ids": [r[0] for r in results]}
-        if any(r[3] for r in results):
-            metadata["tool_calls"] = [r[3] for r in results]
-        return {"output": [r[1] for r in results], "callback_events": [], "metadata": metadata}
+        found = [_found(r[1]) for r in results]
+        for key in ("tool_calls", "sources", "truncated_queries"):
+            if any(key in f for f in found):
+                metadata[key] = [f.get(key, []) for f in found]
+        return {
+            "output": [r[1].output for r in results],
+            "callback_events": [],
+            "metadata": metadata,
+        }
 
     async def stream(self, request: InvokeRequest) -> StreamingResponse:
         """The run's events. What /invoke refuses is refused here before the 200 (bad inputs,
@@ -131,14 +134,10 @@ class ChainRoutes:
             raise
         return sse_response(self._events(ready, release), release)
 
-    async def _run_one(
-        self, given: Any, config: Any
-    ) -> tuple[str, Any, dict[str, int], list[dict[str, Any]]]:
+    async def _run_one(self, given: Any, config: Any) -> tuple[str, ChainRun]:
         inputs = self.runner.inputs(given)
         run = await self.runner.invoke(inputs, self.runner.session(config))
-        usage = {"prompt_tokens": run.prompt_tokens, "completion_tokens": run.completion_tokens}
-        calls = [c.to_json() for c in run.tool_calls]
-        return str(uuid.uuid4()), run.output, usage, calls
+        return str(uuid.uuid4()), run
 
     async def _events(self, ready: Prepared, release: Callable[[], None]) -> AsyncIterator[str]:
         try:
@@ -151,3 +150,15 @@ class ChainRoutes:
             yield named_event("error", {"status_code": found.kind.status, "message": found.message})
         finally:
             release()
+
+
+def _found(run: ChainRun) -> dict[str, Any]:
+    """What a run's tool and retrieval steps did, for its metadata (only what happened)."""
+    found: dict[str, Any] = {}
+    if run.tool_calls:
+        found["tool_calls"] = [c.to_json() for c in run.tool_calls]
+    if run.sources:
+        found["sources"] = [s.to_json() for s in run.sources]
+    if run.truncated_queries:
+        found["truncated_queries"] = run.truncated_queries
+    return found

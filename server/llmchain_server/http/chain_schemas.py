@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, create_model
 
 from llmchain_server.chains.runtime import ChainRunner
 from llmchain_server.chains.values import MAX_DEPTH, MAX_ITEMS
-from llmchain_server.config import AgentStep, LLMStep
+from llmchain_server.config import AgentStep, LLMStep, RetrievalStep
 from llmchain_server.dataplane.memory import SESSION
 
 JSON_VALUE = (
@@ -48,16 +48,47 @@ class ToolCallMade(BaseModel):
     error: str | None = None
 
 
+class SourceFound(BaseModel):
+    """A passage a retrieval step found: its document, and how it ranked."""
+
+    step: str
+    source: str
+    score: float
+    similarity: float
+
+
+PASSAGES: dict[str, Any] = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "properties": {
+            "text": {"type": "string"},
+            "source": {"type": "string"},
+            "score": {"type": "number"},
+            "similarity": {"type": "number"},
+        },
+        "required": ["text", "source", "score", "similarity"],
+    },
+}
+"""A retrieval step's output: the passages found, best first."""
+
+
 class RunMetadata(BaseModel):
     run_id: str
     feedback_tokens: list[Any]
     usage: RunUsage
     tool_calls: list[ToolCallMade] = []
+    sources: list[SourceFound] = []
+    truncated_queries: list[str] = Field(
+        [], description="Retrieval steps whose query was cut to the embedding model's input."
+    )
 
 
 class BatchMetadata(BaseModel):
     run_ids: list[str]
     tool_calls: list[list[ToolCallMade]] = []  # one list per input, when any run called tools
+    sources: list[list[SourceFound]] = []  # one list per input, when any run retrieved
+    truncated_queries: list[list[str]] = []
 
 
 def _title(name: str) -> str:
@@ -103,6 +134,8 @@ def answer_models(runner: ChainRunner) -> tuple[type[BaseModel], type[BaseModel]
     output: dict[str, Any] = {}  # a tool step's: whatever the tool answers
     if isinstance(step, AgentStep) or (isinstance(step, LLMStep) and step.output.type == "text"):
         output = {"type": "string"}
+    elif isinstance(step, RetrievalStep):
+        output = PASSAGES
     elif isinstance(step, LLMStep):
         output = dict(step.output.json_schema or {})
     name = _title(runner.name)

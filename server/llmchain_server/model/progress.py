@@ -14,7 +14,9 @@ class Progress:
         total: int | None = None,
         interval: float = 2.0,
         stream: TextIO | None = None,
+        label: str = "model",
     ) -> None:
+        self.label = label
         self.stage = stage
         self.total = total
         self.interval = interval
@@ -24,7 +26,11 @@ class Progress:
 
     def say(self, message: str) -> None:
         elapsed = time.monotonic() - self.started
-        print(f"[model] {self.stage}: {message} ({elapsed:.1f} s)", file=self.stream, flush=True)
+        print(
+            f"[{self.label}] {self.stage}: {message} ({elapsed:.1f} s)",
+            file=self.stream,
+            flush=True,
+        )
 
     def bytes(self, done: int, final: bool = False) -> None:
         now = time.monotonic()

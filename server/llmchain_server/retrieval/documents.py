@@ -1,0 +1,136 @@
+"""The documents an index is built from: every file under a folder (a mounted ConfigMap, a
+path on a volume) or one file (a fetched URL), read as UTF-8 text. A document that is empty,
+binary, larger than the cap or not UTF-8 is skipped with its reason (the build reports each
+one); nothing else is dropped. The corpus digest covers every file read, skipped ones too, so
+any change to the corpus is a new digest."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from llmchain_server.model.fetch import fetch, is_url, redact
+
+MAX_DOCUMENT_BYTES = 10 * 2**20
+"""Larger files are skipped: a documentation page is far smaller; a huge file is a mistake."""
+
+
+@dataclass(frozen=True)
+class Document:
+    source: str
+    """The file's path under the corpus root (its name, for a single file)."""
+    text: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    source: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Corpus:
+    documents: list[Document]
+    skipped: list[Skipped]
+    digest: str
+    """sha256 over every file's path and content checksum."""
+
+
+def read_corpus(root: Path, max_bytes: int = MAX_DOCUMENT_BYTES) -> Corpus:
+    """Every regular file under `root` (or `root` itself), hidden ones (a ConfigMap volume's
+    `..data` links) and symbolic links leaving `root` excepted, in path order."""
+    if not root.exists():
+        raise ValueError(f"documents {root} do not exist")
+    files = [root] if root.is_file() else _files(root)
+    documents: list[Document] = []
+    skipped: list[Skipped] = []
+    lines: list[str] = []
+    for path in files:
+        name = path.name if path == root else str(path.relative_to(root))
+        size = path.stat().st_size
+        if size > max_bytes:
+            skipped.append(
+                Skipped(name, f"is {size} bytes, over the {max_bytes} bytes a document may hold")
+            )
+            lines.append(f"{name} size:{size}")
+            continue
+        data = path.read_bytes()
+        lines.append(f"{name} {hashlib.sha256(data).hexdigest()}")
+        problem, text = _text(data)
+        if problem:
+            skipped.append(Skipped(name, problem))
+        else:
+            documents.append(Document(name, text))
+    digest = "sha256:" + hashlib.sha256("".join(f"{ln}\n" for ln in lines).encode()).hexdigest()
+    return Corpus(documents, skipped, digest)
+
+
+def _files(root: Path) -> list[Path]:
+    real_root = root.resolve()
+    found = []
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root)
+        if any(part.startswith(".") for part in relative.parts):
+            continue  # ConfigMap volumes: ..data, ..2026_12_07...; editors' and VCS files
+        if not path.is_file():
+            continue
+        if not path.resolve().is_relative_to(real_root):
+            continue  # a link out of the corpus
+        found.append(path)
+    return found
+
+
+def _text(data: bytes) -> tuple[str | None, str]:
+    """(why the bytes are not a document, or None; the text)."""
+    if b"\x00" in data:
+        return "is binary (it holds NUL bytes)", ""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return f"is not UTF-8 (byte {e.start} is {data[e.start]:#04x})", ""
+    text = text.removeprefix("\ufeff")
+    if not text.strip():
+        return "is empty", ""
+    return None, text
+
+
+@contextlib.contextmanager
+def documents_at(source: str, sha256: str | None, cache_dir: Path | None) -> Iterator[Path]:
+    """The documents of `source` on disk: a local path as it is; a URL (its sha256 required, so
+    a changed file is never indexed under an old digest) fetched, and unpacked into a temporary
+    folder when it is a zip or tar archive."""
+    if not is_url(source):
+        yield Path(source)
+        return
+    if not sha256:
+        raise ValueError(f"documents {redact(source)}: give their sha256 (--sha256)")
+    fetched = fetch(source, sha256, cache_dir)
+    if not (zipfile.is_zipfile(fetched.path) or tarfile.is_tarfile(fetched.path)):
+        yield fetched.path
+        return
+    with tempfile.TemporaryDirectory(prefix="llmchain-documents-") as tmp:
+        unpack(fetched.path, Path(tmp))
+        yield Path(tmp)
+
+
+def unpack(archive: Path, into: Path) -> None:
+    """A zip or tar archive's files, none of them outside `into` and no links."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as z:
+            for member in z.infolist():
+                name = PurePosixPath(member.filename)
+                if name.is_absolute() or ".." in name.parts:
+                    raise ValueError(f"{archive.name}: {member.filename!r} points outside it")
+            z.extractall(into)
+        return
+    with tarfile.open(archive) as t:
+        try:
+            t.extractall(into, filter="data")  # refuses absolute paths, .. and links out
+        except tarfile.FilterError as e:
+            raise ValueError(f"{archive.name}: {e}") from None

@@ -1,0 +1,73 @@
+"""The index folder `llmchain index build` writes and the retriever reads:
+
+- `index.faiss`: the chunks' vectors (Faiss: flat inner product, IVF or HNSW; the vectors are
+  normalised, so inner product is cosine similarity);
+- `chunks.jsonl`: one line per chunk, in the index's order: its source document, its character
+  span there, and its text;
+- `bm25/`: a BM25 index of the same chunks (bm25s), for keyword and hybrid retrieval;
+- `manifest.json`: what was built from what (the corpus and embedding model digests, chunking,
+  index kind), the counts, the skipped documents and a digest over every file."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FORMAT = "llmchain-index/1"
+MANIFEST = "manifest.json"
+VECTORS = "index.faiss"
+CHUNKS = "chunks.jsonl"
+BM25 = "bm25"
+KINDS = ("auto", "flat", "ivf", "hnsw")
+
+
+@dataclass(frozen=True)
+class IndexManifest:
+    digest: str
+    corpus_digest: str
+    model_digest: str
+    build_digest: str | None
+    kind: str
+    documents: int
+    chunks: int
+    chunk_size: int
+    chunk_overlap: int
+    data: dict[str, Any]
+
+    @classmethod
+    def read(cls, folder: Path) -> IndexManifest:
+        path = folder / MANIFEST
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ValueError(
+                f"{folder} has no {MANIFEST}: build it with `llmchain index build`"
+            ) from None
+        except ValueError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"{path} is not an index manifest ({FORMAT})")
+        try:
+            return cls(
+                digest=str(data["digest"]),
+                corpus_digest=str(data["corpusDigest"]),
+                model_digest=str(data["embeddingModelDigest"]),
+                build_digest=data.get("buildDigest"),
+                kind=str(data["kind"]),
+                documents=int(data["documents"]),
+                chunks=int(data["chunks"]),
+                chunk_size=int(data["chunking"]["size"]),
+                chunk_overlap=int(data["chunking"]["overlap"]),
+                data=data,
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}: field {e} is missing or malformed") from None
+
+
+def read_index_manifest(folder: Path) -> IndexManifest | None:
+    try:
+        return IndexManifest.read(folder)
+    except ValueError:
+        return None
