@@ -99,6 +99,17 @@ bench-hostile: install ## /healthz and a conversation's latency under hostile lo
 bench-fidelity: install ## Fidelity per precision, accuracy plan and CPU kernel family (AVX2 under qemu-user)
 	$(BIN)/python bench/fidelity.py --emulate-avx2
 
+bench-embeddings: install ## Embedding throughput and latency: our ONNX encoder vs sentence-transformers on torch (reference venv, several GiB)
+	hack/torch-env.sh
+	$(BIN)/python bench/embeddings.py
+
+bench-retrieval: install ## Recall (dense, BM25, hybrid) and answers with and without retrieval on examples/05-docs-qa; Faiss vs NumPy
+	$(BIN)/python bench/retrieval.py
+
+embedding-goldens: ## Re-record the embedding goldens with sentence-transformers on torch (reference venv)
+	hack/torch-env.sh
+	$(HOME)/.cache/llmchain/torch-venv/bin/python bench/embedding_goldens.py
+
 goldens: install ## Re-record llama.cpp's goldens for the fidelity tests (bench venv)
 	hack/bench-env.sh
 	$(HOME)/.cache/llmchain/bench-venv/bin/python bench/llama_goldens.py
@@ -116,4 +127,5 @@ help: ## List the targets
 	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
 
 .PHONY: demo demo-down test install toolchain images cluster-up cluster-down kubeconfig lint fmt test-unit \
-	monitoring test-integration test-e2e test-e2e-real crds manifests bench bench-engine bench-server bench-chain bench-hostile bench-fidelity goldens model clean help
+	monitoring test-integration test-e2e test-e2e-real crds manifests bench bench-engine bench-server bench-chain bench-hostile bench-fidelity bench-embeddings bench-retrieval embedding-goldens goldens model \
+	clean help

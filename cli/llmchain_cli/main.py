@@ -340,7 +340,8 @@ def index() -> None:
     type=click.Choice(["auto", "flat", "ivf", "hnsw"]),
     default="auto",
     show_default=True,
-    help="Faiss index: flat (exact), ivf or hnsw (approximate); auto: flat up to 50,000 chunks.",
+    help="Faiss index: flat (exact), ivf or hnsw (approximate); auto: flat up to 50,000 chunks, "
+    "ivf above.",
 )
 @click.option("--digest", help="Build digest to record (the operator's corpus digest).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Download cache.")

@@ -71,6 +71,7 @@ class Retriever:
             if file_digest(folder / name) != entry["sha256"]:
                 raise IndexMismatch(f"index {folder}: {name} does not match its manifest")
         self.embeddings = embeddings
+        faiss.omp_set_num_threads(1)  # one query at a time: threads only cost it (bench)
         self.index = faiss.read_index(str(folder / VECTORS))
         if isinstance(self.index, faiss.IndexIVF):
             self.index.make_direct_map()  # reconstruct() for similarities of BM25 hits
