@@ -4,6 +4,7 @@ goldens, token-id input, truncation, batching across concurrent requests, and ba
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import Callable, Iterator
@@ -180,3 +181,22 @@ def test_base64_is_little_endian_float32(server: ServerProcess) -> None:
     vector = np.frombuffer(raw, "<f4")
     assert vector.shape == (384,)
     assert abs(np.linalg.norm(vector) - 1) < 1e-5
+
+
+def test_the_batching_worker_comes_back_after_close(embedding_dirs: Callable[[str], Path]) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from llmchain_server.dataplane.embeddings import EmbeddingMetrics, Embeddings
+    from llmchain_server.engine.embedder import Embedder
+
+    async def twice() -> tuple[np.ndarray, np.ndarray]:
+        embedder = Embedder(embedding_dirs("int8"), provider="cpu")
+        embeddings = Embeddings(embedder, NAME, EmbeddingMetrics(CollectorRegistry()))
+        first = await embeddings.embed(["a text"])
+        await embeddings.close()  # the worker is gone; the next request starts another
+        second = await asyncio.wait_for(embeddings.embed(["a text"]), 60)
+        await embeddings.close()
+        return first.vectors, second.vectors
+
+    first, second = asyncio.run(twice())
+    np.testing.assert_array_equal(first, second)

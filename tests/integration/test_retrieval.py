@@ -5,6 +5,7 @@ index from another model and a chain without an index are refused with their rea
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
@@ -16,10 +17,14 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
+from llmchain_server.dataplane.embeddings import EmbeddingMetrics, Embeddings
+from llmchain_server.engine.embedder import Embedder
 from llmchain_server.retrieval.build import IndexBuildError, build_index
 from llmchain_server.retrieval.chunking import Chunking
 from llmchain_server.retrieval.index_folder import IndexManifest
+from llmchain_server.retrieval.retriever import MODES, Found, Retriever
 from tests.support.cluster import ROOT
 from tests.support.model import ModelFileServer
 from tests.support.server import ServerProcess
@@ -79,6 +84,35 @@ def test_the_index_records_its_corpus_and_model(
         assert chunk["text"] == (DOCS / chunk["source"]).read_text()[chunk["start"] : chunk["end"]]
 
 
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_each_index_kind_and_mode_finds_the_page(
+    tmp_path: Path, embedding_dirs: Callable[[str], Path], kind: str
+) -> None:
+    out = tmp_path / kind
+    assert build_index(DOCS, embedding_dirs("int8"), out, CHUNKING, kind)["kind"] == kind
+    question = "How often should the CA be rotated?"
+
+    async def search() -> tuple[dict[str, Found], Found]:
+        embedder = Embedder(embedding_dirs("int8"), provider="cpu")
+        embeddings = Embeddings(embedder, "minilm", EmbeddingMetrics(CollectorRegistry()))
+        retriever = Retriever(out, embeddings)
+        found = {mode: await retriever.search(question, 3, mode=mode) for mode in MODES}
+        strict = await retriever.search(question, 3, threshold=0.99)
+        await embeddings.close()
+        return found, strict
+
+    found, strict = asyncio.run(search())
+    for mode, result in found.items():
+        assert result.passages[0].source == "security.md", mode
+        scores = [p.score for p in result.passages]
+        assert scores == sorted(scores, reverse=True), mode
+        assert all(-1 <= p.similarity <= 1 for p in result.passages)
+    dense = found["dense"].passages
+    for p in dense:  # the index's inner product is the reconstructed vector's cosine
+        assert p.score == pytest.approx(p.similarity, abs=1e-5)
+    assert strict.passages == []  # nothing is that close
+
+
 def test_a_second_build_of_the_same_corpus_is_reused(
     tmp_path: Path, index: Path, embedding_dirs: Callable[[str], Path]
 ) -> None:
@@ -88,6 +122,9 @@ def test_a_second_build_of_the_same_corpus_is_reused(
     again = build_index(DOCS, embedding_dirs("int8"), out, CHUNKING)
     assert again["digest"] == IndexManifest.read(index).digest
     assert (out / "index.faiss").stat().st_mtime_ns == stamp
+    (out / "chunks.jsonl").write_text("{}\n")  # damaged: rebuilt, not reused
+    repaired = build_index(DOCS, embedding_dirs("int8"), out, CHUNKING)
+    assert repaired["digest"] == again["digest"]
     changed = tmp_path / "docs"
     shutil.copytree(DOCS, changed)
     (changed / "new.md").write_text("# New page\n\nHeronfeed now speaks gRPC on port 7400.\n")
@@ -103,9 +140,7 @@ def test_the_chain_answers_from_retrieved_passages(server: ServerProcess) -> Non
     sources = body["metadata"]["sources"]
     assert sources and sources[0]["source"] == "installing.md"
     assert all(s["step"] == "context" for s in sources)
-    assert [s["similarity"] for s in sources] == sorted(
-        (s["similarity"] for s in sources), reverse=True
-    )
+    assert [s["score"] for s in sources] == sorted((s["score"] for s in sources), reverse=True)
     assert isinstance(body["output"], str) and body["output"].strip()
 
 

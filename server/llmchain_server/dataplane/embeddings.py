@@ -138,7 +138,7 @@ class Embeddings:
         return tokens
 
     async def _run(self, rows: list[list[int]]) -> Vectors:
-        if self._worker is None:
+        if self._worker is None or self._worker.done():  # first use, or after close()
             self._worker = asyncio.create_task(self._serve(), name="embeddings")
         job = _Job(rows, asyncio.get_running_loop().create_future())
         self._pending.append(job)
@@ -157,29 +157,40 @@ class Embeddings:
         return jobs
 
     async def _serve(self) -> None:
-        """Run queued jobs, as many together as fit one batch, until cancelled."""
-        while True:
-            if not self._pending:
-                self._wake.clear()
-                await self._wake.wait()
-            jobs = self._next_jobs()
-            if not jobs:
-                continue
-            rows = [r for j in jobs for r in j.rows]
-            self.metrics.batch.observe(len(rows))
-            try:
-                vectors = await asyncio.to_thread(self.embedder.embed, rows)
-            except Exception as e:  # every waiting request gets the failure, the worker goes on
-                log.exception("Embedding run failed")
-                for j in jobs:
-                    if not j.done.done():
-                        j.done.set_exception(e)
-                continue
-            start = 0
+        """Run queued jobs, as many together as fit one batch, until cancelled; then every job
+        it holds or that waits fails instead of waiting forever."""
+        jobs: list[_Job] = []
+        try:
+            while True:
+                if not self._pending:
+                    self._wake.clear()
+                    await self._wake.wait()
+                jobs = self._next_jobs()
+                if jobs:
+                    await self._run_jobs(jobs)
+        except BaseException:
+            for job in [*jobs, *self._pending]:
+                if not job.done.done():
+                    job.done.set_exception(RuntimeError("the embedding worker stopped"))
+            self._pending.clear()
+            raise
+
+    async def _run_jobs(self, jobs: list[_Job]) -> None:
+        rows = [r for j in jobs for r in j.rows]
+        self.metrics.batch.observe(len(rows))
+        try:
+            vectors = await asyncio.to_thread(self.embedder.embed, rows)
+        except Exception as e:  # every waiting request gets the failure, the worker goes on
+            log.exception("Embedding run failed")
             for j in jobs:
                 if not j.done.done():
-                    j.done.set_result(vectors[start : start + len(j.rows)])
-                start += len(j.rows)
+                    j.done.set_exception(e)
+            return
+        start = 0
+        for j in jobs:
+            if not j.done.done():
+                j.done.set_result(vectors[start : start + len(j.rows)])
+            start += len(j.rows)
 
     async def close(self) -> None:
         if self._worker is not None:

@@ -4,11 +4,14 @@ model's longest input are truncated and marked `truncated: true` in their item."
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI
+from fastapi.responses import Response
 
 from llmchain_server.dataplane import DataPlane
 from llmchain_server.dataplane.embeddings import Embedded, Embeddings
@@ -18,13 +21,19 @@ from llmchain_server.http.schemas import EmbeddingRequest
 
 
 def add_embedding_routes(app: FastAPI, plane: DataPlane, embeddings: Embeddings) -> None:
-    @app.post("/v1/embeddings", response_model=EmbeddingList, responses=errors(400, 404, 429, 503))
-    async def embed(request: EmbeddingRequest) -> dict[str, Any]:
+    @app.post(
+        "/v1/embeddings",
+        response_model=None,
+        responses={200: {"model": EmbeddingList}, **errors(400, 404, 429, 503)},
+    )
+    async def embed(request: EmbeddingRequest) -> Response:
         embeddings.check_model(request.model)
         texts, token_lists = _inputs(request.input)
         with plane.admission.admitted():
             done = await embeddings.embed(texts, token_lists, request.truncate, request.dimensions)
-        return _answer(embeddings.name, done, request.encoding_format)
+            # 2048 vectors are megabytes of JSON: written off the event loop
+            body = await asyncio.to_thread(_answer, embeddings.name, done, request.encoding_format)
+        return Response(body, media_type="application/json")
 
 
 def _inputs(
@@ -39,7 +48,7 @@ def _inputs(
     return given, None  # type: ignore[return-value]
 
 
-def _answer(model: str, done: Embedded, encoding: str) -> dict[str, Any]:
+def _answer(model: str, done: Embedded, encoding: str) -> bytes:
     cut = set(done.truncated)
     data = []
     for i, vector in enumerate(done.vectors):
@@ -49,9 +58,10 @@ def _answer(model: str, done: Embedded, encoding: str) -> dict[str, Any]:
         else:
             item["embedding"] = np.asarray(vector, np.float64).round(8).tolist()
         data.append(item)
-    return {
+    answer = {
         "object": "list",
         "data": data,
         "model": model,
         "usage": {"prompt_tokens": done.tokens, "total_tokens": done.tokens},
     }
+    return json.dumps(answer, separators=(",", ":")).encode()

@@ -148,6 +148,7 @@ def _reusable(
 
 def _replace(tmp: Path, out: Path) -> None:
     old = out.parent / f".{out.name}.old-{os.getpid()}"
+    shutil.rmtree(old, ignore_errors=True)  # a crash's leftover (build Jobs run as pid 1)
     if out.exists():
         os.replace(out, old)
     os.replace(tmp, out)

@@ -73,11 +73,16 @@ def build_index(
         "embeddingModelDigest": embedder.digest,
         "chunking": {"size": chunking.size, "overlap": chunking.overlap},
         "requestedKind": kind,
+        "buildDigest": build_digest,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     with locked(out.parent / f".{out.name}.lock"):
         old = read_index_manifest(out)
-        if old is not None and all(old.data.get(k) == v for k, v in wanted.items()):
+        if (
+            old is not None
+            and all(old.data.get(k) == v for k, v in wanted.items())
+            and _intact(out, old.data)
+        ):
             progress.say(f"reused {out} ({old.digest}): same corpus, model, chunking and kind")
             return old.data
         if out.exists() and (out.is_file() or (any(out.iterdir()) and old is None)):
@@ -87,9 +92,10 @@ def build_index(
         tmp.mkdir()
         try:
             manifest = _build_into(tmp, corpus, embedder, embedding_model, chunking, kind, progress)
-            manifest.update(wanted, buildDigest=build_digest)
+            manifest.update(wanted)
             _write_manifest(tmp, manifest)
             previous = out.parent / f".{out.name}.old-{os.getpid()}"
+            shutil.rmtree(previous, ignore_errors=True)  # a crash's leftover (Jobs run as pid 1)
             if out.exists():
                 os.replace(out, previous)
             os.replace(tmp, out)
@@ -126,6 +132,8 @@ def _build_into(
                     "text": document.text[start:end],
                 }
             )
+    if not chunks:
+        raise IndexBuildError("the documents hold no text to index (no token in any of them)")
     progress.say(f"{len(corpus.documents)} documents, {len(chunks)} chunks; embedding them")
     vectors = np.empty((len(chunks), embedder.dimensions), np.float32)
     started = time.monotonic()
@@ -135,6 +143,7 @@ def _build_into(
         vectors[first : first + len(batch)] = embedder.embed([t.ids for t in tokens])
         progress.step(first + len(batch), len(chunks), "embedded chunks")
     seconds = time.monotonic() - started
+    faiss.normalize_L2(vectors)  # inner product is cosine whether the model normalises or not
     chosen = kind if kind != "auto" else ("flat" if len(chunks) <= FLAT_UP_TO else "ivf")
     index = make_index(vectors, chosen)
     faiss.write_index(index, str(tmp / VECTORS))
@@ -175,6 +184,15 @@ def make_index(vectors: np.ndarray, kind: str) -> Any:
         index.nprobe = max(1, lists // 8)
     index.add(vectors)
     return index
+
+
+def _intact(folder: Path, manifest: dict[str, Any]) -> bool:
+    """Every file the manifest lists is there with its checksum."""
+    for name, entry in manifest.get("files", {}).items():
+        path = folder / name
+        if not path.is_file() or file_digest(path) != entry.get("sha256"):
+            return False
+    return True
 
 
 def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:

@@ -92,7 +92,8 @@ class Retriever:
         self, query: str, k: int, threshold: float | None = None, mode: str = "dense"
     ) -> Found:
         embedded = await self.embeddings.embed([query])
-        vector = embedded.vectors[:1]
+        vector = np.array(embedded.vectors[:1], np.float32)
+        faiss.normalize_L2(vector)  # as the index's vectors: inner product is cosine
         async with self._lock:
             passages = await asyncio.to_thread(self._search, query, vector, k, mode)
         if threshold is not None:
