@@ -5,6 +5,8 @@ tests/golden/embeddings.json, made once with torch: bench/embedding_goldens.py).
 from __future__ import annotations
 
 import json
+import platform
+import shutil
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -12,9 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from llmchain_server.engine.cpu import cpu_kernels
 from llmchain_server.engine.embedder import Embedder
 from llmchain_server.model import BuildError, build_model, verify
 from llmchain_server.model.encoder_config import read_encoder_config
+from tests.support import fidelity
 from tests.support.model import EMBEDDING_ZIP_SHA256, embedding_zip
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
@@ -38,6 +42,28 @@ def test_embeddings_match_sentence_transformers(
     similarity = cosines(embedder.embed([t.ids for t in tokens]))
     print(f"{quantization}: min cosine {similarity.min():.6f}, mean {similarity.mean():.6f}")
     assert similarity.min() >= floor
+
+
+@pytest.mark.timeout(900)
+def test_int8_holds_on_the_avx2_kernels(
+    embedding_dirs: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """The int8 encoder on onnxruntime's AVX2 kernels, under `qemu-x86_64 -cpu Haswell`: its u8 x
+    s8 products sum pairs in saturating 16-bit lanes there (without VNNI), which 8-bit weights
+    overflowed (minimum cosine 0.897); the 7-bit weights keep the threshold."""
+    native = cpu_kernels().family
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip(f"onnxruntime's x86 kernels do not run on {platform.machine()}")
+    if native in ("avx2", "avx2vnni"):
+        pytest.skip(f"the native kernels ({native}) are the 256-bit ones measured above")
+    if shutil.which(fidelity.EMULATOR[0]) is None:
+        pytest.fail("qemu-x86_64 is missing: `make install` installs Debian's qemu-user")
+    out = tmp_path / "avx2.npy"
+    args = ["-m", "tests.support.embedding_fidelity", str(embedding_dirs("int8")), str(out)]
+    fidelity.emulate(args, timeout=800)
+    similarity = cosines(np.load(out))
+    print(f"int8 on AVX2 (emulated): min cosine {similarity.min():.6f}")
+    assert similarity.min() >= 0.99
 
 
 def test_the_folder_records_the_sentence_transformers_layout(
