@@ -82,7 +82,9 @@ CONFIG = schemathesis.Config.from_dict(
 
 @pytest.fixture(scope="module")
 def server(
-    model_dirs: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory
+    model_dirs: Callable[[str], Path],
+    embedding_dirs: Callable[[str], Path],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp("openapi")
     redis = RedisServer(workdir=workdir)
@@ -91,7 +93,16 @@ def server(
     (workdir / "chain.yaml").write_text(yaml.safe_dump(CHAIN))
     s = ServerProcess(
         model_dirs("int4"),
-        args=["--chain", str(workdir / "chain.yaml"), "--memory-url", redis.url],
+        args=[
+            "--chain",
+            str(workdir / "chain.yaml"),
+            "--memory-url",
+            redis.url,
+            "--embedding-model",
+            str(embedding_dirs("int8")),
+            "--embedding-model-name",
+            "minilm",
+        ],  # fmt: skip
         env={
             "LLMCHAIN_API_KEY_FILE": str(workdir / "key"),
             "LLMCHAIN_MAX_TOKENS_LIMIT": "4",  # the default (256) is clamped to it
@@ -129,6 +140,7 @@ OPERATIONS = [
     ("POST", "/v1/chains/ask/invoke"),
     ("POST", "/v1/chains/ask/batch"),
     ("POST", "/v1/chains/ask/stream"),
+    ("POST", "/v1/embeddings"),
 ]
 MODES = [schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE]
 
@@ -198,6 +210,7 @@ def test_the_document_declares_what_the_server_answers(document: dict[str, Any])
         "/v1/completions",
         "/v1/chains/ask/invoke",
         "/v1/chains/ask/batch",
+        "/v1/embeddings",
         "/v1/chains/ask/stream",
     }
     operations = [op for item in paths.values() for op in item.values()]
