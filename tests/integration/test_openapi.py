@@ -102,7 +102,7 @@ def server(
             str(embedding_dirs("int8")),
             "--embedding-model-name",
             "minilm",
-        ],  # fmt: skip
+        ],
         env={
             "LLMCHAIN_API_KEY_FILE": str(workdir / "key"),
             "LLMCHAIN_MAX_TOKENS_LIMIT": "4",  # the default (256) is clamped to it
