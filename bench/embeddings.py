@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -108,11 +107,12 @@ def main() -> None:
         raise SystemExit(f"{TORCH_VENV} is missing: run hack/torch-env.sh first")
     from tests.support.model import EMBEDDING_ZIP_SHA256, embedding_zip
 
+    from llmchain_server.engine.cpu import cpu_kernels
     from llmchain_server.model import build_model
 
     texts = corpus(args.texts)
     results: dict[str, Any] = {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_kernels().to_json(),
         "texts": len(texts),
         "rounds": args.rounds,
     }

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -192,11 +191,12 @@ def main() -> None:
         gguf_path,
     )
 
+    from llmchain_server.engine.cpu import cpu_kernels
     from llmchain_server.model import build_model
     from llmchain_server.retrieval.build import build_index
     from llmchain_server.retrieval.chunking import Chunking
 
-    results: dict[str, Any] = {"cpu": platform.processor() or platform.machine()}
+    results: dict[str, Any] = {"cpu": cpu_kernels().to_json()}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         say("building the embedding model (int8) and the example's index")
