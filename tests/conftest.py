@@ -38,40 +38,35 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                 item.add_marker(getattr(pytest.mark, tier))
 
 
-@pytest.fixture(scope="session")
-def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    """Model folders built from the test GGUF, one per quantization, built on first use."""
+def _builds(
+    factory: pytest.TempPathFactory, name: str, source: Path, sha256: str
+) -> Callable[[str], Path]:
+    """Model folders built from `source`, one per quantization, each on first use."""
     from llmchain_server.model import build_model
 
-    root = tmp_path_factory.mktemp("models")
+    root = factory.mktemp(name)
     built: dict[str, Path] = {}
 
     def get(quantization: str) -> Path:
         if quantization not in built:
             out = root / quantization
-            build_model(str(gguf_path()), out, quantization, sha256=GGUF_SHA256)
+            build_model(str(source), out, quantization, sha256=sha256)
             built[quantization] = out
         return built[quantization]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Model folders built from the test GGUF, one per quantization, built on first use."""
+    return _builds(tmp_path_factory, "models", gguf_path(), GGUF_SHA256)
 
 
 @pytest.fixture(scope="session")
 def embedding_dirs(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
     """Embedding model folders built from all-MiniLM-L6-v2's zip, one per quantization."""
-    from llmchain_server.model import build_model
-
-    root = tmp_path_factory.mktemp("embedding-models")
-    built: dict[str, Path] = {}
-
-    def get(quantization: str) -> Path:
-        if quantization not in built:
-            out = root / quantization
-            build_model(str(embedding_zip()), out, quantization, sha256=EMBEDDING_ZIP_SHA256)
-            built[quantization] = out
-        return built[quantization]
-
-    return get
+    return _builds(tmp_path_factory, "embedding-models", embedding_zip(), EMBEDDING_ZIP_SHA256)
 
 
 @pytest.fixture(scope="session")

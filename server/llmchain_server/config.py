@@ -29,6 +29,15 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 IDENTIFIER = r"^[a-z][a-z0-9_]{0,62}$"
+StepName = Annotated[
+    str,
+    Field(
+        pattern=IDENTIFIER,
+        max_length=63,
+        description="Step name; later steps use its output as the template variable of this name.",
+    ),
+]
+"""Every step kind's `name`."""
 """Names of inputs and steps: usable as Jinja2 variables and in URLs."""
 
 MAX_TEMPLATE_CHARS = 32768
@@ -227,11 +236,7 @@ class Tool(ToolBase):
 class LLMStep(Schema):
     """A step that renders a prompt template and calls the model."""
 
-    name: str = Field(
-        pattern=IDENTIFIER,
-        max_length=63,
-        description="Step name; later steps use its output as the template variable of this name.",
-    )
+    name: StepName
     type: Literal["llm"] = Field(
         "llm",
         description="Step kind: llm (a prompt to the model), tool (one tool call), agent "
@@ -264,11 +269,7 @@ class ToolStep(Schema):
     """A step that calls one tool with templated arguments; its output is the tool's response
     (parsed JSON for a JSON response, else the text)."""
 
-    name: str = Field(
-        pattern=IDENTIFIER,
-        max_length=63,
-        description="Step name; later steps use its output as the template variable of this name.",
-    )
+    name: StepName
     type: Literal["tool"] = Field(description="tool: one call of a tool.")
     tool: str = Field(pattern=IDENTIFIER, max_length=63, description="The tool to call.")
     arguments: dict[
@@ -286,11 +287,7 @@ class AgentStep(Schema):
     """A step where the model chooses among tools in a loop, each result fed back, then
     answers; its output is the answer's text."""
 
-    name: str = Field(
-        pattern=IDENTIFIER,
-        max_length=63,
-        description="Step name; later steps use its output as the template variable of this name.",
-    )
+    name: StepName
     type: Literal["agent"] = Field(description="agent: a tool-calling loop ending in an answer.")
     prompt: str = Field(
         min_length=1,
@@ -321,11 +318,7 @@ class RetrievalStep(Schema):
     """A step that searches the app's document index; its output is the passages found, each
     {text, source, score, similarity}, best first (a list later templates can loop over)."""
 
-    name: str = Field(
-        pattern=IDENTIFIER,
-        max_length=63,
-        description="Step name; later steps use its output as the template variable of this name.",
-    )
+    name: StepName
     type: Literal["retrieval"] = Field(description="retrieval: a search of the document index.")
     query: str = Field(
         min_length=1,

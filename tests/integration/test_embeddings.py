@@ -80,10 +80,12 @@ def test_langchain_openai_embeddings(server: ServerProcess) -> None:
     assert np.dot(query, documents[3]) < 0.5  # the cat on the mat is about something else
 
 
-def test_token_ids_and_texts_give_the_same_vector(server: ServerProcess) -> None:
+def test_token_ids_and_texts_give_the_same_vector(
+    server: ServerProcess, embedding_dirs: Callable[[str], Path]
+) -> None:
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_str(json.dumps(_tokenizer_json(server)))
+    tokenizer = Tokenizer.from_file(str(embedding_dirs("none") / "tokenizer.json"))  # served
     ids = tokenizer.encode(TEXTS[1], add_special_tokens=False).ids
     by_text = embed(server, {"input": TEXTS[1]})[1]["data"][0]["embedding"]  # type: ignore[index]
     status, one = embed(server, {"input": ids})
@@ -92,12 +94,6 @@ def test_token_ids_and_texts_give_the_same_vector(server: ServerProcess) -> None
     assert status == 200
     assert np.allclose(one["data"][0]["embedding"], by_text, atol=1e-6)  # type: ignore[index]
     assert len(many["data"]) == 2  # type: ignore[arg-type]
-
-
-def _tokenizer_json(server: ServerProcess) -> object:
-    """The served folder's tokenizer (the server process has the same file)."""
-    arg = server.process.args[server.process.args.index("--embedding-model") + 1]  # type: ignore[union-attr]
-    return json.loads((Path(str(arg)) / "tokenizer.json").read_text())
 
 
 def test_dimensions_shorten_and_renormalise(server: ServerProcess) -> None:

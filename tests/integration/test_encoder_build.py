@@ -5,8 +5,6 @@ tests/golden/embeddings.json, made once with torch: bench/embedding_goldens.py).
 from __future__ import annotations
 
 import json
-import platform
-import shutil
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llmchain_server.engine.cpu import cpu_kernels
 from llmchain_server.engine.embedder import Embedder
 from llmchain_server.model import BuildError, build_model, verify
 from llmchain_server.model.encoder_config import read_encoder_config
@@ -51,13 +48,7 @@ def test_int8_holds_on_the_avx2_kernels(
     """The int8 encoder on onnxruntime's AVX2 kernels, under `qemu-x86_64 -cpu Haswell`: its u8 x
     s8 products sum pairs in saturating 16-bit lanes there (without VNNI), which 8-bit weights
     overflowed (minimum cosine 0.897); the 7-bit weights keep the threshold."""
-    native = cpu_kernels().family
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        pytest.skip(f"onnxruntime's x86 kernels do not run on {platform.machine()}")
-    if native in ("avx2", "avx2vnni"):
-        pytest.skip(f"the native kernels ({native}) are the 256-bit ones measured above")
-    if shutil.which(fidelity.EMULATOR[0]) is None:
-        pytest.fail("qemu-x86_64 is missing: `make install` installs Debian's qemu-user")
+    fidelity.require_avx2_emulation()
     out = tmp_path / "avx2.npy"
     args = ["-m", "tests.support.embedding_fidelity", str(embedding_dirs("int8")), str(out)]
     fidelity.emulate(args, timeout=800)

@@ -14,8 +14,6 @@ choice is decisive, where near-ties cannot move it."""
 
 from __future__ import annotations
 
-import platform
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -140,13 +138,7 @@ def test_the_avx2_kernels_hold_the_same_thresholds(
 ) -> None:
     """The int4 build on onnxruntime's AVX2 kernels, under `qemu-x86_64 -cpu Haswell` (about 5
     minutes on 2 cores): the same thresholds as the native family."""
-    native = cpu_kernels().family
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        pytest.skip(f"onnxruntime's x86 kernels do not run on {platform.machine()}")
-    if native in ("avx2", "avx2vnni"):
-        pytest.skip(f"the native kernels ({native}) are the 256-bit ones the tests above measured")
-    if shutil.which(fidelity.EMULATOR[0]) is None:
-        pytest.fail("qemu-x86_64 is missing: `make install` installs Debian's qemu-user")
+    fidelity.require_avx2_emulation()
     probe = "from llmchain_server.engine.cpu import cpu_kernels; print(cpu_kernels().family)"
     seen = fidelity.emulate(["-c", probe], timeout=300)
     assert seen.strip() == "avx2", f"qemu-x86_64 -cpu Haswell shows {seen!r} (qemu >= 7.2?)"

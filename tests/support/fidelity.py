@@ -11,6 +11,8 @@ benchmark can run it under `qemu-x86_64 -cpu Haswell` (onnxruntime then takes it
 from __future__ import annotations
 
 import json
+import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +117,22 @@ def continuation_misses(ours: LogProbs, fp32: LogProbs) -> dict[str, Any]:
 
 EMULATOR = ["qemu-x86_64", "-cpu", "Haswell"]
 """onnxruntime's AVX2 kernels on any x86-64 machine: qemu-user (Debian's qemu-user >= 7.2)."""
+
+
+def require_avx2_emulation() -> None:
+    """Skip where the emulator would only repeat what native runs measure (not x86, or the
+    native kernels are the AVX2 ones); fail where qemu-user is missing."""
+    import pytest  # here: this module also runs as a program under qemu
+
+    from llmchain_server.engine.cpu import cpu_kernels
+
+    native = cpu_kernels().family
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip(f"onnxruntime's x86 kernels do not run on {platform.machine()}")
+    if native in ("avx2", "avx2vnni"):
+        pytest.skip(f"the native kernels ({native}) are the 256-bit ones the native tests measure")
+    if shutil.which(EMULATOR[0]) is None:
+        pytest.fail("qemu-x86_64 is missing: `make install` installs Debian's qemu-user")
 
 
 def emulate(args: list[str], timeout: float) -> str:

@@ -24,7 +24,7 @@ from llmchain_server.model.architecture import LlamaConfig
 from llmchain_server.model.convert import linear_kind, weights_for
 from llmchain_server.model.encoder_build import build_encoder_into
 from llmchain_server.model.encoder_config import is_embedding_folder
-from llmchain_server.model.encoder_source import is_encoder_folder, is_zip, unzip_model
+from llmchain_server.model.encoder_source import is_encoder_folder, unzip_model
 from llmchain_server.model.fetch import Fetched, fetch, is_url, redact
 from llmchain_server.model.fields import FolderError
 from llmchain_server.model.folder import (
@@ -157,7 +157,7 @@ def _replace(tmp: Path, out: Path) -> None:
 
 def _resolve(local: Path) -> tuple[str, Path]:
     if local.is_file():
-        if is_zip(local):
+        if zipfile.is_zipfile(local):
             return "zip", local
         if not is_gguf(local):
             raise BuildError(

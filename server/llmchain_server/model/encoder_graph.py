@@ -17,7 +17,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from llmchain_server.model.encoder_config import SENTENCE_EMBEDDING, BertConfig
-from llmchain_server.model.graph import MS_DOMAIN, OPSET, GraphBuilder
+from llmchain_server.model.graph import MS_DOMAIN, GraphBuilder
 from llmchain_server.model.weights import Floats, quantize_offset
 
 EncoderWeights = Callable[[str], Floats]
@@ -42,8 +42,7 @@ def build_encoder(
     out = _normalized(g, pooled) if normalize else pooled
     g.nodes.append(helper.make_node("Identity", [out], [SENTENCE_EMBEDDING], name="output"))
     batch, seq = "batch", "sequence"
-    graph = helper.make_graph(
-        g.nodes,
+    return g.model(
         "llmchain-encoder",
         [
             helper.make_tensor_value_info("input_ids", TensorProto.INT64, [batch, seq]),
@@ -54,16 +53,7 @@ def build_encoder(
                 SENTENCE_EMBEDDING, TensorProto.FLOAT, [batch, config.hidden]
             )
         ],
-        g.initializers,
     )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
-        producer_name="llmchain",
-        producer_version="1",
-    )
-    model.ir_version = 10
-    return model
 
 
 WEIGHT_LEVELS = 63

@@ -10,16 +10,14 @@ mean pooling, no normalisation, its positions as the longest input."""
 from __future__ import annotations
 
 import json
-import zipfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
+from llmchain_server.model.archives import unpack
 from llmchain_server.model.encoder_config import BertConfig
 from llmchain_server.model.hf_source import read_safetensors
 from llmchain_server.model.weights import Floats
 
-_MAX_UNZIPPED = 8 * 2**30
-"""A zip that would unpack to more than this is refused (a zip bomb, or not a model)."""
 _MODULE = "sentence_transformers.models."
 _KNOWN_MODULES = ("Transformer", "Pooling", "Normalize")
 _POOLING_KEYS = {
@@ -42,27 +40,11 @@ def is_encoder_folder(path: Path) -> bool:
         return False
 
 
-def is_zip(path: Path) -> bool:
-    return path.is_file() and zipfile.is_zipfile(path)
-
-
 def unzip_model(archive: Path, into: Path) -> Path:
-    """Unpack a zipped model folder into `into`; returns the folder that holds config.json (the
-    archive's root, or its one top-level folder). Members that would land outside `into`, links
-    and archives over 8 GiB unpacked are refused."""
-    with zipfile.ZipFile(archive) as z:
-        members = z.infolist()
-        if sum(m.file_size for m in members) > _MAX_UNZIPPED:
-            raise ValueError(f"{archive.name} would unpack to more than {_MAX_UNZIPPED >> 30} GiB")
-        for m in members:
-            name = PurePosixPath(m.filename)
-            if name.is_absolute() or ".." in name.parts:
-                raise ValueError(
-                    f"{archive.name}: member {m.filename!r} points outside the archive"
-                )
-            if (m.external_attr >> 16) & 0o170000 == 0o120000:
-                raise ValueError(f"{archive.name}: member {m.filename!r} is a symbolic link")
-        z.extractall(into)
+    """Unpack a zipped model folder into `into` (archives.py: nothing outside it, no links, at
+    most 8 GiB); returns the folder that holds config.json (the archive's root, or its one
+    top-level folder)."""
+    unpack(archive, into)
     if (into / "config.json").is_file():
         return into
     tops = [p for p in into.iterdir() if p.is_dir() and (p / "config.json").is_file()]

@@ -119,6 +119,20 @@ class GraphBuilder:
         extra = self.one("MatMul", [sums, offsets], f"{name}/offset_term")
         return self.one("Add", [y, extra], f"{name}/with_offsets")
 
+    def model(
+        self, name: str, inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto]
+    ) -> onnx.ModelProto:
+        """The model of the nodes and initializers added so far (the opsets both graphs use)."""
+        graph = helper.make_graph(self.nodes, name, inputs, outputs, self.initializers)
+        model = helper.make_model(
+            graph,
+            opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
+            producer_name="llmchain",
+            producer_version="1",
+        )
+        model.ir_version = 10
+        return model
+
     def axis_last(self) -> str:
         if "axis_last" not in self._names:
             self.const("axis_last", np.array([-1], np.int64))
@@ -193,15 +207,7 @@ def build_graph(
     for i in range(config.layers):
         normed, residual = _layer(g, i, normed, residual, weight, kind, shared)
     _output_head(g, normed, shared, inputs, weight, kind)
-    graph = helper.make_graph(g.nodes, "llmchain-decoder", inputs, outputs, g.initializers)
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
-        producer_name="llmchain",
-        producer_version="1",
-    )
-    model.ir_version = 10
-    return model
+    return g.model("llmchain-decoder", inputs, outputs)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from llmchain_server.retrieval.index_folder import (
     KINDS,
     MANIFEST,
     VECTORS,
+    intact,
     read_index_manifest,
 )
 
@@ -81,7 +82,7 @@ def build_index(
         if (
             old is not None
             and all(old.data.get(k) == v for k, v in wanted.items())
-            and _intact(out, old.data)
+            and intact(out, old)
         ):
             progress.say(f"reused {out} ({old.digest}): same corpus, model, chunking and kind")
             return old.data
@@ -186,15 +187,6 @@ def make_index(vectors: np.ndarray, kind: str) -> Any:
     return index
 
 
-def _intact(folder: Path, manifest: dict[str, Any]) -> bool:
-    """Every file the manifest lists is there with its checksum."""
-    for name, entry in manifest.get("files", {}).items():
-        path = folder / name
-        if not path.is_file() or file_digest(path) != entry.get("sha256"):
-            return False
-    return True
-
-
 def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     files = {
         str(p.relative_to(folder)): {"sha256": file_digest(p), "bytes": p.stat().st_size}
@@ -206,9 +198,4 @@ def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
-def corpus_digest(documents: Path) -> str:
-    """The digest `build_index` would record for `documents` (without building)."""
-    return read_corpus(documents).digest
-
-
-__all__ = ["FLAT_UP_TO", "IndexBuildError", "build_index", "corpus_digest", "make_index"]
+__all__ = ["FLAT_UP_TO", "IndexBuildError", "build_index", "make_index"]

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import tarfile
 import tempfile
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
+from llmchain_server.model.archives import is_archive, unpack
 from llmchain_server.model.fetch import fetch, is_url, redact
+from llmchain_server.model.manifest import content_digest
 
 MAX_DOCUMENT_BYTES = 10 * 2**20
 """Larger files are skipped: a documentation page is far smaller; a huge file is a mistake."""
@@ -39,7 +39,7 @@ class Corpus:
     documents: list[Document]
     skipped: list[Skipped]
     digest: str
-    """sha256 over every file's path and content checksum."""
+    """sha256 over every file's path and content checksum (manifest.content_digest)."""
 
 
 def read_corpus(root: Path, max_bytes: int = MAX_DOCUMENT_BYTES) -> Corpus:
@@ -50,7 +50,7 @@ def read_corpus(root: Path, max_bytes: int = MAX_DOCUMENT_BYTES) -> Corpus:
     files = [root] if root.is_file() else _files(root)
     documents: list[Document] = []
     skipped: list[Skipped] = []
-    lines: list[str] = []
+    checksums: dict[str, dict[str, str]] = {}
     for path in files:
         name = path.name if path == root else str(path.relative_to(root))
         size = path.stat().st_size
@@ -58,17 +58,16 @@ def read_corpus(root: Path, max_bytes: int = MAX_DOCUMENT_BYTES) -> Corpus:
             skipped.append(
                 Skipped(name, f"is {size} bytes, over the {max_bytes} bytes a document may hold")
             )
-            lines.append(f"{name} size:{size}")
+            checksums[name] = {"sha256": f"size:{size}"}  # never read: its size stands in
             continue
         data = path.read_bytes()
-        lines.append(f"{name} {hashlib.sha256(data).hexdigest()}")
+        checksums[name] = {"sha256": hashlib.sha256(data).hexdigest()}
         problem, text = _text(data)
         if problem:
             skipped.append(Skipped(name, problem))
         else:
             documents.append(Document(name, text))
-    digest = "sha256:" + hashlib.sha256("".join(f"{ln}\n" for ln in lines).encode()).hexdigest()
-    return Corpus(documents, skipped, digest)
+    return Corpus(documents, skipped, content_digest(checksums))
 
 
 def _files(root: Path) -> list[Path]:
@@ -111,26 +110,9 @@ def documents_at(source: str, sha256: str | None, cache_dir: Path | None) -> Ite
     if not sha256:
         raise ValueError(f"documents {redact(source)}: give their sha256 (--sha256)")
     fetched = fetch(source, sha256, cache_dir)
-    if not (zipfile.is_zipfile(fetched.path) or tarfile.is_tarfile(fetched.path)):
+    if not is_archive(fetched.path):
         yield fetched.path
         return
     with tempfile.TemporaryDirectory(prefix="llmchain-documents-") as tmp:
         unpack(fetched.path, Path(tmp))
         yield Path(tmp)
-
-
-def unpack(archive: Path, into: Path) -> None:
-    """A zip or tar archive's files, none of them outside `into` and no links."""
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as z:
-            for member in z.infolist():
-                name = PurePosixPath(member.filename)
-                if name.is_absolute() or ".." in name.parts:
-                    raise ValueError(f"{archive.name}: {member.filename!r} points outside it")
-            z.extractall(into)
-        return
-    with tarfile.open(archive) as t:
-        try:
-            t.extractall(into, filter="data")  # refuses absolute paths, .. and links out
-        except tarfile.FilterError as e:
-            raise ValueError(f"{archive.name}: {e}") from None

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmchain_server.model.manifest import file_digest
+
 FORMAT = "llmchain-index/1"
 MANIFEST = "manifest.json"
 VECTORS = "index.faiss"
@@ -28,13 +30,11 @@ class IndexManifest:
     digest: str
     corpus_digest: str
     model_digest: str
-    build_digest: str | None
     kind: str
     documents: int
     chunks: int
-    chunk_size: int
-    chunk_overlap: int
     data: dict[str, Any]
+    """The manifest as written: every field (chunking, skipped documents, files...)."""
 
     @classmethod
     def read(cls, folder: Path) -> IndexManifest:
@@ -54,12 +54,9 @@ class IndexManifest:
                 digest=str(data["digest"]),
                 corpus_digest=str(data["corpusDigest"]),
                 model_digest=str(data["embeddingModelDigest"]),
-                build_digest=data.get("buildDigest"),
                 kind=str(data["kind"]),
                 documents=int(data["documents"]),
                 chunks=int(data["chunks"]),
-                chunk_size=int(data["chunking"]["size"]),
-                chunk_overlap=int(data["chunking"]["overlap"]),
                 data=data,
             )
         except (KeyError, TypeError, ValueError) as e:
@@ -71,3 +68,12 @@ def read_index_manifest(folder: Path) -> IndexManifest | None:
         return IndexManifest.read(folder)
     except ValueError:
         return None
+
+
+def intact(folder: Path, manifest: IndexManifest) -> bool:
+    """Every file the manifest lists is there with its checksum."""
+    for name, entry in manifest.data.get("files", {}).items():
+        path = folder / name
+        if not path.is_file() or file_digest(path) != entry.get("sha256"):
+            return False
+    return True

@@ -17,8 +17,7 @@ import faiss
 import numpy as np
 
 from llmchain_server.dataplane.embeddings import Embeddings
-from llmchain_server.model.manifest import file_digest
-from llmchain_server.retrieval.index_folder import BM25, CHUNKS, VECTORS, IndexManifest
+from llmchain_server.retrieval.index_folder import BM25, CHUNKS, VECTORS, IndexManifest, intact
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +66,8 @@ class Retriever:
                 f"index {folder} was built with embedding model {self.manifest.model_digest}; "
                 f"this server's is {embeddings.embedder.digest}: rebuild the index with it"
             )
-        for name, entry in self.manifest.data.get("files", {}).items():
-            if file_digest(folder / name) != entry["sha256"]:
-                raise IndexMismatch(f"index {folder}: {name} does not match its manifest")
+        if not intact(folder, self.manifest):
+            raise IndexMismatch(f"index {folder}: its files do not match its manifest")
         self.embeddings = embeddings
         faiss.omp_set_num_threads(1)  # one query at a time: threads only cost it (bench)
         self.index = faiss.read_index(str(folder / VECTORS))
