@@ -90,13 +90,21 @@ YAML
   done
 }
 
+# What keeps pods off the nodes: their taints, their pressure conditions, the scheduler's events.
+why_not_scheduled() {
+  kubectl get nodes -o go-template='{{range .items}}node {{.metadata.name}}: taints [{{range .spec.taints}}{{.key}}:{{.effect}} {{end}}] conditions [{{range .status.conditions}}{{if eq .status "True"}}{{.type}}: {{.message}}; {{end}}{{end}}]{{"\n"}}{{end}}' 2>&1
+  kubectl -n "$1" get events --field-selector reason=FailedScheduling \
+    -o go-template='{{range .items}}{{.involvedObject.name}}: {{.message}}{{"\n"}}{{end}}' 2>&1
+}
+
 apply_coredns() {
   local image
   image=$(sed -n 's/^coredns=//p' "$root/.images/refs.env")
   sed "s|@IMAGE@|$image|" "$root/hack/coredns.yaml" \
     | kubectl apply --server-side --field-manager=llmchain-cluster -f - >/dev/null
   kubectl -n kube-system rollout status deployment/coredns --timeout=120s >/dev/null \
-    || die "CoreDNS did not become ready: $(kubectl -n kube-system get pods -l k8s-app=kube-dns -o wide 2>&1)"
+    || die "CoreDNS did not become ready: $(kubectl -n kube-system get pods -l k8s-app=kube-dns -o wide 2>&1)
+$(why_not_scheduled kube-system)"
 }
 
 up() {

@@ -410,10 +410,23 @@ status() {
   done
 }
 
+# The kubelet taints the node and schedules nothing once its disk is 99% full (evictionHard
+# below), and the images alone take several GiB: say so before starting, not as Pending pods.
+check_disk() {
+  mkdir -p "$state"
+  local free_gib
+  free_gib=$(( $(df -Pk "$state" | awk 'NR == 2 {print $4}') / 1048576 ))
+  [ "$free_gib" -ge 4 ] \
+    || die "only ${free_gib} GiB free on the disk of $state; the real node needs at least 4 GiB (its images and pod volumes)"
+  [ "$free_gib" -ge 12 ] \
+    || say "warning: only ${free_gib} GiB free on the disk of $state; the kubelet stops scheduling when it is 99% full"
+}
+
 up() {
   [ -f "$admin_kubeconfig" ] || die "the control plane is not running (hack/cluster.sh up starts both)"
   ip netns list | grep -qw "$netns" || die "no network namespace $netns: run 'hack/node.sh net-up' first"
   local start=$SECONDS
+  check_disk
   cgroups_up
   write_configs
   nsenter --net="/run/netns/$netns" -- unshare --mount --propagation slave -- \
