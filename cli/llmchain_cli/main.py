@@ -1,6 +1,7 @@
 """Subcommands of `llmchain`. Each imports its implementation lazily, so `llmchain serve` does
 not load the operator's dependencies and `llmchain operator` does not load onnxruntime."""
 
+import json
 import signal
 import sys
 from pathlib import Path
@@ -343,8 +344,14 @@ def index() -> None:
     help="Faiss index: flat (exact), ivf or hnsw (approximate); auto: flat up to 50,000 chunks, "
     "ivf above.",
 )
-@click.option("--digest", help="Build digest to record (the operator's corpus digest).")
+@click.option("--digest", help="Build digest to record (the operator's index digest).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Download cache.")
+@click.option(
+    "--report",
+    type=click.Path(path_type=Path),
+    help="Also write the summary (documents, chunks, skipped, digest) as JSON to this file; "
+    "the operator passes the container's termination log.",
+)
 def index_build(
     documents: str,
     sha256: str | None,
@@ -355,6 +362,7 @@ def index_build(
     kind: str,
     digest: str | None,
     cache_dir: Path | None,
+    report: Path | None,
 ) -> None:
     """Chunk, embed and index documents, once per corpus: a folder already built from the same
     documents, model, chunking and kind is reused."""
@@ -374,7 +382,30 @@ def index_build(
         raise click.ClickException(str(e)) from None
     except OSError as e:
         raise click.ClickException(f"cannot build the index {out}: {e}") from None
+    if report is not None:
+        summary = {
+            "documents": manifest["documents"],
+            "chunks": manifest["chunks"],
+            "skipped": len(manifest.get("skipped", [])),
+            "digest": manifest["digest"],
+            "buildDigest": manifest.get("buildDigest"),
+        }
+        report.write_text(json.dumps(summary))
     click.echo(manifest["digest"])
+
+
+@index.command("wait")
+@click.option("--dir", "folder", required=True, type=click.Path(path_type=Path))
+@click.option("--digest", required=True, help="Build digest the index must carry.")
+@click.option("--timeout", default=3600.0, show_default=True, help="Seconds to wait.")
+def index_wait(folder: Path, digest: str, timeout: float) -> None:
+    """Wait until the index build Job has written the index with this build digest."""
+    from llmchain_server.retrieval.index_folder import wait_for_index
+
+    try:
+        wait_for_index(folder, digest, timeout)
+    except (TimeoutError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
 
 
 def _stop(signum: int, _frame: object) -> None:

@@ -236,6 +236,120 @@ class ModelSpec(Schema):
     )
 
 
+# --- retrieval -----------------------------------------------------------------------------
+
+
+class EmbeddingModel(Schema):
+    """The sentence-transformers encoder that embeds documents and queries."""
+
+    source: ModelSource = Field(
+        description="Where the encoder comes from: a sentence-transformers folder or its zip "
+        "(url, pvc or image), or a built embedding model folder (onnx)."
+    )
+    quantization: Literal["int8", "fp16", "none"] = Field(
+        "int8",
+        description="Weight precision of the built encoder: int8 (fastest on CPUs; cosine "
+        "similarity to the reference >= 0.99), fp16, or none (fp32, >= 0.9999).",
+    )
+
+
+class ConfigMapDocuments(Schema):
+    """A ConfigMap whose keys are documents (file names) and values their text."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="ConfigMap in the app's namespace.",
+    )
+
+
+class Documents(Schema):
+    """The corpus: exactly one of configMaps, pvc, url. Empty, binary, non-UTF-8 and oversized
+    (over 10 MiB) files are skipped and counted."""
+
+    config_maps: list[ConfigMapDocuments] | None = Field(
+        None,
+        min_length=1,
+        max_length=16,
+        description="ConfigMaps whose keys are documents; a change of their data re-indexes.",
+    )
+    pvc: PvcSource | None = Field(
+        None,
+        description="A folder (every file under it) or one file on a PVC, indexed once per "
+        "spec: to re-index changed files, change the path or the claim.",
+    )
+    url: UrlSource | None = Field(
+        None, description="A file, .zip or .tar.gz of documents, checked against its sha256."
+    )
+
+    model_config = rules(
+        (
+            "[has(self.configMaps), has(self.pvc), has(self.url)].filter(x, x).size() == 1",
+            "exactly one of configMaps, pvc, url must be set",
+            "",
+        ),
+        (
+            "!has(self.configMaps) || "
+            "self.configMaps.all(c, self.configMaps.exists_one(d, d.name == c.name))",
+            "configMaps must not name a ConfigMap twice",
+            ".configMaps",
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Documents:
+        if [self.config_maps is not None, self.pvc is not None, self.url is not None].count(
+            True
+        ) != 1:
+            raise ValueError("exactly one of configMaps, pvc, url must be set")
+        names = [c.name for c in self.config_maps or []]
+        if len(set(names)) != len(names):
+            raise ValueError("configMaps must not name a ConfigMap twice")
+        return self
+
+
+class Chunking(Schema):
+    """How documents are cut into passages: windows of tokens, aligned on words."""
+
+    size: int = Field(
+        200,
+        ge=16,
+        le=510,
+        description="Tokens per chunk, at most; the build refuses more than the encoder reads "
+        "less its two special tokens (254 for all-MiniLM-L6-v2).",
+    )
+    overlap: int = Field(
+        40, ge=0, le=254, description="Tokens two neighbouring chunks share: under size / 2."
+    )
+
+    model_config = rules(
+        ("self.overlap * 2 < self.size", "overlap must be less than half of size", ".overlap")
+    )
+
+    @model_validator(mode="after")
+    def _overlap_under_half(self) -> Chunking:
+        if self.overlap * 2 >= self.size:
+            raise ValueError("overlap must be less than half of size")
+        return self
+
+
+class Retrieval(Schema):
+    """Retrieval: an embedding model, the documents, and the index built from them once per
+    corpus digest (in a Job into the model volume when spec.model.volume is set, else by each
+    pod into an emptyDir)."""
+
+    embedding_model: EmbeddingModel = Field(description="The encoder of documents and queries.")
+    documents: Documents = Field(description="The corpus to index.")
+    chunking: Chunking = nested(Chunking, "How documents are cut into passages.")
+    index_kind: Literal["auto", "flat", "ivf", "hnsw"] = Field(
+        "auto",
+        description="Faiss index: flat (exact) or ivf (approximate, ~10x faster at 100,000 "
+        "chunks with the same recall, measured); auto picks flat up to 50,000 chunks and ivf "
+        "above. hnsw is fastest but loses recall on this encoder's vectors.",
+    )
+
+
 # --- serving -------------------------------------------------------------------------------
 
 
@@ -639,6 +753,11 @@ class LLMChainAppSpec(Schema):
         "adds NetworkPolicy egress for their ports (and DNS); the server checks allowedHosts "
         "on every call.",
     )
+    retrieval: Retrieval | None = Field(
+        None,
+        description="The documents the chain's retrieval steps search, the embedding model and "
+        "the index; omitted: no retrieval steps. The server also serves /v1/embeddings.",
+    )
 
     model_config = rules(
         (
@@ -659,10 +778,8 @@ class LLMChainAppSpec(Schema):
             ".chain.steps",
         ),
         (
-            "self.chain.steps.all(s, s.type != 'retrieval')",
-            "retrieval steps need a document index, which an LLMChainApp cannot configure yet "
-            "(spec.retrieval is not implemented); serve such a chain with `llmchain serve "
-            "--embedding-model ... --index ...`",
+            "self.chain.steps.all(s, s.type != 'retrieval') || has(self.retrieval)",
+            "retrieval steps need spec.retrieval (the embedding model and the documents to index)",
             ".chain.steps",
         ),
         (
@@ -692,10 +809,10 @@ def tool_problems(spec: LLMChainAppSpec) -> list[str]:
             for n in wanted
             if n not in names
         ]
-        if isinstance(step, config.RetrievalStep):
+        if isinstance(step, config.RetrievalStep) and spec.retrieval is None:
             problems.append(
-                f"spec.chain.steps[{i}]: retrieval steps need a document index, which an "
-                "LLMChainApp cannot configure yet (spec.retrieval is not implemented)"
+                f"spec.chain.steps[{i}]: retrieval steps need spec.retrieval (the embedding "
+                "model and the documents to index)"
             )
     return problems
 
@@ -703,7 +820,10 @@ def tool_problems(spec: LLMChainAppSpec) -> list[str]:
 class Condition(Schema):
     """A status condition, as in metav1.Condition."""
 
-    type: str = Field(max_length=316, description="Ready, ModelReady, Progressing or Degraded.")
+    type: str = Field(
+        max_length=316,
+        description="Ready, ModelReady, IndexReady, Progressing, Degraded or OptionalAPIs.",
+    )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(max_length=1024, description="CamelCase reason for the last change.")
     message: str = Field(max_length=32768, description="Human-readable details.")
@@ -763,6 +883,26 @@ def tools_status(spec: LLMChainAppSpec) -> list[dict[str, object]] | None:
     ]
 
 
+class RetrievalStatus(Schema):
+    """The index as built: the digests it was built for and, once a build reported, its size."""
+
+    index_digest: str = Field(
+        description="Digest of the index the pods serve: embedding model, corpus, chunking, kind."
+    )
+    embedding_model_digest: str = Field(description="Digest of the built embedding model.")
+    corpus_digest: str = Field(
+        description="Digest of the corpus: the ConfigMaps' data, or the PVC's or URL's spec."
+    )
+    documents: int | None = Field(None, ge=0, description="Documents indexed.")
+    chunks: int | None = Field(None, ge=0, description="Passages (chunks) in the index.")
+    skipped: int | None = Field(
+        None,
+        ge=0,
+        description="Files not indexed (empty, binary, not UTF-8 or over 10 MiB); the build's "
+        "log names each.",
+    )
+
+
 class LLMChainAppStatus(Schema):
     """Observed state, written by the operator."""
 
@@ -771,7 +911,8 @@ class LLMChainAppStatus(Schema):
     )
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Ready, ModelReady, Progressing, Degraded.",
+        description="Ready, ModelReady, IndexReady (with retrieval), Progressing, Degraded, "
+        "OptionalAPIs.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     replicas: int | None = Field(None, ge=0, description="Pods of the Deployment.")
@@ -793,6 +934,9 @@ class LLMChainAppStatus(Schema):
     )
     model_digest: str | None = Field(
         None, description="Digest of the built model being served (sha256:...)."
+    )
+    retrieval: RetrievalStatus | None = Field(
+        None, description="The document index the retrieval steps search."
     )
 
 

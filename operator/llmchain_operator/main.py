@@ -69,6 +69,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         asyncio.create_task(_resync_forever(memo.reconciler, config.resync_seconds)),
         *(asyncio.create_task(start()) for start in memo.background),
         *_watch_children(memo),
+        *_watch_documents(memo),
     ]
 
 
@@ -225,5 +226,36 @@ def _watch_children(memo: kopf.Memo) -> list[asyncio.Task[None]]:
             reconciler.kube.watch(kind.kind, namespace, selector, watcher(kind.kind))
         )
         for kind in WATCHED
+        for namespace in memo.namespaces or [None]
+    ]
+
+
+def _watch_documents(memo: kopf.Memo) -> list[asyncio.Task[None]]:
+    """ConfigMaps that apps index (spec.retrieval.documents.configMaps): a change of one, or its
+    creation after the app named it, reconciles those apps, which rebuild the index when the
+    data changed. Every ConfigMap's metadata crosses the wire; only the indexed ones cost more
+    than a dictionary look-up."""
+    reconciler: Reconciler = memo.reconciler
+    pending: set[asyncio.Task[None]] = set()
+    log = logging.getLogger("llmchain.operator")
+
+    async def reconcile(namespace: str, name: str) -> None:
+        try:
+            await reconciler.reconcile_named(namespace, name)
+        except ChildrenRefused as error:
+            log.debug("Reconciled %s after a change of its documents: %s", name, error)
+        except (RetryLater, ApiError) as error:
+            log.warning("Could not reconcile %s after a change of its documents: %s", name, error)
+
+    def changed(_event_type: str, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata", {})
+        users = reconciler.documents_users.get((meta.get("namespace"), meta.get("name")), ())
+        for app in sorted(users):
+            task = asyncio.create_task(reconcile(meta["namespace"], app))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+    return [
+        asyncio.create_task(reconciler.kube.watch("ConfigMap", namespace, "", changed))
         for namespace in memo.namespaces or [None]
     ]

@@ -38,6 +38,14 @@ from llmchain_operator.builders.common import (
 )
 from llmchain_operator.builders.model import build_job_name, builds_in_job, model_pvc_name
 from llmchain_operator.builders.network import endpoint
+from llmchain_operator.builders.retrieval import (
+    configmaps_digest,
+    corpus_identity,
+    embedding_digest,
+    index_digest,
+    index_in_job,
+    index_job_name,
+)
 from llmchain_operator.children import Children, Held, key_of
 from llmchain_operator.children import RetryLater as RetryLater
 from llmchain_operator.kinds import OPTIONAL_API_GROUPS
@@ -48,8 +56,10 @@ from llmchain_operator.status import (
     autoscaler_status,
     compute_conditions,
     counts_for_status,
+    index_report,
     is_ready,
     merge_conditions,
+    retrieval_status,
     skipped_message,
 )
 from llmchain_operator.validation import validate
@@ -136,6 +146,9 @@ class Reconciler:
         default=lambda: datetime.datetime.now(datetime.UTC)
     )
     """Now, to compare with the API server's timestamps (a new PVC's grace)."""
+    documents_users: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    """(namespace, ConfigMap name) -> the apps indexing that ConfigMap, so that a change of
+    its data reconciles them (see main._watch_documents)."""
     children: Children = field(init=False)
 
     def __post_init__(self) -> None:
@@ -210,15 +223,18 @@ class Reconciler:
         namespace, name = meta["namespace"], meta["name"]
         validated = validate(body)
         app, problems = validated.app, list(validated.problems)
+        documents_digest = None
         if app is not None:
             problems += await self._missing_secrets(app)
+            documents_digest, missing = await self._documents(app)
+            problems += missing
         if app is None or problems:
             await self._report_invalid(body, problems)
             return "invalid"
         self._reported.get(meta["uid"], {}).pop(INVALID, None)
         groups = await self.kube.available_groups()
         children = build_children(
-            app, self.settings, [g for g in OPTIONAL_API_GROUPS if g in groups]
+            app, self.settings, [g for g in OPTIONAL_API_GROUPS if g in groups], documents_digest
         )
         objects = adopt(children.objects, body)
         self.children.want(meta["uid"], {key_of(o) for o in objects})
@@ -264,6 +280,8 @@ class Reconciler:
         if app.spec.autoscaling is not None:
             autoscaler = await self._autoscaler(app, returned)
             observed = dataclasses.replace(observed, autoscaler=autoscaler)
+        if app.spec.retrieval is not None:
+            observed = await self._with_index(body, app, observed, returned, documents_digest)
         await self._report_refusals(body, observed)
         observed = await self._with_blockers(body, app, observed, returned)
         await self._write_status(body, app, observed)
@@ -392,6 +410,72 @@ class Reconciler:
                 problems.append(f"{where}: Secret {ref.name} has no key {ref.key}")
         return problems
 
+    async def _documents(self, app: LLMChainApp) -> tuple[str | None, list[str]]:
+        """The content digest of the ConfigMaps the app indexes (None when it indexes none), and
+        the problems: ConfigMaps not found. Remembers which apps use which ConfigMaps."""
+        namespace, name = app_namespace(app), app_name(app)
+        for (where, _), users in self.documents_users.items():
+            if where == namespace:
+                users.discard(name)  # the spec may have dropped some (filled again below)
+        retrieval = app.spec.retrieval
+        if retrieval is None or retrieval.documents.config_maps is None:
+            return None, []
+        found, problems = [], []
+        for i, ref in enumerate(retrieval.documents.config_maps):
+            self.documents_users.setdefault((namespace, ref.name), set()).add(name)
+            configmap = await self.kube.get("ConfigMap", namespace, ref.name)
+            if configmap is None:
+                problems.append(
+                    f"spec.retrieval.documents.configMaps[{i}].name: ConfigMap {ref.name} not found"
+                )
+            else:
+                found.append(configmap)
+        return (None if problems else configmaps_digest(found)), problems
+
+    async def _with_index(
+        self,
+        body: Manifest,
+        app: LLMChainApp,
+        observed: Observed,
+        returned: dict[tuple[str, str], Manifest],
+        documents_digest: str | None,
+    ) -> Observed:
+        """status.retrieval and the index Job: the digests, and the counts the build reported in
+        its termination message (read from its pod once, then kept in the status)."""
+        digest = index_digest(app, documents_digest)
+        digests = {
+            "indexDigest": digest,
+            "embeddingModelDigest": embedding_digest(app),
+            "corpusDigest": corpus_identity(app, documents_digest),
+        }
+        job = returned.get(("Job", index_job_name(app, documents_digest)))
+        old = body.get("status", {}).get("retrieval") or {}
+        report = old if old.get("indexDigest") == digest and old.get("chunks") is not None else None
+        built = job is not None and any(
+            c.get("type") == "Complete" and c.get("status") == "True"
+            for c in job.get("status", {}).get("conditions", [])
+        )
+        if report is None and (built or not index_in_job(app)):
+            meta = body["metadata"]
+            selector = (
+                f"job-name={job['metadata']['name']}"
+                if index_in_job(app) and job is not None
+                else f"app.kubernetes.io/instance={meta['name']},"
+                f"app.kubernetes.io/managed-by={MANAGED_BY}"
+            )
+            try:
+                pods = await self.kube.list("Pod", meta["namespace"], selector)
+            except ApiError as error:  # no RBAC to list pods, a 5xx: the counts come later
+                self.log.warning("Could not list pods of %s: %s", meta["name"], error)
+                pods = []
+            report = index_report(pods, digest)
+        return dataclasses.replace(
+            observed,
+            retrieval=retrieval_status(digests, report),
+            index_job=job,
+            index_in_job=index_in_job(app),
+        )
+
     async def _report_invalid(self, body: Manifest, problems: list[str]) -> None:
         """Degraded with the problems named; the running children are left as they are."""
         meta = body["metadata"]
@@ -445,6 +529,7 @@ class Reconciler:
             "modelDigest": model_digest(app),
             # None removes the list when the last tool goes (a merge patch keeps what it omits).
             "tools": tools_status(app.spec),
+            "retrieval": observed.retrieval,
         }
         if _status_digest(body.get("status", {})) != _status_digest(status):
             await self.kube.patch_status(KIND, meta["namespace"], meta["name"], status)

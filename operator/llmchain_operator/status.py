@@ -5,6 +5,7 @@ Conditions follow metav1.Condition: `lastTransitionTime` only moves when `status
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,10 @@ class Observed:
     """Children the API server refused (4xx), each with its message."""
     autoscaler: Manifest | None = None
     """status.autoscaler (autoscaler_status), when the app autoscales."""
+    retrieval: Manifest | None = None
+    """status.retrieval (retrieval_status), when the app has retrieval."""
+    index_job: Manifest | None = None
+    index_in_job: bool = False
 
 
 def skipped_message(skipped: list[str]) -> str:
@@ -106,9 +111,58 @@ def model_condition(observed: Observed) -> Manifest:
     return condition("ModelReady", False, "Building", "The model build Job is running.")
 
 
+def index_report(pods: list[Manifest], build_digest: str) -> Manifest | None:
+    """What an index build reported in its termination message (documents, chunks, skipped)
+    for `build_digest`: from the build Job's pod or a server pod's `index` init container."""
+    for pod in pods:
+        status = pod.get("status", {})
+        for container in status.get("initContainerStatuses", []) + status.get(
+            "containerStatuses", []
+        ):
+            terminated = container.get("state", {}).get("terminated") or {}
+            if container.get("name") != "index" or terminated.get("exitCode") != 0:
+                continue
+            try:
+                report = json.loads(terminated.get("message") or "")
+            except ValueError:
+                continue
+            if isinstance(report, dict) and report.get("buildDigest") == build_digest:
+                return report
+    return None
+
+
+def retrieval_status(digests: Manifest, report: Manifest | None) -> Manifest:
+    """status.retrieval: the digests, plus the counts once a build reported them (None until
+    then: a merge patch removes the counts of the index before)."""
+    counts = {k: (report or {}).get(k) for k in ("documents", "chunks", "skipped")}
+    return {**digests, **{k: v if isinstance(v, int) else None for k, v in counts.items()}}
+
+
+def index_condition(observed: Observed) -> Manifest:
+    if not observed.index_in_job:
+        if _deployment_counts(observed.deployment)["ready"] > 0:
+            return condition("IndexReady", True, "BuiltInPod", "Pods built the index.")
+        return condition(
+            "IndexReady", False, "WaitingForPods", "Each pod builds the index before it starts."
+        )
+    state = _job_state(observed.index_job)
+    if state == "complete":
+        return condition("IndexReady", True, "BuildSucceeded", "The index build Job completed.")
+    if state == "failed":
+        return condition(
+            "IndexReady",
+            False,
+            "BuildFailed",
+            "The index build Job failed; see its pod logs (kubectl logs job/<name>).",
+        )
+    return condition("IndexReady", False, "Building", "The index build Job is running.")
+
+
 def compute_conditions(observed: Observed) -> list[Manifest]:
-    """Ready, ModelReady, Progressing, Degraded (+ OptionalAPIs when something was skipped)."""
+    """Ready, ModelReady, IndexReady (with retrieval), Progressing, Degraded, OptionalAPIs."""
     model = model_condition(observed)
+    index = index_condition(observed) if observed.retrieval is not None else None
+    builds = [model, *([index] if index else [])]
     caught_up = _deployment_caught_up(observed.deployment)
     counts = _deployment_counts(observed.deployment)
     wanted = max(observed.desired_replicas, 1)
@@ -117,20 +171,20 @@ def compute_conditions(observed: Observed) -> list[Manifest]:
         and counts["updated"] >= counts["replicas"]
         and (counts["ready"] >= min(wanted, max(counts["replicas"], 1)))
     )
-    conditions = [model]
+    conditions = list(builds)
     if observed.problems:
         message = "; ".join(observed.problems)
         conditions.append(condition("Degraded", True, "InvalidSpec", message))
         conditions.append(condition("Progressing", False, "Blocked", message))
         conditions.append(condition("Ready", False, "InvalidSpec", message))
     else:
-        failed = model["reason"] == "BuildFailed"
+        failed = next((c for c in builds if c["reason"] == "BuildFailed"), None)
         conditions.append(
             condition(
                 "Degraded",
-                failed,
+                failed is not None,
                 "BuildFailed" if failed else "AsExpected",
-                model["message"] if failed else "No problem found.",
+                failed["message"] if failed else "No problem found.",
             )
         )
         conditions.append(
@@ -141,15 +195,17 @@ def compute_conditions(observed: Observed) -> list[Manifest]:
                 f"{counts['ready']}/{wanted} replicas ready, {counts['updated']} updated.",
             )
         )
-        ready = rolled_out and model["status"] == "True" and counts["ready"] > 0
+        built = all(c["status"] == "True" for c in builds)
+        ready = rolled_out and built and counts["ready"] > 0
+        waiting = next((c for c in builds if c["status"] != "True"), None)
         conditions.append(
             condition(
                 "Ready",
                 ready,
                 "Available" if ready else "NotAvailable",
                 f"{counts['ready']} of {wanted} replicas ready."
-                if model["status"] == "True"
-                else model["message"],
+                if waiting is None
+                else waiting["message"],
             )
         )
         if not ready and observed.blockers:  # what the cluster reports, instead

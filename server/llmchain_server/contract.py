@@ -16,6 +16,9 @@ MODEL_BUILD_RECIPE: Final = "llmchain-model-build/4"
 is recorded in each model folder's manifest and is part of the operator's model digest, so a
 bump rebuilds every app's model."""
 
+INDEX_BUILD_RECIPE: Final = "llmchain-index-build/1"
+"""Version of what `llmchain index build` writes: part of the operator's index digest."""
+
 # -- environment variables of the server (the operator sets the first group) ------------------
 ENV_MODEL_NAME: Final = "LLMCHAIN_MODEL_NAME"
 """The model id clients send (the app's name)."""
@@ -76,6 +79,8 @@ COMMAND: Final = "llmchain"
 SERVE: Final = ("serve",)
 MODEL_BUILD: Final = ("model", "build")
 MODEL_WAIT: Final = ("model", "wait")
+INDEX_BUILD: Final = ("index", "build")
+INDEX_WAIT: Final = ("index", "wait")
 
 FLAG_MODEL: Final = "--model"
 FLAG_CHAIN: Final = "--chain"
@@ -93,6 +98,16 @@ FLAG_OUT: Final = "--out"
 FLAG_DIGEST: Final = "--digest"
 FLAG_DIR: Final = "--dir"
 FLAG_TIMEOUT: Final = "--timeout"
+FLAG_EMBEDDING_MODEL: Final = "--embedding-model"
+FLAG_EMBEDDING_MODEL_NAME: Final = "--embedding-model-name"
+FLAG_INDEX: Final = "--index"
+FLAG_DOCUMENTS: Final = "--documents"
+FLAG_CHUNK_SIZE: Final = "--chunk-size"
+FLAG_CHUNK_OVERLAP: Final = "--chunk-overlap"
+FLAG_KIND: Final = "--kind"
+FLAG_REPORT: Final = "--report"
+"""Where `index build` writes its summary as JSON (the operator passes the termination log,
+which the kubelet copies into the container's status)."""
 
 # -- ports and paths in the pod ----------------------------------------------------------------
 HTTP_PORT: Final = 8000
@@ -101,6 +116,11 @@ CACHE_PORT: Final = 6379
 """The Redis port of the cache sidecar (pod loopback) and of the managed memory store."""
 MODEL_DIR: Final = "/models"
 """Where the model volume is mounted; each model folder is a sub-folder."""
+RETRIEVAL_DIR: Final = "/retrieval"
+"""Where each pod builds the embedding model and the index when there is no model volume."""
+DOCUMENTS_DIR: Final = "/documents"
+"""Where the index build reads the documents (ConfigMaps as sub-folders, or the PVC)."""
+TERMINATION_LOG: Final = "/dev/termination-log"
 CHAIN_DIR: Final = "/etc/llmchain/chain"
 CHAIN_FILE: Final = "chain.yaml"
 API_KEY_DIR: Final = "/etc/llmchain/api-key"

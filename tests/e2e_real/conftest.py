@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.cluster import ROOT, Cluster, wait_for
-from tests.support.model import GGUF_SHA256
+from tests.support.model import EMBEDDING_ZIP_SHA256, GGUF_SHA256
 from tests.support.realnode import image
 
 OPERATOR_SCRIPT = ROOT / "hack" / "operator.sh"
@@ -52,12 +52,14 @@ def incluster_operator(cluster: Cluster) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def model_files(cluster: Cluster) -> str:
-    """http://models.llmchain.local/: the GGUF, copied from the model image and checked by its
-    sha256 by the file server's init container. Returns the GGUF's URL."""
+    """http://models.llmchain.local/: the GGUF and the embedding model's zip
+    (all-MiniLM-L6-v2.zip), copied from the model image and checked by their sha256 by the file
+    server's init container. Returns the GGUF's URL."""
     manifest = (
         MODEL_FILES.read_text()
         .replace("@MODEL_IMAGE@", image("model"))
         .replace("@SHA256@", GGUF_SHA256)
+        .replace("@EMBEDDING_SHA256@", EMBEDDING_ZIP_SHA256)
     )
     cluster.kubectl("apply", "-f", "-", input=manifest)
     cluster.kubectl(

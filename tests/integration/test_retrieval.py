@@ -35,8 +35,9 @@ CHUNKING = Chunking(64, 16)
 
 
 def example_chain() -> dict[str, Any]:
-    chain: dict[str, Any] = yaml.safe_load((EXAMPLE / "chain.yaml").read_text())
-    return chain
+    """The example app's chain, as `llmchain serve --chain` reads it."""
+    app: dict[str, Any] = yaml.safe_load((EXAMPLE / "app.yaml").read_text())
+    return {"name": app["metadata"]["name"], "chain": app["spec"]["chain"]}
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,7 @@ MISTAKES = [
     ),
     (
         with_step({"name": "second", "type": "retrieval", "query": "{{ question }}"}),
-        "spec.chain.steps[1]: retrieval steps need a document index",
+        "spec.chain.steps[1]: retrieval steps need spec.retrieval",
     ),
 ]
 

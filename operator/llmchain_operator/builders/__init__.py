@@ -25,6 +25,7 @@ from llmchain_operator.builders.network import (
     build_service,
     build_service_account,
 )
+from llmchain_operator.builders.retrieval import build_index_job
 from llmchain_operator.builders.workload import build_chain_configmap, build_deployment
 from llmchain_operator.kinds import OPTIONAL_API_GROUPS, kind_of
 from llmchain_operator.settings import Settings
@@ -39,17 +40,23 @@ class Children:
 
 
 def build_children(
-    app: LLMChainApp, settings: Settings, available_groups: Collection[str] = OPTIONAL_API_GROUPS
+    app: LLMChainApp,
+    settings: Settings,
+    available_groups: Collection[str] = OPTIONAL_API_GROUPS,
+    documents_digest: str | None = None,
 ) -> Children:
-    """Every child object of `app`, in the order they are applied (dependencies first)."""
+    """Every child object of `app`, in the order they are applied (dependencies first).
+    `documents_digest`: the content digest of the retrieval ConfigMaps (configmaps_digest), when
+    the app indexes ConfigMaps and they were read."""
     candidates = [
         build_service_account(app),
         build_chain_configmap(app),
         build_model_pvc(app),
         build_model_job(app, settings),
+        build_index_job(app, settings, documents_digest),
         build_memory_deployment(app, settings),
         build_memory_service(app),
-        build_deployment(app, settings),
+        build_deployment(app, settings, documents_digest),
         build_service(app),
         build_pdb(app),
         *build_network_policies(app),

@@ -19,7 +19,7 @@ from llmchain_server import contract
 from llmchain_server.contract import MODEL_DIR
 
 BUILD_MEMORY = "2Gi"
-"""The model build's memory limit when the server has a smaller one (see _builder_resources)."""
+"""The model build's memory limit when the server has a smaller one (see builder_resources)."""
 
 SOURCE_DIR = "/source"
 COPIED_SOURCE = f"{MODEL_DIR}/.source"
@@ -108,12 +108,12 @@ def _builder_container(app: LLMChainApp, settings: Settings, name: str) -> Manif
             *source_mounts,
             {"name": "tmp", "mountPath": "/tmp"},
         ],
-        "resources": _builder_resources(app),
+        "resources": builder_resources(app),
         "securityContext": restricted_container_security(),
     }
 
 
-def _builder_resources(app: LLMChainApp) -> Manifest:
+def builder_resources(app: LLMChainApp) -> Manifest:
     """The build asks for what the server asks for, so a pod that fits a node while serving fits
     it while building. Building SmolLM2-135M peaks at 1.5-1.7 GiB resident (measured: int4,
     int8), above what the server needs (0.6-0.8 GiB): where the server has a memory limit, the

@@ -19,6 +19,12 @@ from llmchain_operator.builders.common import (
 )
 from llmchain_operator.builders.memory import memory_url_env
 from llmchain_operator.builders.model import model_dir, model_init_containers, model_volumes
+from llmchain_operator.builders.retrieval import (
+    retrieval_init_containers,
+    retrieval_server_args,
+    retrieval_server_mounts,
+    retrieval_volumes,
+)
 from llmchain_operator.settings import Settings
 from llmchain_server import contract
 from llmchain_server.config import ChainConfig
@@ -116,7 +122,7 @@ def _with_headroom(quantity: str) -> str:
     return quantity
 
 
-def _server_args(app: LLMChainApp) -> list[str]:
+def _server_args(app: LLMChainApp, documents_digest: str | None) -> list[str]:
     args = [
         contract.COMMAND,
         *contract.SERVE,
@@ -133,7 +139,7 @@ def _server_args(app: LLMChainApp) -> list[str]:
         args += [contract.FLAG_REDIS_URL, f"redis://127.0.0.1:{CACHE_PORT}/0"]
     if app.spec.chain.memory is not None:
         args += [contract.FLAG_MEMORY_URL, f"$({contract.ENV_MEMORY_URL})"]
-    return args
+    return args + retrieval_server_args(app, documents_digest)
 
 
 def _server_env(app: LLMChainApp) -> list[Manifest]:
@@ -203,12 +209,15 @@ def _server_resources(app: LLMChainApp) -> Manifest:
     return {"requests": requests, **({"limits": limits} if limits else {})}
 
 
-def _server_container(app: LLMChainApp, settings: Settings) -> Manifest:
+def _server_container(
+    app: LLMChainApp, settings: Settings, documents_digest: str | None
+) -> Manifest:
     http = {"port": "http"}
     mounts = [
         {"name": "models", "mountPath": MODEL_DIR, "readOnly": True},
         {"name": "chain", "mountPath": CHAIN_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
+        *retrieval_server_mounts(app),
     ]
     if app.spec.serving.api_key_secret_ref is not None:
         mounts.append({"name": "api-key", "mountPath": API_KEY_DIR, "readOnly": True})
@@ -218,7 +227,7 @@ def _server_container(app: LLMChainApp, settings: Settings) -> Manifest:
     return {
         "name": "server",
         "image": image,
-        "args": _server_args(app),
+        "args": _server_args(app, documents_digest),
         "env": _server_env(app),
         "ports": [{"name": "http", "containerPort": HTTP_PORT}],
         "startupProbe": {
@@ -258,6 +267,7 @@ def _pod_volumes(app: LLMChainApp) -> list[Manifest]:
         *model_volumes(app),
         {"name": "chain", "configMap": {"name": chain_configmap_name(app)}},
         {"name": "tmp", "emptyDir": {}},
+        *retrieval_volumes(app),
     ]
     ref = app.spec.serving.api_key_secret_ref
     if ref is not None:
@@ -274,8 +284,11 @@ def _pod_volumes(app: LLMChainApp) -> list[Manifest]:
     return volumes
 
 
-def build_deployment(app: LLMChainApp, settings: Settings) -> Manifest:
-    """The model-server Deployment. `replicas` is left out when an autoscaler owns it."""
+def build_deployment(
+    app: LLMChainApp, settings: Settings, documents_digest: str | None = None
+) -> Manifest:
+    """The model-server Deployment. `replicas` is left out when an autoscaler owns it.
+    `documents_digest`: the content digest of the retrieval ConfigMaps, when there are some."""
     serving = app.spec.serving
     selector = selector_labels(app, "server")
     annotations = {
@@ -286,6 +299,7 @@ def build_deployment(app: LLMChainApp, settings: Settings) -> Manifest:
     init = [
         *([_cache_sidecar(app, settings)] if app.spec.cache.enabled else []),
         *model_init_containers(app, settings),
+        *retrieval_init_containers(app, settings, documents_digest),
     ]
     tolerations = [t.model_dump(by_alias=True, exclude_none=True) for t in serving.tolerations]
     if uses_gpu(app) and GPU_TOLERATION not in tolerations:
@@ -297,7 +311,7 @@ def build_deployment(app: LLMChainApp, settings: Settings) -> Manifest:
         "terminationGracePeriodSeconds": serving.termination_grace_period_seconds,
         "securityContext": restricted_pod_security(),
         "initContainers": init,
-        "containers": [_server_container(app, settings)],
+        "containers": [_server_container(app, settings, documents_digest)],
         "volumes": _pod_volumes(app),
     }
     if serving.node_selector:
