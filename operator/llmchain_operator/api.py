@@ -324,7 +324,12 @@ class Chunking(Schema):
     )
 
     model_config = rules(
-        ("self.overlap * 2 < self.size", "overlap must be less than half of size", ".overlap")
+        (
+            # Guarded: the API server checks the schema's default ({}) before defaulting into it.
+            "!has(self.size) || !has(self.overlap) || self.overlap * 2 < self.size",
+            "overlap must be less than half of size",
+            ".overlap",
+        )
     )
 
     @model_validator(mode="after")

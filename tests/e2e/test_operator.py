@@ -82,7 +82,10 @@ def test_example_becomes_ready_with_all_its_children(
         )
     if "volume" in app["spec"]["model"]:
         prebound_volume(cluster, app_namespace, f"{name}-model")
-    cluster.kubectl("-n", app_namespace, "apply", "-f", str(path))
+    if (path.parent / "kustomization.yaml").exists():  # the app with its ConfigMaps
+        cluster.kubectl("-n", app_namespace, "apply", "-k", str(path.parent))
+    else:
+        cluster.kubectl("-n", app_namespace, "apply", "-f", str(path))
 
     ready = wait_condition(cluster, app_namespace, name, "Ready", "True", timeout=90)
     assert ready["reason"] == "Available"
@@ -91,6 +94,9 @@ def test_example_becomes_ready_with_all_its_children(
     assert status["observedGeneration"] == 1
     assert status["modelDigest"].startswith("sha256:")
     assert conditions(cluster, app_namespace, name)["ModelReady"]["status"] == "True"
+    if "retrieval" in app["spec"]:
+        assert conditions(cluster, app_namespace, name)["IndexReady"]["status"] == "True"
+        assert status["retrieval"]["corpusDigest"].startswith("sha256:")
 
     uid = cluster.get("-n", app_namespace, "lca", name)["metadata"]["uid"]
     for kind, child in rendered_children(path, app_namespace):

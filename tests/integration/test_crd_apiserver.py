@@ -16,6 +16,9 @@ from tests.support.cluster import ROOT, Cluster
 
 EXAMPLES = sorted((ROOT / "examples").glob("*/app.yaml"))
 BASE: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "01-qa-chain" / "app.yaml").read_text())
+RETRIEVAL: dict[str, Any] = yaml.safe_load(
+    (ROOT / "examples" / "05-docs-qa" / "app.yaml").read_text()
+)["spec"]["retrieval"]
 
 
 @pytest.fixture(scope="module")
@@ -266,9 +269,59 @@ INVALID: list[tuple[str, Mutation, list[str]]] = [
         ["spec.chain.steps", "an agent step's tools must be among spec.tools"],
     ),
     (
-        "retrieval-step-without-an-index",
+        "retrieval-step-without-spec-retrieval",
         set_path("chain.steps", [{"name": "s", "type": "retrieval", "query": "{{ question }}"}]),
-        ["spec.chain.steps", "retrieval steps need a document index"],
+        ["spec.chain.steps", "retrieval steps need spec.retrieval"],
+    ),
+    (
+        "documents-from-two-sources",
+        set_path(
+            "retrieval",
+            {
+                **RETRIEVAL,
+                "documents": {"configMaps": [{"name": "d"}], "pvc": {"claimName": "docs"}},
+            },
+        ),
+        ["spec.retrieval.documents", "exactly one of configMaps, pvc, url must be set"],
+    ),
+    (
+        "documents-configmap-twice",
+        set_path(
+            "retrieval", {**RETRIEVAL, "documents": {"configMaps": [{"name": "d"}, {"name": "d"}]}}
+        ),
+        ["spec.retrieval.documents.configMaps", "must not name a ConfigMap twice"],
+    ),
+    (
+        "chunk-overlap-too-large",
+        set_path("retrieval", {**RETRIEVAL, "chunking": {"size": 64, "overlap": 32}}),
+        ["spec.retrieval.chunking.overlap", "overlap must be less than half of size"],
+    ),
+    (
+        "embedding-model-int4",
+        set_path(
+            "retrieval",
+            {
+                **RETRIEVAL,
+                "embeddingModel": {**RETRIEVAL["embeddingModel"], "quantization": "int4"},
+            },
+        ),
+        ["spec.retrieval.embeddingModel.quantization"],
+    ),
+    (
+        "embedding-model-two-sources",
+        set_path(
+            "retrieval",
+            {
+                **RETRIEVAL,
+                "embeddingModel": {
+                    "source": {
+                        **RETRIEVAL["embeddingModel"]["source"],
+                        "pvc": {"claimName": "models"},
+                    }
+                },
+            },
+        ),
+        ["spec.retrieval.embeddingModel.source", "exactly one of url, pvc, onnx, image"],
     ),
     (
         "field-of-another-step-kind",
