@@ -172,6 +172,13 @@ class Reconciler:
         self._refused_since.pop(meta.get("uid", ""), None)
         self._unlisted.discard(meta.get("uid", ""))
         self._reported.pop(meta.get("uid", ""), None)
+        self._forget_documents(meta["namespace"], meta["name"])
+
+    def _forget_documents(self, namespace: str, name: str) -> None:
+        for key in [k for k in self.documents_users if k[0] == namespace]:
+            self.documents_users[key].discard(name)
+            if not self.documents_users[key]:
+                del self.documents_users[key]
 
     async def _timed(self, body: Manifest) -> None:
         async with self._slots:  # taken inside the app's lock, always in that order
@@ -414,9 +421,7 @@ class Reconciler:
         """The content digest of the ConfigMaps the app indexes (None when it indexes none), and
         the problems: ConfigMaps not found. Remembers which apps use which ConfigMaps."""
         namespace, name = app_namespace(app), app_name(app)
-        for (where, _), users in self.documents_users.items():
-            if where == namespace:
-                users.discard(name)  # the spec may have dropped some (filled again below)
+        self._forget_documents(namespace, name)  # the spec may have dropped some
         retrieval = app.spec.retrieval
         if retrieval is None or retrieval.documents.config_maps is None:
             return None, []

@@ -1,0 +1,125 @@
+"""examples/05-docs-qa as real pods on the real node, applied with kustomize as a user would: each
+pod builds the embedding model (from the zip the in-cluster file server serves) and the index of
+the ConfigMap's pages in its init containers; the chain answers with its sources; an edit of the
+ConfigMap re-indexes and rolls the pods with no change to the app."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.support.apps import wait_condition
+from tests.support.cluster import ROOT, Cluster, create_namespace
+from tests.support.realnode import PortForward
+from tests.support.waiting import wait_for
+
+EXAMPLE = ROOT / "examples" / "05-docs-qa"
+PAGES = sorted(p.name for p in (EXAMPLE / "docs").iterdir())
+
+
+@pytest.fixture(scope="module")
+def docs_qa(cluster: Cluster, incluster_operator: str, model_files: str) -> Iterator[str]:
+    """The example, unchanged, in a restricted namespace; Ready. Yields the namespace."""
+    namespace = "real-docs-qa"
+    cluster.kubectl("delete", "namespace", namespace, "--ignore-not-found", "--wait=true")
+    create_namespace(
+        cluster,
+        namespace,
+        fake_nodes=False,
+        labels={"pod-security.kubernetes.io/enforce": "restricted", "llmchain.io/test": "true"},
+    )
+    cluster.kubectl("-n", namespace, "apply", "-k", str(EXAMPLE))
+    wait_condition(cluster, namespace, "docs-qa", "Ready", "True", timeout=420)
+    yield namespace
+    cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def server_pods(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
+    selector = "app.kubernetes.io/instance=docs-qa,app.kubernetes.io/component=server"
+    pods: list[dict[str, Any]] = cluster.get("-n", namespace, "pods", "-l", selector)["items"]
+    return pods
+
+
+def ask(forward: PortForward, question: str) -> dict[str, Any]:
+    reply = httpx.post(
+        f"{forward.url}/v1/chains/docs-qa/invoke",
+        json={"input": {"question": question}},
+        timeout=120,
+    )
+    assert reply.status_code == 200, reply.text
+    answer: dict[str, Any] = reply.json()
+    return answer
+
+
+def test_each_pod_built_the_encoder_and_the_index_and_the_status_counts_them(
+    cluster: Cluster, docs_qa: str
+) -> None:
+    (pod,) = server_pods(cluster, docs_qa)
+    init = {s["name"]: s for s in pod["status"]["initContainerStatuses"]}
+    for name in ("model", "embedding-model", "index"):
+        assert init[name]["state"]["terminated"]["exitCode"] == 0, init[name]
+    log = cluster.kubectl("-n", docs_qa, "logs", pod["metadata"]["name"], "-c", "index").stdout
+    assert f"{len(PAGES)} documents" in log, log
+    status = cluster.get("-n", docs_qa, "lca", "docs-qa")["status"]
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["IndexReady"]["status"] == "True"
+    retrieval = status["retrieval"]
+    assert retrieval["documents"] == len(PAGES)
+    assert retrieval["chunks"] > len(PAGES)
+    assert retrieval["skipped"] == 0
+
+
+def test_the_chain_answers_with_its_sources_and_embeddings_are_served(
+    cluster: Cluster, docs_qa: str
+) -> None:
+    with PortForward(cluster, docs_qa, "service/docs-qa", 80) as forward:
+        answer = ask(forward, "On which port are the Prometheus metrics served?")
+        sources = [s["source"] for s in answer["metadata"]["sources"]]
+        assert "heronfeed-docs/monitoring.md" in sources, answer
+        client = openai.OpenAI(base_url=f"{forward.url}/v1", api_key="unused", max_retries=0)
+        models = {m.id for m in client.models.list().data}
+        assert "docs-qa-embeddings" in models, models
+        vectors = client.embeddings.create(
+            model="docs-qa-embeddings", input=["event router", "consumer lag"]
+        )
+        assert [len(v.embedding) for v in vectors.data] == [384, 384]
+
+
+def test_an_edited_configmap_is_indexed_by_new_pods(cluster: Cluster, docs_qa: str) -> None:
+    before = cluster.get("-n", docs_qa, "lca", "docs-qa")
+    old_pods = {p["metadata"]["name"] for p in server_pods(cluster, docs_qa)}
+    page = "# Mascot\n\nHeronfeed's mascot is a grey heron called Wilhelmina.\n"
+    patch = {"data": {"mascot.md": page}}
+    cluster.kubectl(
+        "-n",
+        docs_qa,
+        "patch",
+        "configmap",
+        "heronfeed-docs",
+        "--type=merge",
+        "-p",
+        json.dumps(patch),
+    )
+
+    def reindexed() -> bool:
+        status = cluster.get("-n", docs_qa, "lca", "docs-qa")["status"]
+        ready = {c["type"]: c["status"] for c in status["conditions"]}.get("Ready") == "True"
+        return ready and status["retrieval"].get("documents") == len(PAGES) + 1
+
+    wait_for(reindexed, timeout=420, what="the new page indexed by new pods")
+    after = cluster.get("-n", docs_qa, "lca", "docs-qa")
+    assert after["metadata"]["generation"] == before["metadata"]["generation"]
+    assert (
+        after["status"]["retrieval"]["indexDigest"] != before["status"]["retrieval"]["indexDigest"]
+    )
+    serving = [p for p in server_pods(cluster, docs_qa) if "deletionTimestamp" not in p["metadata"]]
+    assert not {p["metadata"]["name"] for p in serving} & old_pods  # the old ones are going
+    with PortForward(cluster, docs_qa, "service/docs-qa", 80) as forward:
+        answer = ask(forward, "What is the name of Heronfeed's mascot?")
+    sources = [s["source"] for s in answer["metadata"]["sources"]]
+    assert "heronfeed-docs/mascot.md" in sources, answer
