@@ -12,10 +12,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import yaml
 
 from tests.support.apps import wait_condition
 from tests.support.cluster import ROOT, Cluster, create_namespace
-from tests.support.realnode import PortForward
+from tests.support.realnode import PortForward, host_path_volume, image
 from tests.support.waiting import wait_for
 
 EXAMPLE = ROOT / "examples" / "05-docs-qa"
@@ -123,3 +124,63 @@ def test_an_edited_configmap_is_indexed_by_new_pods(cluster: Cluster, docs_qa: s
         answer = ask(forward, "What is the name of Heronfeed's mascot?")
     sources = [s["source"] for s in answer["metadata"]["sources"]]
     assert "heronfeed-docs/mascot.md" in sources, answer
+
+
+def test_with_a_model_volume_one_job_builds_the_index_for_every_replica(
+    cluster: Cluster, docs_qa: str
+) -> None:
+    """spec.model.volume: one Job per index digest builds the embedding model (here copied out of
+    the model image) and the index into the volume; both replicas wait for it, build nothing."""
+    app = yaml.safe_load((EXAMPLE / "app.yaml").read_text())
+    app["metadata"]["name"] = "docs-on-volume"
+    app["spec"]["model"]["volume"] = {"size": "1Gi", "accessMode": "ReadWriteOnce"}
+    app["spec"]["retrieval"]["embeddingModel"]["source"] = {
+        "image": {"reference": image("model"), "path": "/embedding/all-MiniLM-L6-v2.zip"}
+    }
+    app["spec"]["serving"] = {
+        "replicas": 2,
+        "resources": {"requests": {"cpu": "100m", "memory": "768Mi"}, "limits": {"memory": "2Gi"}},
+    }
+    pv = host_path_volume(cluster, docs_qa, "docs-on-volume-model")
+    try:
+        cluster.kubectl("-n", docs_qa, "apply", "-f", "-", input=yaml.safe_dump(app))
+        wait_condition(cluster, docs_qa, "docs-on-volume", "Ready", "True", timeout=420)
+        selector = "app.kubernetes.io/instance=docs-on-volume,app.kubernetes.io/component="
+        (job,) = cluster.get("-n", docs_qa, "jobs", "-l", selector + "index-build")["items"]
+        assert job["status"].get("succeeded") == 1
+        (builder,) = cluster.get(
+            "-n", docs_qa, "pods", "-l", f"job-name={job['metadata']['name']}"
+        )["items"]
+        steps = {s["name"]: s for s in all_statuses(builder)}
+        assert set(steps) == {"embedding-source", "embedding-model", "index"}
+        assert all(s["state"]["terminated"]["exitCode"] == 0 for s in steps.values()), steps
+        pods = cluster.get("-n", docs_qa, "pods", "-l", selector + "server")["items"]
+        assert len(pods) == 2
+        for pod in pods:
+            index = next(c for c in pod["spec"]["initContainers"] if c["name"] == "index")
+            assert index["args"][:3] == ["llmchain", "index", "wait"]
+            assert "embedding-model" not in [c["name"] for c in pod["spec"]["initContainers"]]
+        status = cluster.get("-n", docs_qa, "lca", "docs-on-volume")["status"]
+        assert {c["type"]: c for c in status["conditions"]}["IndexReady"]["reason"] == (
+            "BuildSucceeded"
+        )
+        pages = cluster.get("-n", docs_qa, "configmap", "heronfeed-docs")["data"]
+        assert status["retrieval"]["documents"] == len(pages)
+        with PortForward(cluster, docs_qa, "service/docs-on-volume", 80) as forward:
+            reply = httpx.post(
+                f"{forward.url}/v1/chains/docs-on-volume/invoke",
+                json={"input": {"question": "How often should the CA be rotated?"}},
+                timeout=120,
+            )
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["metadata"]["sources"], reply.text
+    finally:
+        cluster.kubectl(
+            "-n", docs_qa, "delete", "lca", "docs-on-volume", "--wait=true", check=False
+        )
+        cluster.kubectl("delete", "pv", pv, "--wait=false", check=False)
+
+
+def all_statuses(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    status = pod["status"]
+    return [*status.get("initContainerStatuses", []), *status.get("containerStatuses", [])]
