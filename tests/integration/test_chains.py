@@ -327,7 +327,11 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*/app
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.parent.name)
 def test_every_example_chain_holds_a_two_turn_conversation(
-    model_dirs: Callable[[str], Path], tmp_path: Path, redis_server: RedisServer, example: Path
+    model_dirs: Callable[[str], Path],
+    embedding_dirs: Callable[[str], Path],
+    tmp_path: Path,
+    redis_server: RedisServer,
+    example: Path,
 ) -> None:
     """The chain each example renders into its ConfigMap, served for real: two turns of one
     session, so a template reading `history` meets the entries memory really stores."""
@@ -353,6 +357,15 @@ def test_every_example_chain_holds_a_two_turn_conversation(
     args = ["--chain", str(path)]
     if chain.memory is not None:
         args += ["--memory-url", redis_server.url]
+    retrieval = app.spec.retrieval
+    if retrieval is not None:  # the example's pages, indexed as the operator's build would
+        from llmchain_server.retrieval.build import build_index
+        from llmchain_server.retrieval.chunking import Chunking
+
+        embedding = embedding_dirs(retrieval.embedding_model.quantization)
+        chunking = Chunking(retrieval.chunking.size, retrieval.chunking.overlap)
+        build_index(example.parent / "docs", embedding, tmp_path / "index", chunking)
+        args += ["--embedding-model", str(embedding), "--index", str(tmp_path / "index")]
     server = ServerProcess(model_dirs("int4"), args=args)
     try:
         server.wait_ready()
