@@ -24,7 +24,7 @@ def add_embedding_routes(app: FastAPI, plane: DataPlane, embeddings: Embeddings)
     @app.post(
         "/v1/embeddings",
         response_model=None,
-        responses={200: {"model": EmbeddingList}, **errors(400, 404, 429, 503)},
+        responses={200: {"model": EmbeddingList}, **errors(400, 404, 413, 429, 503)},
     )
     async def embed(request: EmbeddingRequest) -> Response:
         embeddings.check_model(request.model)
