@@ -414,10 +414,12 @@ status() {
 # below), and the images alone take several GiB: say so before starting, not as Pending pods.
 check_disk() {
   mkdir -p "$state"
-  local free_gib
-  free_gib=$(( $(df -Pk "$state" | awk 'NR == 2 {print $4}') / 1048576 ))
+  local free_gib free_pct
+  read -r free_gib free_pct < <(df -Pk "$state" | awk 'NR == 2 {print int($4 / 1048576), int(100 * $4 / $2)}')
   [ "$free_gib" -ge 4 ] \
     || die "only ${free_gib} GiB free on the disk of $state; the real node needs at least 4 GiB (its images and pod volumes)"
+  [ "$free_pct" -ge 2 ] \
+    || die "only ${free_pct}% of the disk of $state is free; the kubelet schedules nothing below 1%"
   [ "$free_gib" -ge 12 ] \
     || say "warning: only ${free_gib} GiB free on the disk of $state; the kubelet stops scheduling when it is 99% full"
 }

@@ -347,6 +347,11 @@ def index() -> None:
 @click.option("--digest", help="Build digest to record (the operator's index digest).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Download cache.")
 @click.option(
+    "--corpus-digest",
+    help="Refuse documents whose corpus digest differs (the operator's, from the ConfigMaps it "
+    "read): changed documents are never indexed under an old build digest.",
+)
+@click.option(
     "--report",
     type=click.Path(path_type=Path),
     help="Also write the summary (documents, chunks, skipped, digest) as JSON to this file; "
@@ -362,6 +367,7 @@ def index_build(
     kind: str,
     digest: str | None,
     cache_dir: Path | None,
+    corpus_digest: str | None,
     report: Path | None,
 ) -> None:
     """Chunk, embed and index documents, once per corpus: a folder already built from the same
@@ -376,7 +382,13 @@ def index_build(
     try:
         with documents_at(documents, sha256, cache_dir) as root:
             manifest = build_index(
-                root, embedding_model, out, Chunking(chunk_size, chunk_overlap), kind, digest
+                root,
+                embedding_model,
+                out,
+                Chunking(chunk_size, chunk_overlap),
+                kind,
+                digest,
+                corpus_digest,
             )
     except (IndexBuildError, FetchError, FolderError, ValueError) as e:
         raise click.ClickException(str(e)) from None

@@ -193,6 +193,13 @@ class ModelSource(Schema):
         )
     )
 
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ModelSource:
+        kinds = [self.url, self.pvc, self.onnx, self.image]
+        if sum(k is not None for k in kinds) != 1:
+            raise ValueError("exactly one of url, pvc, onnx, image must be set")
+        return self
+
 
 class ModelVolume(Schema):
     """The PersistentVolumeClaim the build Job writes the model into, once per digest."""
@@ -341,8 +348,8 @@ class Chunking(Schema):
 
 class Retrieval(Schema):
     """Retrieval: an embedding model, the documents, and the index built from them once per
-    corpus digest (in a Job into the model volume when spec.model.volume is set, else by each
-    pod into an emptyDir)."""
+    corpus digest (in a Job into the model volume when spec.model.volume is set and the model is
+    built there, that is, its source is not onnx; else by each pod into an emptyDir)."""
 
     embedding_model: EmbeddingModel = Field(description="The encoder of documents and queries.")
     documents: Documents = Field(description="The corpus to index.")

@@ -56,6 +56,7 @@ from llmchain_operator.status import (
     autoscaler_status,
     compute_conditions,
     counts_for_status,
+    index_failure,
     index_report,
     is_ready,
     merge_conditions,
@@ -454,6 +455,7 @@ class Reconciler:
             "corpusDigest": corpus_identity(app, documents_digest),
         }
         job = returned.get(("Job", index_job_name(app, documents_digest)))
+        failure = None
         old = body.get("status", {}).get("retrieval") or {}
         report = old if old.get("indexDigest") == digest and old.get("chunks") is not None else None
         built = job is not None and any(
@@ -474,11 +476,14 @@ class Reconciler:
                 self.log.warning("Could not list pods of %s: %s", meta["name"], error)
                 pods = []
             report = index_report(pods, digest)
+            if report is None and not index_in_job(app):
+                failure = index_failure(pods, digest)
         return dataclasses.replace(
             observed,
             retrieval=retrieval_status(digests, report),
             index_job=job,
             index_in_job=index_in_job(app),
+            index_failure=failure,
         )
 
     async def _report_invalid(self, body: Manifest, problems: list[str]) -> None:

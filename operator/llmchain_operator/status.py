@@ -38,6 +38,8 @@ class Observed:
     """status.retrieval (retrieval_status), when the app has retrieval."""
     index_job: Manifest | None = None
     index_in_job: bool = False
+    index_failure: str | None = None
+    """What a pod's failed index build says (index_failure), when each pod builds it."""
 
 
 def skipped_message(skipped: list[str]) -> str:
@@ -131,6 +133,26 @@ def index_report(pods: list[Manifest], build_digest: str) -> Manifest | None:
     return None
 
 
+def index_failure(pods: list[Manifest], build_digest: str) -> str | None:
+    """A pod whose `index` init container, building `build_digest`, failed: '<pod>: <reason>'."""
+    for pod in pods:
+        spec = next(
+            (c for c in pod.get("spec", {}).get("initContainers", []) if c["name"] == "index"), None
+        )
+        if spec is None or build_digest not in spec.get("args", []):
+            continue
+        for container in pod.get("status", {}).get("initContainerStatuses", []):
+            if container.get("name") != "index":
+                continue
+            for state in (container.get("state", {}), container.get("lastState", {})):
+                terminated = state.get("terminated") or {}
+                if terminated.get("exitCode", 0) != 0:
+                    message = (terminated.get("message") or "").strip().splitlines()
+                    reason = message[-1] if message else f"exit code {terminated['exitCode']}"
+                    return f"{pod['metadata']['name']}: {reason}"[:1024]
+    return None
+
+
 def retrieval_status(digests: Manifest, report: Manifest | None) -> Manifest:
     """status.retrieval: the digests, plus the counts once a build reported them (None until
     then: a merge patch removes the counts of the index before)."""
@@ -140,8 +162,15 @@ def retrieval_status(digests: Manifest, report: Manifest | None) -> Manifest:
 
 def index_condition(observed: Observed) -> Manifest:
     if not observed.index_in_job:
-        if _deployment_counts(observed.deployment)["ready"] > 0:
+        if (observed.retrieval or {}).get("chunks") is not None:
             return condition("IndexReady", True, "BuiltInPod", "Pods built the index.")
+        if observed.index_failure is not None:
+            return condition(
+                "IndexReady",
+                False,
+                "BuildFailed",
+                f"A pod's index build failed: {observed.index_failure}",
+            )
         return condition(
             "IndexReady", False, "WaitingForPods", "Each pod builds the index before it starts."
         )

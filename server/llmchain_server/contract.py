@@ -105,6 +105,7 @@ FLAG_DOCUMENTS: Final = "--documents"
 FLAG_CHUNK_SIZE: Final = "--chunk-size"
 FLAG_CHUNK_OVERLAP: Final = "--chunk-overlap"
 FLAG_KIND: Final = "--kind"
+FLAG_CORPUS_DIGEST: Final = "--corpus-digest"
 FLAG_REPORT: Final = "--report"
 """Where `index build` writes its summary as JSON (the operator passes the termination log,
 which the kubelet copies into the container's status)."""

@@ -271,3 +271,52 @@ def test_documents_from_a_url_are_checked_against_their_sha256(
         assert "sha256" in bad.stderr and not (tmp_path / "b").exists()
     finally:
         files.close()
+
+
+def test_documents_that_changed_since_the_operator_read_them_are_refused(
+    tmp_path: Path, embedding_dirs: Callable[[str], Path]
+) -> None:
+    """The operator passes the corpus digest of the ConfigMaps it read (--corpus-digest): an
+    index of other documents is never written under that build digest."""
+    from llmchain_server.retrieval.documents import read_corpus
+
+    docs = tmp_path / "docs"
+    shutil.copytree(DOCS, docs)
+    read = read_corpus(docs).digest
+    (docs / "installing.md").write_text("Edited after the operator read it.\n")
+    command = [
+        sys.executable, "-m", "llmchain_cli", "index", "build", "--documents", str(docs),
+        "--embedding-model", str(embedding_dirs("int8")), "--out", str(tmp_path / "index"),
+        "--digest", "sha256:build", "--corpus-digest", read,
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert f"not {read}: they changed after the build was asked for" in done.stderr, done.stderr
+    assert not (tmp_path / "index").exists()
+    command[-1] = read_corpus(docs).digest
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_single_document_from_a_url_is_cited_by_its_url_name(
+    tmp_path: Path, embedding_dirs: Callable[[str], Path]
+) -> None:
+    page = DOCS / "installing.md"
+    files = ModelFileServer(page)  # serves the page at /model.gguf
+    try:
+        import hashlib
+
+        out = tmp_path / "index"
+        command = [
+            sys.executable, "-m", "llmchain_cli", "index", "build",
+            "--documents", f"{files.url}/model.gguf",
+            "--sha256", hashlib.sha256(page.read_bytes()).hexdigest(),
+            "--embedding-model", str(embedding_dirs("int8")),
+            "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
+        ]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        sources = {json.loads(line)["source"] for line in (out / "chunks.jsonl").open()}
+        assert sources == {"model.gguf"}
+    finally:
+        files.close()

@@ -4,6 +4,7 @@ digest into the model volume), and the reconciler's reading of ConfigMaps and bu
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import json
 from pathlib import Path
@@ -303,3 +304,85 @@ def test_a_changed_configmap_rolls_a_new_index_and_the_status_reports_the_build(
     assert status["retrieval"]["corpusDigest"] == configmaps_digest([changed])
     assert "chunks" not in status["retrieval"]  # the old build's counts are not the new index's
     assert index_arg(kube) != first
+
+
+def test_the_operators_corpus_digest_is_the_one_the_build_computes_of_the_volume(
+    tmp_path: Path,
+) -> None:
+    """A ConfigMap volume as the kubelet lays it out: keys are links into a timestamped folder
+    through `..data`; the build reads the keys and must find the digest the operator passed."""
+    from llmchain_server.retrieval.documents import read_corpus
+
+    pages = {
+        **DOCS,
+        "data": {"a.md": "Heronfeed listens on port 7400.", "b.md": "Ünïcode too."},
+        "binaryData": {"c.txt": "cGxhaW4gdGV4dA=="},
+    }
+    other = {**DOCS, "metadata": {"name": "more", "namespace": NS}, "data": {"a.md": "x"}}
+    for configmap, files in ((pages, {"a.md", "b.md", "c.txt"}), (other, {"a.md"})):
+        folder = tmp_path / configmap["metadata"]["name"]
+        data = folder / "..2026_12_07_10_00_00.1"
+        data.mkdir(parents=True)
+        (folder / "..data").symlink_to(data.name)
+        for key, value in configmap["data"].items():
+            (data / key).write_text(value)
+        for key, value in configmap.get("binaryData", {}).items():
+            (data / key).write_bytes(base64.b64decode(value))
+        for key in files:
+            (folder / key).symlink_to(f"..data/{key}")
+    assert read_corpus(tmp_path).digest == configmaps_digest([pages, other])
+    assert read_corpus(tmp_path).digest != configmaps_digest([pages])
+
+
+def test_an_app_with_tools_lets_its_pods_download_the_encoder_and_the_documents() -> None:
+    tools = yaml.safe_load((ROOT / "examples" / "04-agent-tools" / "app.yaml").read_text())
+    body = copy.deepcopy(DOCS_QA)
+    body["metadata"]["namespace"] = NS
+    body["spec"]["tools"] = tools["spec"]["tools"]
+    body["spec"]["retrieval"]["embeddingModel"]["source"]["url"]["url"] = "https://hub.test/m.zip"
+    body["spec"]["retrieval"]["documents"] = {
+        "url": {"url": "http://docs.test:8443/d.tar.gz", "sha256": "a" * 64}
+    }
+    objects = children(LLMChainApp.model_validate(body))
+    [policy] = [o for k, o in objects.items() if k[0] == "NetworkPolicy" and "egress" in str(o)]
+    ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])}
+    assert {443, 8443, 80} <= ports  # the encoder, the documents, the model
+    body["spec"]["model"]["volume"] = {"size": "4Gi"}  # Jobs download: the pods need none
+    objects = children(LLMChainApp.model_validate(body))
+    [policy] = [o for k, o in objects.items() if k[0] == "NetworkPolicy" and "egress" in str(o)]
+    ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])}
+    assert not {443, 8443} & ports
+
+
+def test_a_pods_failed_index_build_is_index_ready_false_and_degraded() -> None:
+    kube, reconciler = setup()
+    kube.put(copy.deepcopy(DOCS))
+    reconcile(kube, reconciler)
+    deployment = kube.object("Deployment", NS, NAME)
+    assert deployment is not None
+    spec = deployment["spec"]["template"]["spec"]
+    index = next(c for c in spec["initContainers"] if c["name"] == "index")
+    assert index["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    labels = {"app.kubernetes.io/instance": NAME, "app.kubernetes.io/managed-by": MANAGER}
+    failed = {
+        "terminated": {"exitCode": 1, "message": "[index] build: …\nError: no usable document"}
+    }
+    kube.put(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "docs-qa-1", "namespace": NS, "labels": labels},
+            "spec": spec,
+            "status": {
+                "initContainerStatuses": [
+                    {"name": "index", "state": {"waiting": {}}, "lastState": failed}
+                ]
+            },
+        }
+    )
+    status = reconcile(kube, reconciler)["status"]
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["IndexReady"]["reason"] == "BuildFailed"
+    assert conditions["IndexReady"]["message"].endswith("docs-qa-1: Error: no usable document")
+    assert conditions["Degraded"]["status"] == "True"
+    assert conditions["Ready"]["status"] == "False"

@@ -14,6 +14,7 @@ from llmchain_operator.builders.common import (
 )
 from llmchain_operator.builders.memory import manages_memory, memory_name
 from llmchain_operator.builders.model import builds_in_job
+from llmchain_operator.builders.retrieval import index_in_job
 from llmchain_operator.settings import Settings
 from llmchain_server.contract import CACHE_PORT, HTTP_PORT
 
@@ -123,8 +124,9 @@ EXTERNAL_REDIS_PORTS = (6379, 6380)
 
 
 def tool_egress(app: LLMChainApp) -> list[Manifest]:
-    """Egress of an app with tools: DNS; the memory store; the model URL's port (the model init
-    container downloads from inside the pod); each tool's port, to the IP or CIDR entries of its
+    """Egress of an app with tools: DNS; the memory store; the ports of the URLs the init
+    containers download from inside the pod (the model, retrieval's embedding model and
+    documents); each tool's port, to the IP or CIDR entries of its
     allowedHosts, or anywhere when it names hosts (NetworkPolicy knows no host names: those are
     checked by the server, on every call, after resolution). Some network plugins (Cilium) do
     not match in-cluster pod addresses with ipBlock rules: there, an in-cluster tool needs its
@@ -141,12 +143,12 @@ def tool_egress(app: LLMChainApp) -> list[Manifest]:
         )
     elif app.spec.chain.memory is not None:
         rules.append({"ports": [{"protocol": "TCP", "port": p} for p in EXTERNAL_REDIS_PORTS]})
-    url = app.spec.model.source.url
-    if url is not None and not builds_in_job(app):  # the init container downloads it
+    downloads = sorted({_port(u) for u in _downloaded_in_pod(app)})
+    if downloads:  # the init containers download them
         rules.append(
             {
                 "to": _everywhere(),
-                "ports": [{"protocol": "TCP", "port": _port(url.url)}],
+                "ports": [{"protocol": "TCP", "port": p} for p in downloads],
             }
         )
     for tool in app.spec.tools:
@@ -155,6 +157,20 @@ def tool_egress(app: LLMChainApp) -> list[Manifest]:
         ports = tool.egress_ports or [_port(tool.http.url)]
         rules.append({"to": to, "ports": [{"protocol": "TCP", "port": p} for p in ports]})
     return rules
+
+
+def _downloaded_in_pod(app: LLMChainApp) -> list[str]:
+    """The URLs the pod's init containers fetch: the model's, and retrieval's embedding model
+    and documents when each pod builds its index (a build Job's pods are not selected)."""
+    urls = []
+    if app.spec.model.source.url is not None and not builds_in_job(app):
+        urls.append(app.spec.model.source.url.url)
+    retrieval = app.spec.retrieval
+    if retrieval is not None and not index_in_job(app):
+        for source in (retrieval.embedding_model.source.url, retrieval.documents.url):
+            if source is not None:
+                urls.append(source.url)
+    return urls
 
 
 def _cidr(entry: str) -> str | None:

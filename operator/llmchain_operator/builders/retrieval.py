@@ -9,7 +9,10 @@ chunking and the index kind, so a change of any of them builds a new index and r
 
 from __future__ import annotations
 
-from llmchain_operator.api import LLMChainApp, Retrieval
+import base64
+import hashlib
+
+from llmchain_operator.api import LLMChainApp, Retrieval, quantity_bytes
 from llmchain_operator.builders.common import (
     Manifest,
     app_name,
@@ -51,17 +54,21 @@ def embedding_digest(app: LLMChainApp) -> str:
 
 
 def configmaps_digest(configmaps: list[Manifest]) -> str:
-    """The corpus digest of document ConfigMaps: their names, data and binaryData, in order."""
-    return "sha256:" + stable_hash(
-        [
-            {
-                "name": cm["metadata"]["name"],
-                "data": cm.get("data") or {},
-                "binaryData": cm.get("binaryData") or {},
-            }
-            for cm in configmaps
-        ]
-    )
+    """The corpus digest of document ConfigMaps, as `llmchain index build` computes it of the
+    files their volumes mount at <DOCUMENTS_DIR>/<name>/<key> (content_digest: sha256 over the
+    sorted `path sha256` lines; hidden keys skipped as the build skips them). The build is given
+    it and refuses documents that changed after the operator read them."""
+    files = {}
+    for configmap in configmaps:
+        name = configmap["metadata"]["name"]
+        contents = {k: v.encode() for k, v in (configmap.get("data") or {}).items()}
+        for key, value in (configmap.get("binaryData") or {}).items():
+            contents[key] = base64.b64decode(value)
+        for key, data in contents.items():
+            if not key.startswith("."):
+                files[f"{name}/{key}"] = hashlib.sha256(data).hexdigest()
+    lines = "".join(f"{path} {files[path]}\n" for path in sorted(files))
+    return "sha256:" + hashlib.sha256(lines.encode()).hexdigest()
 
 
 def corpus_identity(app: LLMChainApp, documents_digest: str | None) -> str:
@@ -112,8 +119,9 @@ def index_dir(app: LLMChainApp, documents_digest: str | None) -> str:
     return f"{_root(app)[1]}/index-{_short(index_digest(app, documents_digest))}"
 
 
-def _copied_source(app: LLMChainApp) -> str:
-    return f"{_root(app)[1]}/.embedding-source-{_short(embedding_digest(app))}"
+COPIED_SOURCE = "/tmp/embedding-source"
+"""Where an image source is copied: the pod's or Job's scratch volume, not the model volume
+(the built encoder is kept there; its source is not)."""
 
 
 def _embedding_source_volume(app: LLMChainApp) -> Manifest | None:
@@ -177,8 +185,11 @@ def _documents_args(app: LLMChainApp) -> list[str]:
 def _container(app: LLMChainApp, settings: Settings, name: str, args: list[str]) -> Manifest:
     volume, path = _root(app)
     extra = [_EMBEDDING_SOURCE_MOUNT] if _embedding_source_volume(app) else []
+    # The build's report on success; on failure the log's tail (the error), for the status.
+    report = {"terminationMessagePolicy": "FallbackToLogsOnError"} if name == "index" else {}
     return {
         "name": name,
+        **report,
         "image": settings.server_image,
         "args": args,
         "env": [{"name": "HOME", "value": "/tmp"}],
@@ -206,8 +217,8 @@ def _build_steps(
             {
                 "name": "embedding-source",
                 "image": source.image.reference,
-                "command": ["cp", "-R", source.image.path, _copied_source(app)],
-                "volumeMounts": [{"name": _root(app)[0], "mountPath": _root(app)[1]}],
+                "command": ["cp", "-R", source.image.path, COPIED_SOURCE],
+                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
                 "securityContext": restricted_container_security(),
             }
         )
@@ -219,7 +230,11 @@ def _build_steps(
             path = f"{EMBEDDING_SOURCE_DIR}/{source.pvc.path.strip('/')}".rstrip("/")
             args += [contract.FLAG_SOURCE, path]
         else:
-            args += [contract.FLAG_SOURCE, _copied_source(app)]
+            args += [contract.FLAG_SOURCE, COPIED_SOURCE]
+        volume = app.spec.model.volume
+        if source.url is not None and index_in_job(app) and volume is not None:
+            # The volume's size caps the download, as for the model (an endless source).
+            args += [contract.FLAG_MAX_SOURCE_BYTES, str(int(quantity_bytes(volume.size)))]
         args += [
             contract.FLAG_QUANTIZATION,
             embedding.quantization,
@@ -246,6 +261,11 @@ def _build_steps(
         retrieval.index_kind,
         contract.FLAG_DIGEST,
         index_digest(app, documents_digest),
+        *(
+            [contract.FLAG_CORPUS_DIGEST, documents_digest]
+            if retrieval.documents.config_maps is not None and documents_digest is not None
+            else []
+        ),
         contract.FLAG_REPORT,
         contract.TERMINATION_LOG,
     ]

@@ -54,8 +54,11 @@ def build_index(
     chunking: Chunking = DEFAULT_CHUNKING,
     kind: str = "auto",
     build_digest: str | None = None,
+    expected_corpus: str | None = None,
 ) -> dict[str, Any]:
-    """Build (or reuse) the index folder `out`; returns its manifest."""
+    """Build (or reuse) the index folder `out`; returns its manifest. `expected_corpus`: the
+    corpus digest the caller (the operator, from the ConfigMaps it read) built `build_digest`
+    from; documents with another digest are refused, never indexed under that build digest."""
     progress = Progress("build", label="index")
     if kind not in KINDS:
         raise IndexBuildError(f"--kind {kind!r} is not one of {', '.join(KINDS)}")
@@ -65,6 +68,12 @@ def build_index(
         corpus = read_corpus(documents)
     except ValueError as e:
         raise IndexBuildError(str(e)) from None
+    if expected_corpus is not None and corpus.digest != expected_corpus:
+        raise IndexBuildError(
+            f"the documents in {documents} have the corpus digest {corpus.digest}, not "
+            f"{expected_corpus}: they changed after the build was asked for (the operator asks "
+            "for a build of the new ones)"
+        )
     for skipped in corpus.skipped:
         progress.say(f"skipped {skipped.source}: it {skipped.reason}")
     if not corpus.documents:

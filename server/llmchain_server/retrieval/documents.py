@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import shutil
 import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,9 +113,16 @@ def documents_at(source: str, sha256: str | None, cache_dir: Path | None) -> Ite
     if not sha256:
         raise ValueError(f"documents {redact(source)}: give their sha256 (--sha256)")
     fetched = fetch(source, sha256, cache_dir)
-    if not is_archive(fetched.path):
-        yield fetched.path
-        return
     with tempfile.TemporaryDirectory(prefix="llmchain-documents-") as tmp:
-        unpack(fetched.path, Path(tmp))
-        yield Path(tmp)
+        if is_archive(fetched.path):
+            unpack(fetched.path, Path(tmp))
+            yield Path(tmp)
+            return
+        # One document: named as the URL names it (passages cite it), not as the cache does.
+        name = urllib.parse.unquote(urllib.parse.urlsplit(source).path).rpartition("/")[2]
+        document = Path(tmp) / (name if name.strip(".") and "\0" not in name else "document")
+        try:
+            os.link(fetched.path, document)
+        except OSError:  # another filesystem
+            shutil.copyfile(fetched.path, document)
+        yield document
