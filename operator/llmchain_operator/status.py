@@ -162,7 +162,10 @@ def retrieval_status(digests: Manifest, report: Manifest | None) -> Manifest:
 
 def index_condition(observed: Observed) -> Manifest:
     if not observed.index_in_job:
-        if (observed.retrieval or {}).get("chunks") is not None:
+        # The current digest's build reported, or every pod is of the current template and
+        # ready (each built this index first); ready pods of the template before do not count.
+        reported = (observed.retrieval or {}).get("chunks") is not None
+        if reported or (_rolled_out(observed) and _deployment_counts(observed.deployment)["ready"]):
             return condition("IndexReady", True, "BuiltInPod", "Pods built the index.")
         if observed.index_failure is not None:
             return condition(
@@ -187,19 +190,25 @@ def index_condition(observed: Observed) -> Manifest:
     return condition("IndexReady", False, "Building", "The index build Job is running.")
 
 
+def _rolled_out(observed: Observed) -> bool:
+    """Every pod runs the current template and enough of them are ready."""
+    counts = _deployment_counts(observed.deployment)
+    wanted = max(observed.desired_replicas, 1)
+    return (
+        _deployment_caught_up(observed.deployment)
+        and counts["updated"] >= counts["replicas"]
+        and (counts["ready"] >= min(wanted, max(counts["replicas"], 1)))
+    )
+
+
 def compute_conditions(observed: Observed) -> list[Manifest]:
     """Ready, ModelReady, IndexReady (with retrieval), Progressing, Degraded, OptionalAPIs."""
     model = model_condition(observed)
     index = index_condition(observed) if observed.retrieval is not None else None
     builds = [model, *([index] if index else [])]
-    caught_up = _deployment_caught_up(observed.deployment)
     counts = _deployment_counts(observed.deployment)
     wanted = max(observed.desired_replicas, 1)
-    rolled_out = (
-        caught_up
-        and counts["updated"] >= counts["replicas"]
-        and (counts["ready"] >= min(wanted, max(counts["replicas"], 1)))
-    )
+    rolled_out = _rolled_out(observed)
     conditions = list(builds)
     if observed.problems:
         message = "; ".join(observed.problems)
