@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,7 +55,7 @@ from llmchain_server.model.manifest import (
     verify,
     write_manifest,
 )
-from llmchain_server.model.progress import Progress
+from llmchain_server.model.progress import Progress, wait_until
 from llmchain_server.model.tokenizer_build import tokenizer_from_gguf
 from llmchain_server.model.weights import Weight
 
@@ -414,24 +413,27 @@ def wait_for_model(
 ) -> dict[str, Any]:
     """Block until `folder` holds a complete build with `build_digest` (the build Job writes it)."""
     progress = Progress("wait")
-    deadline = time.monotonic() + timeout
-    last_note = 0.0
-    while True:
+
+    def found() -> dict[str, Any] | None:
         manifest = read_manifest(folder)
-        if manifest is not None and manifest.get("buildDigest") == build_digest:
-            found = open_folder(folder, verify_checksums=False)
-            progress.say(f"found {folder} ({found.manifest.digest})")
-            return found.manifest.data
-        now = time.monotonic()
-        if now >= deadline:
-            raise BuildError(
-                f"no model with build digest {build_digest} appeared in {folder} "
-                f"within {timeout:.0f} s"
-            )
-        if now - last_note >= 30:
-            progress.say(f"waiting for the build Job to write {folder}")
-            last_note = now
-        time.sleep(poll)
+        if manifest is None or manifest.get("buildDigest") != build_digest:
+            return None
+        opened = open_folder(folder, verify_checksums=False)
+        progress.say(f"found {folder} ({opened.manifest.digest})")
+        return opened.manifest.data
+
+    try:
+        return wait_until(
+            found,
+            timeout,
+            poll,
+            progress,
+            f"waiting for the build Job to write {folder}",
+            f"no model with build digest {build_digest} appeared in {folder} "
+            f"within {timeout:.0f} s",
+        )
+    except TimeoutError as e:
+        raise BuildError(str(e)) from None
 
 
 __all__ = ["BUILDER", "BuildError", "build_model", "wait_for_model"]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from collections.abc import Callable
+from typing import TextIO, TypeVar
+
+T = TypeVar("T")
 
 
 class Progress:
@@ -53,3 +56,29 @@ class Progress:
             return
         self._last = now
         self.say(f"{what} {done}/{total}")
+
+
+def wait_until(
+    found: Callable[[], T | None],
+    timeout: float,
+    poll: float,
+    progress: Progress,
+    waiting: str,
+    missing: str,
+) -> T:
+    """Call `found` every `poll` seconds until it returns something, saying `waiting` every 30 s;
+    TimeoutError(`missing`) after `timeout` seconds (what `llmchain model wait` and `llmchain
+    index wait` do while a build Job writes the folder)."""
+    deadline = time.monotonic() + timeout
+    last_note = 0.0
+    while True:
+        result = found()
+        if result is not None:
+            return result
+        now = time.monotonic()
+        if now >= deadline:
+            raise TimeoutError(missing)
+        if now - last_note >= 30:
+            progress.say(waiting)
+            last_note = now
+        time.sleep(poll)

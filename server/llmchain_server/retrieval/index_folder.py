@@ -11,13 +11,12 @@
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from llmchain_server.model.manifest import file_digest
-from llmchain_server.model.progress import Progress
+from llmchain_server.model.progress import Progress, wait_until
 
 FORMAT = "llmchain-index/1"
 MANIFEST = "manifest.json"
@@ -85,22 +84,19 @@ def wait_for_index(folder: Path, build_digest: str, timeout: float, poll: float 
     """Block until `folder` holds an index with `build_digest` (the index build Job writes the
     manifest last, so a manifest with the digest means a complete index)."""
     progress = Progress("wait", label="index")
-    deadline = time.monotonic() + timeout
-    last_note = 0.0
-    while True:
+
+    def found() -> IndexManifest | None:
         manifest = read_index_manifest(folder)
-        if manifest is not None and manifest.data.get("buildDigest") == build_digest:
-            progress.say(
-                f"found {folder} ({manifest.documents} documents, {manifest.chunks} chunks)"
-            )
-            return
-        now = time.monotonic()
-        if now >= deadline:
-            raise TimeoutError(
-                f"no index with build digest {build_digest} appeared in {folder} "
-                f"within {timeout:.0f} s"
-            )
-        if now - last_note >= 30:
-            progress.say(f"waiting for the index build Job to write {folder}")
-            last_note = now
-        time.sleep(poll)
+        if manifest is None or manifest.data.get("buildDigest") != build_digest:
+            return None
+        return manifest
+
+    manifest = wait_until(
+        found,
+        timeout,
+        poll,
+        progress,
+        f"waiting for the index build Job to write {folder}",
+        f"no index with build digest {build_digest} appeared in {folder} within {timeout:.0f} s",
+    )
+    progress.say(f"found {folder} ({manifest.documents} documents, {manifest.chunks} chunks)")
