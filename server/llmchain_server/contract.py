@@ -8,6 +8,8 @@ This module depends on nothing, so importing it loads nothing of the server.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
 from typing import Final
 
 # -- the model build -------------------------------------------------------------------------
@@ -204,3 +206,11 @@ each (a test scrapes a running server for them)."""
 def counter(name: str) -> str:
     """The name to declare a counter under (the client library appends `_total`)."""
     return name.removesuffix("_total")
+
+
+def files_digest(checksums: Mapping[str, str]) -> str:
+    """sha256 over the sorted `path sha256` lines of a folder's files: a model folder's digest
+    and a corpus's. The operator computes the corpus digest of document ConfigMaps with it and
+    `llmchain index build` refuses mounted files whose digest differs."""
+    lines = "".join(f"{path} {checksums[path]}\n" for path in sorted(checksums))
+    return "sha256:" + hashlib.sha256(lines.encode()).hexdigest()

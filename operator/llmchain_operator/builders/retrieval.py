@@ -55,9 +55,9 @@ def embedding_digest(app: LLMChainApp) -> str:
 
 def configmaps_digest(configmaps: list[Manifest]) -> str:
     """The corpus digest of document ConfigMaps, as `llmchain index build` computes it of the
-    files their volumes mount at <DOCUMENTS_DIR>/<name>/<key> (content_digest: sha256 over the
-    sorted `path sha256` lines; hidden keys skipped as the build skips them). The build is given
-    it and refuses documents that changed after the operator read them."""
+    files their volumes mount at <DOCUMENTS_DIR>/<name>/<key> (contract.files_digest; hidden
+    keys skipped as the build skips them). The build is given it and refuses documents that
+    changed after the operator read them."""
     files = {}
     for configmap in configmaps:
         name = configmap["metadata"]["name"]
@@ -67,8 +67,7 @@ def configmaps_digest(configmaps: list[Manifest]) -> str:
         for key, data in contents.items():
             if not key.startswith("."):
                 files[f"{name}/{key}"] = hashlib.sha256(data).hexdigest()
-    lines = "".join(f"{path} {files[path]}\n" for path in sorted(files))
-    return "sha256:" + hashlib.sha256(lines.encode()).hexdigest()
+    return contract.files_digest(files)
 
 
 def corpus_identity(app: LLMChainApp, documents_digest: str | None) -> str:

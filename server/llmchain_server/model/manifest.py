@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmchain_server.contract import MODEL_BUILD_RECIPE
+from llmchain_server.contract import MODEL_BUILD_RECIPE, files_digest
 from llmchain_server.model.fields import Fields, FolderError
 from llmchain_server.model.progress import Progress
 
@@ -72,9 +72,9 @@ def file_digest(path: Path, progress: Progress | None = None) -> str:
 
 
 def content_digest(files: dict[str, dict[str, Any]]) -> str:
-    """sha256 over the sorted `name sha256` lines: equal folders, equal digests."""
-    lines = "".join(f"{name} {files[name]['sha256']}\n" for name in sorted(files))
-    return "sha256:" + hashlib.sha256(lines.encode()).hexdigest()
+    """sha256 over the sorted `name sha256` lines (contract.files_digest): equal folders, equal
+    digests."""
+    return files_digest({name: entry["sha256"] for name, entry in files.items()})
 
 
 def write_manifest(
