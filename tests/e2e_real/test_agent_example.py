@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from tests.support.apps import wait_condition
-from tests.support.cluster import ROOT, Cluster, create_namespace
-from tests.support.realnode import image, pod_manifest, run_pod
+from tests.support.cluster import ROOT, Cluster
+from tests.support.realnode import image, pod_manifest, restricted_namespace, run_pod
 from tests.support.waiting import wait_for
 
 EXAMPLE = ROOT / "examples" / "04-agent-tools"
@@ -28,13 +28,7 @@ EXAMPLE = ROOT / "examples" / "04-agent-tools"
 @pytest.fixture(scope="module")
 def shop(cluster: Cluster, incluster_operator: str, model_files: str) -> Iterator[str]:
     namespace = "real-agent"
-    cluster.kubectl("delete", "namespace", namespace, "--ignore-not-found", "--wait=true")
-    create_namespace(
-        cluster,
-        namespace,
-        fake_nodes=False,
-        labels={"pod-security.kubernetes.io/enforce": "restricted", "llmchain.io/test": "true"},
-    )
+    restricted_namespace(cluster, namespace)
     cluster.kubectl(
         "-n",
         namespace,

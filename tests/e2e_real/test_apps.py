@@ -17,13 +17,16 @@ import pytest
 import yaml
 
 from tests.support.apps import wait_condition
-from tests.support.cluster import ROOT, Cluster, create_namespace
+from tests.support.cluster import ROOT, Cluster
 from tests.support.realnode import (
     NODE_NAME,
     PortForward,
+    all_statuses,
     host_path_volume,
     image,
     pod_manifest,
+    pods_of,
+    restricted_namespace,
     run_pod,
     sigkill_container,
 )
@@ -40,33 +43,13 @@ EXAMPLES = {
 def apps(cluster: Cluster, incluster_operator: str, model_files: str) -> Iterator[str]:
     """Examples 01 and 03, unchanged, in a restricted namespace; Ready. Yields the namespace."""
     namespace = "real-apps"
-    cluster.kubectl("delete", "namespace", namespace, "--ignore-not-found", "--wait=true")
-    create_namespace(
-        cluster,
-        namespace,
-        fake_nodes=False,
-        labels={"pod-security.kubernetes.io/enforce": "restricted", "llmchain.io/test": "true"},
-    )
+    restricted_namespace(cluster, namespace)
     for path in EXAMPLES.values():
         cluster.kubectl("-n", namespace, "apply", "-f", str(path))
     for name in EXAMPLES:
         wait_condition(cluster, namespace, name, "Ready", "True", timeout=300)
     yield namespace
     cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
-
-
-def pods_of(
-    cluster: Cluster, namespace: str, app: str, component: str = "server"
-) -> list[dict[str, Any]]:
-    """The app's pods of one component: server (default), memory, model (the build Job's)."""
-    selector = f"app.kubernetes.io/instance={app},app.kubernetes.io/component={component}"
-    pods: list[dict[str, Any]] = cluster.get("-n", namespace, "pods", "-l", selector)["items"]
-    return pods
-
-
-def all_statuses(pod: dict[str, Any]) -> list[dict[str, Any]]:
-    status = pod["status"]
-    return [*status.get("initContainerStatuses", []), *status.get("containerStatuses", [])]
 
 
 def test_the_examples_run_as_real_pods_on_the_real_node(cluster: Cluster, apps: str) -> None:

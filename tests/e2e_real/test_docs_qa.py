@@ -15,8 +15,15 @@ import pytest
 import yaml
 
 from tests.support.apps import wait_condition
-from tests.support.cluster import ROOT, Cluster, create_namespace
-from tests.support.realnode import PortForward, host_path_volume, image
+from tests.support.cluster import ROOT, Cluster
+from tests.support.realnode import (
+    PortForward,
+    all_statuses,
+    host_path_volume,
+    image,
+    pods_of,
+    restricted_namespace,
+)
 from tests.support.waiting import wait_for
 
 EXAMPLE = ROOT / "examples" / "05-docs-qa"
@@ -27,23 +34,11 @@ PAGES = sorted(p.name for p in (EXAMPLE / "docs").iterdir())
 def docs_qa(cluster: Cluster, incluster_operator: str, model_files: str) -> Iterator[str]:
     """The example, unchanged, in a restricted namespace; Ready. Yields the namespace."""
     namespace = "real-docs-qa"
-    cluster.kubectl("delete", "namespace", namespace, "--ignore-not-found", "--wait=true")
-    create_namespace(
-        cluster,
-        namespace,
-        fake_nodes=False,
-        labels={"pod-security.kubernetes.io/enforce": "restricted", "llmchain.io/test": "true"},
-    )
+    restricted_namespace(cluster, namespace)
     cluster.kubectl("-n", namespace, "apply", "-k", str(EXAMPLE))
     wait_condition(cluster, namespace, "docs-qa", "Ready", "True", timeout=420)
     yield namespace
     cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
-
-
-def server_pods(cluster: Cluster, namespace: str) -> list[dict[str, Any]]:
-    selector = "app.kubernetes.io/instance=docs-qa,app.kubernetes.io/component=server"
-    pods: list[dict[str, Any]] = cluster.get("-n", namespace, "pods", "-l", selector)["items"]
-    return pods
 
 
 def ask(forward: PortForward, question: str) -> dict[str, Any]:
@@ -60,7 +55,7 @@ def ask(forward: PortForward, question: str) -> dict[str, Any]:
 def test_each_pod_built_the_encoder_and_the_index_and_the_status_counts_them(
     cluster: Cluster, docs_qa: str
 ) -> None:
-    (pod,) = server_pods(cluster, docs_qa)
+    (pod,) = pods_of(cluster, docs_qa, "docs-qa")
     init = {s["name"]: s for s in pod["status"]["initContainerStatuses"]}
     for name in ("model", "embedding-model", "index"):
         assert init[name]["state"]["terminated"]["exitCode"] == 0, init[name]
@@ -93,7 +88,7 @@ def test_the_chain_answers_with_its_sources_and_embeddings_are_served(
 
 def test_an_edited_configmap_is_indexed_by_new_pods(cluster: Cluster, docs_qa: str) -> None:
     before = cluster.get("-n", docs_qa, "lca", "docs-qa")
-    old_pods = {p["metadata"]["name"] for p in server_pods(cluster, docs_qa)}
+    old_pods = {p["metadata"]["name"] for p in pods_of(cluster, docs_qa, "docs-qa")}
     page = "# Mascot\n\nHeronfeed's mascot is a grey heron called Wilhelmina.\n"
     patch = {"data": {"mascot.md": page}}
     cluster.kubectl(
@@ -118,7 +113,9 @@ def test_an_edited_configmap_is_indexed_by_new_pods(cluster: Cluster, docs_qa: s
     assert (
         after["status"]["retrieval"]["indexDigest"] != before["status"]["retrieval"]["indexDigest"]
     )
-    serving = [p for p in server_pods(cluster, docs_qa) if "deletionTimestamp" not in p["metadata"]]
+    serving = [
+        p for p in pods_of(cluster, docs_qa, "docs-qa") if "deletionTimestamp" not in p["metadata"]
+    ]
     assert not {p["metadata"]["name"] for p in serving} & old_pods  # the old ones are going
     with PortForward(cluster, docs_qa, "service/docs-qa", 80) as forward:
         answer = ask(forward, "What is the name of Heronfeed's mascot?")
@@ -148,9 +145,7 @@ def test_with_a_model_volume_one_job_builds_the_index_for_every_replica(
         selector = "app.kubernetes.io/instance=docs-on-volume,app.kubernetes.io/component="
         (job,) = cluster.get("-n", docs_qa, "jobs", "-l", selector + "index-build")["items"]
         assert job["status"].get("succeeded") == 1
-        (builder,) = cluster.get(
-            "-n", docs_qa, "pods", "-l", f"job-name={job['metadata']['name']}"
-        )["items"]
+        (builder,) = pods_of(cluster, docs_qa, "docs-on-volume", "index-build")
         steps = {s["name"]: s for s in all_statuses(builder)}
         assert set(steps) == {"embedding-source", "embedding-model", "index"}
         assert all(s["state"]["terminated"]["exitCode"] == 0 for s in steps.values()), steps
@@ -179,8 +174,3 @@ def test_with_a_model_volume_one_job_builds_the_index_for_every_replica(
             "-n", docs_qa, "delete", "lca", "docs-on-volume", "--wait=true", check=False
         )
         cluster.kubectl("delete", "pv", pv, "--wait=false", check=False)
-
-
-def all_statuses(pod: dict[str, Any]) -> list[dict[str, Any]]:
-    status = pod["status"]
-    return [*status.get("initContainerStatuses", []), *status.get("containerStatuses", [])]

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests.support.cluster import ROOT, TOOLBIN, Cluster, wait_for
+from tests.support.cluster import ROOT, TOOLBIN, Cluster, create_namespace, wait_for
 
 NODE_SCRIPT = ROOT / "hack" / "node.sh"
 NODE_NAME = "real-node-0"
@@ -206,3 +206,31 @@ def host_path_volume(cluster: Cluster, namespace: str, claim: str, size: str = "
     }
     cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
     return name
+
+
+def restricted_namespace(cluster: Cluster, namespace: str) -> None:
+    """`namespace` anew (a previous run's deleted first) for real pods, under the restricted
+    Pod Security level, labelled as the tests' own."""
+    cluster.kubectl("delete", "namespace", namespace, "--ignore-not-found", "--wait=true")
+    create_namespace(
+        cluster,
+        namespace,
+        fake_nodes=False,
+        labels={"pod-security.kubernetes.io/enforce": "restricted", "llmchain.io/test": "true"},
+    )
+
+
+def pods_of(
+    cluster: Cluster, namespace: str, app: str, component: str = "server"
+) -> list[dict[str, Any]]:
+    """The app's pods of one component: server (default), memory, model or index-build (the
+    build Jobs')."""
+    selector = f"app.kubernetes.io/instance={app},app.kubernetes.io/component={component}"
+    pods: list[dict[str, Any]] = cluster.get("-n", namespace, "pods", "-l", selector)["items"]
+    return pods
+
+
+def all_statuses(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    """The statuses of a pod's init containers, then of its containers."""
+    status = pod["status"]
+    return [*status.get("initContainerStatuses", []), *status.get("containerStatuses", [])]
