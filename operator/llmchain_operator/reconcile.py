@@ -59,6 +59,7 @@ from llmchain_operator.status import (
     index_failure,
     index_report,
     is_ready,
+    job_state,
     merge_conditions,
     retrieval_status,
     skipped_message,
@@ -458,10 +459,7 @@ class Reconciler:
         failure = None
         old = body.get("status", {}).get("retrieval") or {}
         report = old if old.get("indexDigest") == digest and old.get("chunks") is not None else None
-        built = job is not None and any(
-            c.get("type") == "Complete" and c.get("status") == "True"
-            for c in job.get("status", {}).get("conditions", [])
-        )
+        built = job_state(job) == "complete"
         if report is None and (built or not index_in_job(app)):
             meta = body["metadata"]
             selector = (

@@ -51,7 +51,7 @@ def condition(type_: str, status: bool | None, reason: str, message: str) -> Man
     return {"type": type_, "status": value, "reason": reason, "message": message}
 
 
-def _job_state(job: Manifest | None) -> str:
+def job_state(job: Manifest | None) -> str:
     if job is None:
         return "missing"
     for cond in job.get("status", {}).get("conditions", []):
@@ -100,7 +100,7 @@ def model_condition(observed: Observed) -> Manifest:
             "WaitingForPods",
             "Each pod builds or mounts the model before it starts.",
         )
-    state = _job_state(observed.build_job)
+    state = job_state(observed.build_job)
     if state == "complete":
         return condition("ModelReady", True, "BuildSucceeded", "The model build Job completed.")
     if state == "failed":
@@ -177,7 +177,7 @@ def index_condition(observed: Observed) -> Manifest:
         return condition(
             "IndexReady", False, "WaitingForPods", "Each pod builds the index before it starts."
         )
-    state = _job_state(observed.index_job)
+    state = job_state(observed.index_job)
     if state == "complete":
         return condition("IndexReady", True, "BuildSucceeded", "The index build Job completed.")
     if state == "failed":

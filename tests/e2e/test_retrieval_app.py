@@ -54,7 +54,15 @@ def test_a_configmap_edit_builds_a_new_index_in_a_job_and_rolls_the_pods(
     job = cluster.get("-n", app_namespace, "job", first)
     volumes = job["spec"]["template"]["spec"]["volumes"]
     assert {"name": "models", "persistentVolumeClaim": {"claimName": "docs-qa-model"}} in volumes
-    status = cluster.get("-n", app_namespace, "lca", "docs-qa")["status"]
+    # The status is written after the children are applied: wait for it, not just the Job.
+    status = wait_for(
+        lambda: (
+            (s := cluster.get("-n", app_namespace, "lca", "docs-qa")["status"]).get("retrieval")
+            and s
+        ),
+        timeout=30,
+        what="status.retrieval",
+    )
     assert status["retrieval"]["indexDigest"].removeprefix("sha256:")[:12] in first
 
     def waited_for() -> str:
